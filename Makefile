@@ -1,0 +1,47 @@
+# Set-up is part of every target: a fresh clone needs only `make demo` or `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+SPECS := $(sort $(wildcard specs/*.yaml))
+
+.PHONY: demo test lint check-specs setup graphviz clean
+
+demo: setup
+	@for spec in $(SPECS); do \
+	  echo "== $$spec"; \
+	  $(BIN)/rnnc check $$spec || exit 1; \
+	  echo; \
+	done
+
+test: setup lint
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check rnnc backends tests
+	$(BIN)/ruff format --check rnnc backends tests
+	$(BIN)/mypy
+
+setup: $(STAMP) graphviz
+
+# The virtual environment, with rnnc installed in it (editable) at the pinned versions.
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,torch]'
+	@touch $@
+
+# Graphviz's `dot` draws svg/png/pdf; `rnnc render --format dot` works without it.
+graphviz:
+	@if command -v dot >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "Installing Graphviz (Debian package graphviz) ..."; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq graphviz >/dev/null) \
+	    || echo "warning: could not install Graphviz; rendering to svg/png/pdf will not work"; \
+	else \
+	  echo "note: Graphviz's 'dot' is missing. Install it to render svg/png/pdf:"; \
+	  echo "  Debian/Ubuntu: sudo apt-get install graphviz    macOS: brew install graphviz"; \
+	fi
+
+clean:
+	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info

@@ -1,0 +1,542 @@
+"""Checks of a spec as a graph: references, kinds, sizes, time, cycles, use.
+
+``analyze`` parses the spec's cells, builds the rolled graph and runs every
+``check_*`` function; each yields diagnostics and none stops the others, so a user
+sees every problem at once. Errors make a spec invalid; warnings do not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import networkx as nx
+
+from rnnc.cells import builtin_cells, equation_diagnostic, parse_user_cells
+from rnnc.equations import Cell
+from rnnc.errors import Diagnostic, did_you_mean, one_of
+from rnnc.graph import build_graph, edges_of_kind, input_edges, output_node, unroll
+from rnnc.spec import RecurrentLayer, Spec
+
+UNROLL_STEPS_FOR_CHECKS = 3
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """A spec with its cells parsed, its rolled graph built and its diagnostics."""
+
+    spec: Spec
+    cells: Mapping[str, Cell]
+    graph: nx.MultiDiGraph
+    diagnostics: tuple[Diagnostic, ...]
+
+    @property
+    def errors(self) -> tuple[Diagnostic, ...]:
+        return tuple(d for d in self.diagnostics if d.severity == "error")
+
+    @property
+    def warnings(self) -> tuple[Diagnostic, ...]:
+        return tuple(d for d in self.diagnostics if d.severity == "warning")
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def analyze(spec: Spec) -> Analysis:
+    """Parse the spec's cells, build its graph and collect every diagnostic."""
+    user_cells, diagnostics = parse_user_cells(spec.cells, spec.source)
+    cells = {**builtin_cells(), **user_cells}
+    g = build_graph(spec, cells)
+    for check in CHECKS:
+        diagnostics.extend(check(spec, g, cells))
+    if spec.source is not None:
+        diagnostics = spec.source.attach(diagnostics)
+    return Analysis(spec, cells, g, tuple(diagnostics))
+
+
+def check(spec: Spec) -> list[Diagnostic]:
+    """Every error and warning of a spec (an empty list: nothing to say)."""
+    return list(analyze(spec).diagnostics)
+
+
+Found = Iterator[Diagnostic]
+
+
+def _error(
+    message: str, path: tuple[Any, ...], *nodes: str, detail: tuple[str, ...] = ()
+) -> Diagnostic:
+    return Diagnostic(message, path, nodes=tuple(nodes), detail=detail)
+
+
+def _warning(message: str, path: tuple[Any, ...], *nodes: str) -> Diagnostic:
+    return Diagnostic(message, path, severity="warning", nodes=tuple(nodes))
+
+
+def check_names(spec: Spec, g: nx.MultiDiGraph, cells: Mapping[str, Cell]) -> Found:
+    for name in spec.layers:
+        if name in spec.inputs:
+            yield _error(
+                f"{name!r} names both an input and a layer; inputs and layers share one namespace",
+                ("layers", name),
+                name,
+            )
+
+
+def check_references(spec: Spec, g: nx.MultiDiGraph, cells: Mapping[str, Cell]) -> Found:
+    known = [*spec.inputs, *spec.layers]
+    for source, target, data in g.edges(data=True):
+        if g.nodes[source]["kind"] == "missing":
+            yield _error(
+                f"unknown name {source!r}{did_you_mean(source, known)}; "
+                f"inputs and layers: {', '.join(known)}",
+                data["path"],
+                source,
+                target,
+            )
+    for name, layer in spec.recurrent_layers().items():
+        if layer.cell not in cells:
+            builtin = ", ".join(builtin_cells())
+            own = f"; this spec's: {', '.join(spec.cells)}" if spec.cells else ""
+            yield _error(
+                f"unknown cell {layer.cell!r}{did_you_mean(layer.cell, cells)}; built-in cells: {builtin}{own}",
+                ("layers", name, "cell"),
+                name,
+            )
+
+
+def check_layer_inputs(spec: Spec, g: nx.MultiDiGraph, cells: Mapping[str, Cell]) -> Found:
+    """Inputs carry what a layer can use, on one time axis."""
+    for name, layer in spec.layers.items():
+        data = g.nodes.get(name, {})
+        if data.get("spec") is not layer:
+            continue
+        for source, edge in input_edges(g, name):
+            src = g.nodes[source]
+            if src["kind"] == "missing":
+                continue
+            if data["kind"] == "embedding":
+                if not src.get("token_ids"):
+                    what = (
+                        f"input {source!r} is already embedded (embed: {src['width']}); remove its "
+                        "'embed' or feed it to the layer directly"
+                        if src["kind"] == "input" and src.get("vocab")
+                        else f"{source!r} is not a token input"
+                    )
+                    yield _error(
+                        f"an embedding layer needs token ids: {what}", edge["path"], source, name
+                    )
+            elif src.get("token_ids"):
+                yield _error(
+                    f"{source!r} holds token ids; give it 'embed: SIZE' or feed it through an "
+                    "embedding layer first",
+                    edge["path"],
+                    source,
+                    name,
+                )
+            elif src["kind"] == "output":
+                yield _error(f"{source!r} is an output, not a layer", edge["path"], source, name)
+        if data["kind"] == "recurrent" and data.get("axis") is None:
+            yield _error(
+                "a recurrent layer needs at least one sequence input to set its number of steps "
+                "(all of its inputs have 'sequence: false')",
+                ("layers", name, "input"),
+                name,
+            )
+
+
+def cell_input_width(g: nx.MultiDiGraph, name: str) -> int | None:
+    """Width of the cell input ``x`` at depth 0: inputs, recurrent edges, additive context."""
+    total = 0
+    for source, _, data in g.in_edges(name, data=True):
+        counts = data["kind"] in ("input", "recurrent") or (
+            data["kind"] == "attention" and data.get("score") == "additive"
+        )
+        if counts:
+            width = g.nodes[source].get("width")
+            if width is None:
+                return None
+            total += width
+    return total
+
+
+def check_cell_sizes(spec: Spec, g: nx.MultiDiGraph, cells: Mapping[str, Cell]) -> Found:
+    """Every depth of every layer fits its cell's equations; param_init names exist."""
+    for name, layer in spec.recurrent_layers().items():
+        cell = cells.get(layer.cell)
+        if cell is None or g.nodes[name].get("spec") is not layer:
+            continue
+        for param in layer.param_init:
+            if param not in {p.name for p in cell.params}:
+                params = ", ".join(p.name for p in cell.params)
+                yield _error(
+                    f"cell {layer.cell!r} has no parameter {param!r}{did_you_mean(param, [p.name for p in cell.params])}; "
+                    f"its parameters: {params}",
+                    ("layers", name, "param_init", param),
+                    name,
+                )
+        width = cell_input_width(g, name)
+        if width is None:
+            continue
+        widths = [width] + [layer.output_width] * (layer.depth - 1)
+        reported = set()
+        for depth, input_width in enumerate(widths):
+            for problem in cell.check_sizes(input_width, layer.hidden):
+                if (problem.equation, input_width) in reported:
+                    continue
+                reported.add((problem.equation, input_width))
+                where = equation_diagnostic(("cells", layer.cell), problem, None)
+                yield _error(
+                    f"cell {layer.cell!r} at depth {depth} (input width {input_width}, hidden "
+                    f"{layer.hidden}): {problem.message}",
+                    ("layers", name, "cell"),
+                    name,
+                    detail=where.detail,
+                )
+
+
+def final_state_width(g: nx.MultiDiGraph, source: str) -> tuple[int | None, str]:
+    """Width of the final ``h`` a node hands to ``init`` and how it is made up."""
+    data = g.nodes[source]
+    layer = data.get("spec")
+    if isinstance(layer, RecurrentLayer):
+        how = ""
+        if layer.direction == "bidirectional":
+            how = (
+                f" (2 x {layer.hidden}: both directions, merge: concat)"
+                if layer.merge == "concat"
+                else f" (directions merged by {layer.merge})"
+            )
+        return layer.output_width, how
+    return data.get("width"), ""
+
+
+def check_init(spec: Spec, g: nx.MultiDiGraph, cells: Mapping[str, Cell]) -> Found:
+    for source, name, edge in edges_of_kind(g, "init"):
+        src = g.nodes[source]
+        layer: RecurrentLayer = g.nodes[name]["spec"]
+        if src["kind"] == "missing":
+            continue
+        if src["kind"] != "recurrent" and src.get("axis") is not None:
+            yield _error(
+                f"{source!r} is a sequence with no final state; 'init.from' takes a recurrent "
+                "layer or a value with one vector per example (sequence: false)",
+                edge["path"],
+                source,
+                name,
+            )
+            continue
+        width, how = final_state_width(g, source)
+        if width is None:
+            yield _error(f"{source!r} holds token ids; embed it first", edge["path"], source, name)
+        elif layer.init is not None and layer.init.bridge == "none" and width != layer.hidden:
+            yield _error(
+                f"size mismatch: {source!r} hands over a final h of width {width}{how}, but "
+                f"{name!r} has states of width {layer.hidden}; add 'bridge: dense' to map it, "
+                "or make the sizes equal (merge: sum on a bidirectional encoder)",
+                ("layers", name, "init"),
+                source,
+                name,
+            )
+
+
+def check_attention(spec: Spec, g: nx.MultiDiGraph, cells: Mapping[str, Cell]) -> Found:
+    for memory, name, edge in edges_of_kind(g, "attention"):
+        src = g.nodes[memory]
+        layer: RecurrentLayer = g.nodes[name]["spec"]
+        if src["kind"] == "missing":
+            continue
+        if src.get("axis") is None:
+            yield _error(
+                f"attention memory {memory!r} is not a sequence (it has one value per example); "
+                "attend over a layer or input that runs over time",
+                edge["path"],
+                memory,
+                name,
+            )
+        if src.get("width") is None:
+            yield _error(
+                f"attention memory {memory!r} holds token ids; embed it first",
+                edge["path"],
+                memory,
+                name,
+            )
+        if layer.direction != "forward":
+            yield _error(
+                f"attention needs a forward layer (found direction: {layer.direction}); the query "
+                "is the state of the step before",
+                ("layers", name, "direction"),
+                name,
+            )
+        score = edge["score"]
+        if score == "dot" and src.get("width") not in (None, layer.hidden):
+            yield _error(
+                f"size mismatch: dot attention compares {name!r}'s state (width {layer.hidden}) with "
+                f"{memory!r} (width {src['width']}); use score: general or additive, or equal sizes",
+                ("layers", name, "attention", "score"),
+                memory,
+                name,
+            )
+
+
+def fed_input(g: nx.MultiDiGraph, name: str, width: int | None) -> tuple[str | None, list[str]]:
+    """The input a layer's feedback replaces, and the candidates when that is unclear.
+
+    One sequence input: that one. Several: the one a ``width``-wide prediction fits
+    (token ids from a ``width``-word vocabulary, or ``width``-wide vectors).
+    """
+    candidates = [s for s, _ in input_edges(g, name) if g.nodes[s].get("axis") is not None]
+    if len(candidates) == 1:
+        return candidates[0], candidates
+    fitting = [s for s in candidates if _ground_truth_width(g, s) == width]
+    return (fitting[0] if len(fitting) == 1 else None), candidates
+
+
+def _ground_truth_width(g: nx.MultiDiGraph, node: str) -> int | None:
+    """What a prediction must be to stand in for ``node``: its vocabulary or its width."""
+    data = g.nodes[node]
+    if data["kind"] == "input":
+        return data.get("vocab") or data.get("width")
+    if data["kind"] == "embedding":
+        sources = input_edges(g, node)
+        return g.nodes[sources[0][0]].get("vocab") if sources else None
+    return None
+
+
+def check_feedback(spec: Spec, g: nx.MultiDiGraph, cells: Mapping[str, Cell]) -> Found:
+    for name, layer in spec.recurrent_layers().items():
+        if g.nodes[name].get("spec") is not layer:
+            continue
+        if layer.teacher_forcing is not None and layer.feedback is None:
+            yield _error(
+                "teacher_forcing needs 'feedback' (the layer whose prediction is fed back when the "
+                "ground truth is not)",
+                ("layers", name, "teacher_forcing"),
+                name,
+            )
+    for source, name, edge in edges_of_kind(g, "feedback"):
+        src = g.nodes[source]
+        if src["kind"] == "missing":
+            continue
+        here = g.nodes[name]
+        if src["kind"] not in ("dense", "recurrent"):
+            yield _error(
+                f"feedback comes from a layer's prediction, but {source!r} is an {src['kind']}",
+                edge["path"],
+                source,
+                name,
+            )
+            continue
+        if src.get("axis") != here.get("axis"):
+            yield _error(
+                f"feedback {source!r} runs on {src.get('axis')!r} steps but {name!r} on "
+                f"{here.get('axis')!r} steps; feedback must come from the same sequence",
+                edge["path"],
+                source,
+                name,
+            )
+            continue
+        target, candidates = fed_input(g, name, src.get("width"))
+        if target is None:
+            yield _error(
+                f"cannot tell which input {source!r} stands in for: "
+                + (
+                    f"none of {one_of(candidates)} has vocabulary or size {src.get('width')}"
+                    if candidates
+                    else "the layer has no sequence input"
+                ),
+                edge["path"],
+                source,
+                name,
+            )
+            continue
+        truth = g.nodes[target]
+        expected = _ground_truth_width(g, target)
+        if truth["kind"] not in ("input", "embedding"):
+            yield _error(
+                f"feedback replaces the ground truth of an input, but {target!r} is a {truth['kind']} layer",
+                edge["path"],
+                target,
+                name,
+            )
+        elif expected != src.get("width"):
+            what = (
+                f"a distribution over the {expected} tokens of {target!r}"
+                if truth.get("vocab") or truth["kind"] == "embedding"
+                else f"a vector of {target!r}'s size {expected}"
+            )
+            yield _error(
+                f"feedback {source!r} must be {what}, but it has width {src.get('width')}",
+                edge["path"],
+                source,
+                target,
+                name,
+            )
+
+
+def check_recurrent_edges(spec: Spec, g: nx.MultiDiGraph, cells: Mapping[str, Cell]) -> Found:
+    for source, name, edge in edges_of_kind(g, "recurrent"):
+        src = g.nodes[source]
+        if src["kind"] == "missing":
+            continue
+        if src.get("axis") is None or src.get("axis") != g.nodes[name].get("axis"):
+            yield _error(
+                f"a recurrent edge joins two steps of one sequence, but {source!r} runs on "
+                f"{src.get('axis')!r} steps and {name!r} on {g.nodes[name].get('axis')!r} steps",
+                edge["path"],
+                source,
+                name,
+            )
+        elif src.get("width") is None:
+            yield _error(f"{source!r} holds token ids; embed it first", edge["path"], source, name)
+
+
+def check_outputs(spec: Spec, g: nx.MultiDiGraph, cells: Mapping[str, Cell]) -> Found:
+    for name, out in spec.outputs.items():
+        src = g.nodes[out.from_]
+        if src["kind"] == "missing":
+            continue
+        path = ("outputs", name)
+        if src["kind"] == "input" and src.get("token_ids"):
+            yield _error(
+                f"{out.from_!r} holds token ids; outputs are vectors", (*path, "from"), out.from_
+            )
+        if out.steps == "last" and src.get("axis") is None:
+            yield _error(
+                f"steps: last needs a sequence, but {out.from_!r} has one value per example",
+                (*path, "steps"),
+                out.from_,
+            )
+        if out.state is not None:
+            layer = src.get("spec")
+            if not isinstance(layer, RecurrentLayer):
+                yield _error(
+                    f"'state' needs a recurrent layer, but {out.from_!r} is a {src['kind']} "
+                    "(use steps: last for its last value)",
+                    (*path, "state"),
+                    out.from_,
+                )
+            elif layer.cell in cells and out.state not in cells[layer.cell].state:
+                states = cells[layer.cell].state
+                yield _error(
+                    f"cell {layer.cell!r} has no state {out.state!r}{did_you_mean(out.state, states)}; "
+                    f"its states: {', '.join(states)}",
+                    (*path, "state"),
+                    out.from_,
+                )
+
+
+def _graph_name(node: Any) -> str:
+    if isinstance(node, tuple):
+        if len(node) == 4:
+            layer, depth, direction, t = node
+            return f"{layer}.{direction}.l{depth}[t={t}]"
+        return f"{node[0]}[t={node[1]}]" if len(node) == 2 else str(node[0])
+    return str(node)
+
+
+def check_cycles(spec: Spec, g: nx.MultiDiGraph, cells: Mapping[str, Cell]) -> Found:
+    """No value may depend on itself: in the rolled graph, then unrolled over time."""
+    instant = nx.DiGraph()
+    instant.add_nodes_from(g.nodes)
+    instant.add_edges_from((u, v, d) for u, v, d in g.edges(data=True) if d["delay"] == 0)
+    found = False
+    for component in nx.strongly_connected_components(instant):
+        sub = instant.subgraph(component)
+        if len(component) == 1 and not sub.number_of_edges():
+            continue
+        found = True
+        cycle = nx.find_cycle(sub)
+        names = [u for u, _ in cycle] + [cycle[0][0]]
+        yield _error(
+            "a cycle with no delay (each of these needs the other at the same step): "
+            + " -> ".join(names)
+            + "; break it with a recurrent edge of delay >= 1",
+            instant.edges[cycle[0]]["path"],
+            *names[:-1],
+        )
+    if found:
+        return
+    unrolled = unroll(g, UNROLL_STEPS_FOR_CHECKS)
+    try:
+        cycle = nx.find_cycle(unrolled)
+    except nx.NetworkXNoCycle:
+        return
+    involved = [u for u, _ in cycle]
+    layers = [n[0] for n in involved if len(n) == 4]
+    name = next(
+        (n for n in layers if isinstance(g.nodes[n]["spec"], RecurrentLayer)), involved[0][0]
+    )
+    layer = g.nodes[name].get("spec")
+    path: tuple[Any, ...] = ("layers", name)
+    reason = ""
+    if isinstance(layer, RecurrentLayer) and layer.feedback and layer.direction != "forward":
+        path = (*path, "feedback")
+        reason = (
+            f" a {layer.direction} layer with feedback is not causal: running backward, step t "
+            "needs the input at t+1, which is its own prediction at t."
+        )
+    yield _error(
+        "the unrolled graph has a cycle (a step needs its own result):" + reason,
+        path,
+        *{n[0] for n in involved},
+        detail=(" -> ".join(_graph_name(n) for n in [*involved, involved[0]]),),
+    )
+
+
+def check_use(spec: Spec, g: nx.MultiDiGraph, cells: Mapping[str, Cell]) -> Found:
+    """Outputs are reachable from the inputs; every input and layer feeds an output."""
+    inputs = [n for n, d in g.nodes(data=True) if d["kind"] == "input"]
+    reachable = set(inputs)
+    for node in inputs:
+        reachable |= nx.descendants(g, node)
+    for name in spec.outputs:
+        node = output_node(name)
+        if node not in reachable and g.nodes[spec.outputs[name].from_]["kind"] != "missing":
+            yield _error(
+                f"output {name!r} cannot be reached from any input",
+                ("outputs", name, "from"),
+                node,
+            )
+    used: set[str] = set()
+    for name in spec.outputs:
+        used |= nx.ancestors(g, output_node(name))
+    for name in spec.inputs:
+        if name not in used:
+            yield _warning(f"input {name!r} is not used by any output", ("inputs", name), name)
+    for name in spec.layers:
+        if name not in used and g.nodes[name].get("spec") is spec.layers[name]:
+            yield _warning(f"layer {name!r} is not used by any output", ("layers", name), name)
+
+
+def check_stacking(spec: Spec, g: nx.MultiDiGraph, cells: Mapping[str, Cell]) -> Found:
+    for name, layer in spec.recurrent_layers().items():
+        if layer.depth == 1 and layer.residual:
+            yield _warning(
+                "residual connects stacked layers; with depth 1 it does nothing",
+                ("layers", name, "residual"),
+                name,
+            )
+        if layer.depth == 1 and layer.dropout > 0:
+            yield _warning(
+                "dropout applies between stacked layers; with depth 1 it does nothing",
+                ("layers", name, "dropout"),
+                name,
+            )
+
+
+CHECKS = (
+    check_names,
+    check_references,
+    check_layer_inputs,
+    check_cell_sizes,
+    check_init,
+    check_attention,
+    check_feedback,
+    check_recurrent_edges,
+    check_outputs,
+    check_cycles,
+    check_use,
+    check_stacking,
+)

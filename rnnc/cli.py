@@ -1,0 +1,245 @@
+"""The ``rnnc`` command line.
+
+Exit codes: 0 success; 1 the spec or data is wrong (a message, never a traceback);
+2 the command line is wrong; 3 an internal error (a bug in rnnc: please report it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from importlib import resources
+
+from rnnc import __version__
+from rnnc.cells import builtin_cells
+from rnnc.checks import analyze
+from rnnc.equations import Cell
+from rnnc.errors import Diagnostic, RnncError, SpecError, did_you_mean
+from rnnc.files import write_atomic
+from rnnc.parse import load_spec
+from rnnc.spec import Spec
+from rnnc.summary import summarize
+
+EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
+SCHEMA_FILE = "rnnc.schema.json"
+
+
+class UsageError(Exception):
+    """The command line asks for something that does not exist (exit code 2)."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    run: Callable[[argparse.Namespace], int] = args.run
+    try:
+        return run(args)
+    except UsageError as exc:
+        parser.exit(EXIT_USAGE, f"rnnc: error: {exc}\n")
+    except RnncError as exc:
+        print(exc.report() if isinstance(exc, SpecError) else f"rnnc: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(
+            f"rnnc: internal error: {type(exc).__name__}: {exc}\n"
+            "This is a bug in rnnc; run again with --debug for a traceback and report it.",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
+    return EXIT_OK  # pragma: no cover - parser.exit does not return
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rnnc",
+        description="A compiler for recurrent neural networks described in YAML.",
+    )
+    parser.add_argument("--version", action="version", version=f"rnnc {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show a traceback on internal errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    check = sub.add_parser("check", help="validate specs and print a summary")
+    check.add_argument("specs", nargs="+", metavar="SPEC", help="spec files (YAML)")
+    check.add_argument("--batch", type=_positive, default=32, help="example batch size (32)")
+    check.add_argument(
+        "--steps", type=_positive, default=10, help="example steps per sequence (10)"
+    )
+    check.set_defaults(run=run_check)
+
+    schema = sub.add_parser("schema", help="print the JSON Schema of the spec language")
+    schema.add_argument("-o", "--output", help="write it to this file")
+    schema.set_defaults(run=run_schema)
+
+    init = sub.add_parser("init", help="start a spec from a gallery template")
+    init.add_argument("template", nargs="?", help="a gallery spec name (omit to list them)")
+    init.add_argument(
+        "-o", "--output", help="write the spec to this file (and the schema beside it)"
+    )
+    init.add_argument("--force", action="store_true", help="overwrite an existing file")
+    init.set_defaults(run=run_init)
+
+    cells = sub.add_parser("cells", help="list the built-in cells, or show one")
+    cells.add_argument("cell", nargs="?", help="a cell name")
+    cells.add_argument("--input", type=_positive, default=None, help="input size for shapes")
+    cells.add_argument("--hidden", type=_positive, default=None, help="hidden size for shapes")
+    cells.add_argument("--spec", help="also look for the cell among this spec's cells")
+    cells.set_defaults(run=run_cells)
+    return parser
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, found {text!r}") from None
+    if not 1 <= value <= 1_000_000:
+        raise argparse.ArgumentTypeError(f"expected an integer from 1 to 1000000, found {value}")
+    return value
+
+
+# --- check -----------------------------------------------------------------------------
+
+
+def run_check(args: argparse.Namespace) -> int:
+    status = EXIT_OK
+    for index, path in enumerate(args.specs):
+        if index:
+            print()
+        try:
+            spec = load_spec(path)
+        except SpecError as exc:
+            _print_diagnostics(exc.diagnostics, path)
+            status = EXIT_INVALID
+            continue
+        analysis = analyze(spec)
+        _print_diagnostics(analysis.diagnostics, path)
+        if analysis.ok:
+            print(f"{path}: " + summarize(analysis, batch=args.batch, steps=args.steps))
+        else:
+            status = EXIT_INVALID
+    return status
+
+
+def _print_diagnostics(diagnostics: Sequence[Diagnostic], path: str) -> None:
+    if not diagnostics:
+        return
+    for diagnostic in diagnostics:
+        print(diagnostic.format(), file=sys.stderr)
+    errors = sum(d.severity == "error" for d in diagnostics)
+    warnings = len(diagnostics) - errors
+    counts = [
+        f"{n} {word}{'s' if n != 1 else ''}"
+        for n, word in ((errors, "error"), (warnings, "warning"))
+        if n
+    ]
+    print(f"{path}: {', '.join(counts)}", file=sys.stderr)
+
+
+# --- schema and init -------------------------------------------------------------------
+
+
+def schema_text() -> str:
+    schema = Spec.model_json_schema(by_alias=True)
+    schema = {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
+    return json.dumps(schema, indent=2, sort_keys=False) + "\n"
+
+
+def run_schema(args: argparse.Namespace) -> int:
+    text = schema_text()
+    if args.output:
+        write_atomic(args.output, text)
+        print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
+def gallery() -> dict[str, str]:
+    """Gallery template name -> YAML text."""
+    folder = resources.files("rnnc.gallery")
+    return {
+        entry.name.removesuffix(".yaml"): entry.read_text(encoding="utf-8")
+        for entry in sorted(folder.iterdir(), key=lambda e: e.name)
+        if entry.name.endswith(".yaml")
+    }
+
+
+def run_init(args: argparse.Namespace) -> int:
+    templates = gallery()
+    if args.template is None:
+        for name, text in templates.items():
+            first = next((line[2:] for line in text.splitlines() if line.startswith("# ")), "")
+            print(f"{name:28} {first}")
+        return EXIT_OK
+    if args.template not in templates:
+        raise UsageError(
+            f"unknown template {args.template!r}{did_you_mean(args.template, templates)}; "
+            f"templates: {', '.join(templates)}"
+        )
+    text = f"# yaml-language-server: $schema={SCHEMA_FILE}\n" + templates[args.template]
+    if not args.output:
+        sys.stdout.write(text)
+        return EXIT_OK
+    if os.path.exists(args.output) and not args.force:
+        raise RnncError(f"{args.output} exists; pass --force to overwrite it")
+    schema_path = os.path.join(os.path.dirname(os.path.abspath(args.output)), SCHEMA_FILE)
+    write_atomic(args.output, text)
+    print(f"wrote {args.output}", file=sys.stderr)
+    if not os.path.exists(schema_path):
+        write_atomic(schema_path, schema_text())
+        print(
+            f"wrote {schema_path} (the JSON Schema YAML editors complete the spec from)",
+            file=sys.stderr,
+        )
+    return EXIT_OK
+
+
+# --- cells -----------------------------------------------------------------------------
+
+
+def run_cells(args: argparse.Namespace) -> int:
+    cells: dict[str, Cell] = dict(builtin_cells())
+    if args.spec:
+        analysis = analyze(load_spec(args.spec))
+        cells.update({n: c for n, c in analysis.cells.items() if n in analysis.spec.cells})
+    if args.cell is None:
+        for name, cell in cells.items():
+            params = ", ".join(p.name for p in cell.params)
+            print(f"{name:18} state {', '.join(cell.state):6}  params {params}")
+        return EXIT_OK
+    if args.cell not in cells:
+        raise UsageError(
+            f"unknown cell {args.cell!r}{did_you_mean(args.cell, cells)}; cells: {', '.join(cells)}"
+        )
+    cell = cells[args.cell]
+    input_size = args.input or 8
+    hidden = args.hidden or 16
+    print(f"cell {cell.name}: state [{', '.join(cell.state)}], output {cell.output}")
+    print("equations (in order; a state means its old value until assigned):")
+    width = max(len(eq.target) for eq in cell.equations)
+    for eq in cell.equations:
+        print(f"  {eq.target.rjust(width)} = {eq.text}")
+    print(f"parameters for input size {input_size}, hidden size {hidden}:")
+    shapes = cell.param_shapes(input_size, hidden)
+    name_width = max(len(n) for n in shapes)
+    total = 0
+    for name, shape in shapes.items():
+        size = 1
+        for dim in shape:
+            size *= dim
+        total += size
+        print(f"  {name.ljust(name_width)}  {shape!s:14} {size:>10,}")
+    print(f"  total {total:,} per layer and direction")
+    problems = cell.check_sizes(input_size, hidden)
+    for problem in problems:
+        print(f"  does not fit: {problem.equation}: {problem.message}", file=sys.stderr)
+    return EXIT_INVALID if problems else EXIT_OK

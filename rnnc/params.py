@@ -1,0 +1,84 @@
+"""Parameter names and shapes of a checked spec.
+
+Canonical names (a contract shared by every backend and weights file):
+
+- ``LAYER.DIRECTION.lK.PARAM`` for the cell of a recurrent layer at depth K
+  (``encoder.fwd.l0.W_i``); ``LAYER.bridge.W`` / ``.b`` for ``init: {bridge: dense}``;
+  ``LAYER.attention.*`` for attention (additive: ``W_q``, ``W_k``, ``v``; general:
+  ``W_a``; dot and general also ``W_c``, ``b_c`` for the attentional output).
+- ``LAYER.W`` and ``LAYER.b`` for a dense layer; ``NAME.embedding`` for a token input
+  with ``embed`` and for an embedding layer.
+
+A matrix over ``[x, h]`` is one array (hidden, width(x) + width(h)), columns in the
+order written. The order of this mapping is the order parameters are listed in.
+"""
+
+from __future__ import annotations
+
+from rnnc.checks import Analysis, cell_input_width, final_state_width
+from rnnc.graph import input_edges
+from rnnc.spec import DenseLayer, EmbeddingLayer, RecurrentLayer, TokenInput
+
+Shapes = dict[str, tuple[int, ...]]
+
+
+def param_shapes(analysis: Analysis) -> Shapes:
+    """Every parameter of a valid spec, by canonical name, in canonical order."""
+    if not analysis.ok:
+        raise ValueError("param_shapes needs a spec without errors")
+    spec, _g = analysis.spec, analysis.graph
+    shapes: Shapes = {}
+    for name, inp in spec.inputs.items():
+        if isinstance(inp, TokenInput) and inp.embed is not None:
+            shapes[f"{name}.embedding"] = (inp.vocab, inp.embed)
+    for name, _layer in spec.layers.items():
+        shapes.update(layer_param_shapes(analysis, name))
+    return shapes
+
+
+def layer_param_shapes(analysis: Analysis, name: str) -> Shapes:
+    """The parameters of one layer, by canonical name."""
+    g = analysis.graph
+    layer = analysis.spec.layers[name]
+    if isinstance(layer, DenseLayer):
+        width = sum(g.nodes[s]["width"] for s, _ in input_edges(g, name))
+        return {f"{name}.W": (layer.dense, width), f"{name}.b": (layer.dense,)}
+    if isinstance(layer, EmbeddingLayer):
+        vocab = g.nodes[layer.input]["vocab"]
+        return {f"{name}.embedding": (vocab, layer.embedding)}
+    assert isinstance(layer, RecurrentLayer)
+    cell = analysis.cells[layer.cell]
+    shapes: Shapes = {}
+    input_width = cell_input_width(g, name)
+    assert input_width is not None
+    H = layer.hidden
+    for depth in range(layer.depth):
+        width = input_width if depth == 0 else layer.output_width
+        for direction in layer.directions:
+            for param, shape in cell.param_shapes(width, H).items():
+                shapes[f"{name}.{direction}.l{depth}.{param}"] = shape
+    if layer.init is not None and layer.init.bridge == "dense":
+        source_width, _ = final_state_width(g, layer.init.from_)
+        assert source_width is not None
+        shapes[f"{name}.bridge.W"] = (H, source_width)
+        shapes[f"{name}.bridge.b"] = (H,)
+    if layer.attention is not None:
+        M = g.nodes[layer.attention.memory]["width"]
+        prefix = f"{name}.attention"
+        if layer.attention.score == "additive":
+            shapes.update({f"{prefix}.W_q": (H, H), f"{prefix}.W_k": (H, M), f"{prefix}.v": (H,)})
+        else:
+            if layer.attention.score == "general":
+                shapes[f"{prefix}.W_a"] = (H, M)
+            shapes.update({f"{prefix}.W_c": (H, M + H), f"{prefix}.b_c": (H,)})
+    return shapes
+
+
+def count(shapes: Shapes) -> int:
+    total = 0
+    for shape in shapes.values():
+        size = 1
+        for dim in shape:
+            size *= dim
+        total += size
+    return total

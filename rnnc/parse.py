@@ -1,0 +1,234 @@
+"""Text -> :class:`~rnnc.spec.Spec`, with Pydantic's errors told in rnnc's words.
+
+Each Pydantic error becomes a :class:`~rnnc.errors.Diagnostic` that says where
+(``FILE:LINE:COL``), which key (``layers.decoder.direction``), what fits and what was
+found, and suggests the closest known key or value.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import types
+import typing
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from rnnc.errors import Diagnostic, Path, SpecError, did_you_mean, one_of
+from rnnc.load import Document, load_file, load_yaml
+from rnnc.spec import Spec, strip_union_tags
+
+
+def parse_spec(text: str, file: str = "<string>") -> Spec:
+    """Parse YAML text into a Spec; raise SpecError with every problem found."""
+    return spec_from_document(load_yaml(text, file))
+
+
+def load_spec(path: str | os.PathLike[str]) -> Spec:
+    """Read and parse a spec file; raise SpecError with every problem found."""
+    return spec_from_document(load_file(path))
+
+
+def spec_from_document(document: Document) -> Spec:
+    data = document.data
+    source = document.source
+    if not isinstance(data, dict):
+        raise SpecError(
+            source.attach(
+                [
+                    Diagnostic(
+                        f"expected a mapping of spec keys (rnnc, name, inputs, layers, outputs), found {_found(data)}"
+                    )
+                ]
+            )
+        )
+    try:
+        spec = Spec.model_validate(data)
+    except ValidationError as exc:
+        diagnostics = [_diagnostic(error, data) for error in exc.errors()]
+        located = []
+        for diagnostic, error in zip(diagnostics, exc.errors(), strict=False):
+            on_key = error["type"] in ("extra_forbidden", "identifier") or "[key]" in error["loc"]
+            located.append(diagnostic.at(source.file, source.locate(diagnostic.path, key=on_key)))
+        raise SpecError(_unique(located)) from None
+    spec._source = source
+    return spec
+
+
+def _unique(diagnostics: list[Diagnostic]) -> list[Diagnostic]:
+    seen: set[tuple[Path, str]] = set()
+    out = []
+    for d in diagnostics:
+        if (d.path, d.message) not in seen:
+            seen.add((d.path, d.message))
+            out.append(d)
+    return out
+
+
+def _found(value: Any) -> str:
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return repr(value) if len(value) <= 40 else repr(value[:37] + "...")
+    return repr(value)
+
+
+_EXPECTED = {
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "int_from_float": "an integer",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "string_type": "a string",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+    "model_attributes_type": "a mapping",
+    "list_type": "a list",
+    "finite_number": "a finite number",
+}
+_BOUNDS = {
+    "greater_than_equal": ">=",
+    "greater_than": ">",
+    "less_than_equal": "<=",
+    "less_than": "<",
+}
+
+
+def _diagnostic(error: Any, data: dict[str, Any]) -> Diagnostic:
+    kind = error["type"]
+    loc = tuple(error["loc"])
+    path = tuple(p for p in strip_union_tags(loc) if p != "[key]")
+    found = error.get("input")
+    ctx = error.get("ctx") or {}
+
+    if kind == "missing":
+        parent = _model_at(loc[:-1])
+        needed = _required_keys(parent) if parent else []
+        hint = (
+            f" (a {_label(parent)} needs {one_of(needed).replace(' or ', ' and ')})"
+            if len(needed) > 1
+            else ""
+        )
+        return Diagnostic(f"missing key {path[-1]!r}{hint}", path[:-1])
+    if kind == "extra_forbidden":
+        parent = _model_at(loc[:-1])
+        allowed = _keys(parent) if parent else []
+        key = str(path[-1])
+        return Diagnostic(
+            f"unknown key {key!r}{did_you_mean(key, allowed)}; expected one of {one_of(allowed)}",
+            path,
+        )
+    if kind in ("input_kind", "layer_kind"):
+        if not isinstance(found, dict):
+            return Diagnostic(f"expected a mapping, found {_found(found)}", path)
+        return Diagnostic(f"{error['msg']} (found keys {one_of(map(str, found))})", path)
+    if kind == "literal_error":
+        expected = re.findall(r"'([^']*)'", ctx.get("expected", "")) or re.findall(
+            r"\b(\d+)\b", ctx.get("expected", "")
+        )
+        hint = did_you_mean(found, expected) if isinstance(found, str) else ""
+        return Diagnostic(f"expected {one_of(expected)}, found {_found(found)}{hint}", path)
+    if kind in _BOUNDS:
+        bound = next(iter(ctx.values()))
+        noun = (
+            "an integer" if isinstance(bound, int) and not isinstance(found, float) else "a number"
+        )
+        return Diagnostic(f"expected {noun} {_BOUNDS[kind]} {bound}, found {_found(found)}", path)
+    if kind in ("too_short", "too_long"):
+        what = "a list" if isinstance(found, list) else "a mapping"
+        limit = ctx.get("min_length") if kind == "too_short" else ctx.get("max_length")
+        relation = "at least" if kind == "too_short" else "at most"
+        entries = "entry" if limit == 1 else "entries"
+        return Diagnostic(
+            f"expected {what} with {relation} {limit} {entries}, found {ctx.get('actual_length')}",
+            path,
+        )
+    if kind == "string_too_long":
+        return Diagnostic(f"expected at most {ctx.get('max_length')} characters", path)
+    if kind in _EXPECTED:
+        return Diagnostic(f"expected {_EXPECTED[kind]}, found {_found(found)}", path)
+    if kind == "union_tag_invalid" or kind.startswith("union"):
+        return Diagnostic(error["msg"], path)
+    # Our own PydanticCustomErrors already read as rnnc messages.
+    return Diagnostic(error["msg"], path)
+
+
+def _unwrap(tp: Any) -> Any:
+    while typing.get_origin(tp) is typing.Annotated:
+        tp = typing.get_args(tp)[0]
+    return tp
+
+
+def _variants(tp: Any) -> list[Any]:
+    tp = _unwrap(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return list(typing.get_args(tp))
+    return [tp]
+
+
+def _tag_of(tp: Any) -> str | None:
+    if typing.get_origin(tp) is typing.Annotated:
+        for meta in typing.get_args(tp)[1:]:
+            if type(meta).__name__ == "Tag":
+                return str(meta.tag)
+    return None
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The model class Pydantic validated at ``loc`` (a location with union tags)."""
+    tp: Any = Spec
+    for part in loc:
+        options = _variants(tp)
+        tagged = [v for v in options if _tag_of(v) == part]
+        if tagged:
+            tp = tagged[0]
+            continue
+        models = [
+            _unwrap(v)
+            for v in options
+            if isinstance(_unwrap(v), type) and issubclass(_unwrap(v), BaseModel)
+        ]
+        containers = [_unwrap(v) for v in options if typing.get_origin(_unwrap(v)) in (dict, list)]
+        if models and isinstance(part, str):
+            field = _field(models[0], part)
+            if field is None:
+                return None
+            tp = field
+        elif containers:
+            container = containers[0]
+            args = typing.get_args(container)
+            tp = args[-1] if typing.get_origin(container) is dict else args[0]
+        else:
+            return None
+    final = [_unwrap(v) for v in _variants(tp)]
+    models = [v for v in final if isinstance(v, type) and issubclass(v, BaseModel)]
+    return models[0] if models else None
+
+
+def _field(model: type[BaseModel], key: str) -> Any:
+    for name, info in model.model_fields.items():
+        if (info.alias or name) == key:
+            return info.annotation
+    return None
+
+
+def _keys(model: type[BaseModel]) -> list[str]:
+    return [info.alias or name for name, info in model.model_fields.items()]
+
+
+def _required_keys(model: type[BaseModel]) -> list[str]:
+    return [info.alias or name for name, info in model.model_fields.items() if info.is_required()]
+
+
+def _label(model: type[BaseModel] | None) -> str:
+    words = re.sub(r"(?<!^)([A-Z])", r" \1", model.__name__ if model else "value").lower()
+    return {"spec": "spec", "cell spec": "cell"}.get(words, words)

@@ -1,0 +1,30 @@
+"""The backend registry: backends are found by name through entry points.
+
+This is the one place in rnnc that knows backends exist. A backend package
+declares ``[project.entry-points."rnnc.backends"] NAME = "module:Backend"``.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+from typing import Any
+
+from rnnc.errors import RnncError, did_you_mean
+
+GROUP = "rnnc.backends"
+
+
+def available_backends() -> list[str]:
+    """Names of the installed backends, sorted."""
+    return sorted(ep.name for ep in entry_points(group=GROUP))
+
+
+def load_backend(name: str) -> Any:
+    """The backend object registered under ``name`` (imported only now)."""
+    for ep in entry_points(group=GROUP):
+        if ep.name == name:
+            return ep.load()
+    names = available_backends()
+    raise RnncError(
+        f"unknown backend {name!r}{did_you_mean(name, names)}; installed: {', '.join(names) or 'none'}"
+    )

@@ -1,0 +1,1 @@
+"""The gallery of example specs, installed as the package ``rnnc.gallery``."""
