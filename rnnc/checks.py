@@ -96,7 +96,7 @@ def check_references(spec: Spec, g: nx.MultiDiGraph, cells: Mapping[str, Cell]) 
                 target,
             )
     for name, layer in spec.recurrent_layers().items():
-        if layer.cell not in cells:
+        if layer.cell not in cells and layer.cell not in spec.cells:  # broken cells: reported
             builtin = ", ".join(builtin_cells())
             own = f"; this spec's: {', '.join(spec.cells)}" if spec.cells else ""
             yield _error(
@@ -459,11 +459,9 @@ def check_cycles(spec: Spec, g: nx.MultiDiGraph, cells: Mapping[str, Cell]) -> F
     if found:
         return
     unrolled = unroll(g, UNROLL_STEPS_FOR_CHECKS)
-    try:
-        cycle = nx.find_cycle(unrolled)
-    except nx.NetworkXNoCycle:
+    if nx.is_directed_acyclic_graph(unrolled):
         return
-    involved = [u for u, _ in cycle]
+    involved = _shortest_cycle(unrolled)
     layers = [n[0] for n in involved if len(n) == 4]
     name = next(
         (n for n in layers if isinstance(g.nodes[n]["spec"], RecurrentLayer)), involved[0][0]
@@ -483,6 +481,15 @@ def check_cycles(spec: Spec, g: nx.MultiDiGraph, cells: Mapping[str, Cell]) -> F
         *{n[0] for n in involved},
         detail=(" -> ".join(_graph_name(n) for n in [*involved, involved[0]]),),
     )
+
+
+def _shortest_cycle(graph: nx.MultiDiGraph) -> list[Any]:
+    """The nodes of a shortest cycle of a graph that has one (for a readable message)."""
+    for bound in range(1, 16):
+        cycle = next(iter(nx.simple_cycles(graph, length_bound=bound)), None)
+        if cycle is not None:
+            return list(cycle)
+    return [edge[0] for edge in nx.find_cycle(graph)]
 
 
 def check_use(spec: Spec, g: nx.MultiDiGraph, cells: Mapping[str, Cell]) -> Found:

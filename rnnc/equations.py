@@ -171,6 +171,7 @@ class Cell:
     def check_sizes(self, input_size: int, hidden: int) -> list[EquationError]:
         """The equations whose widths do not fit for these sizes."""
         problems = []
+        texts = {eq.target: eq.text for eq in self.equations}
         for rule in self.size_rules:
             left, right = rule.left.size(input_size, hidden), rule.right.size(input_size, hidden)
             if left != right:
@@ -180,6 +181,7 @@ class Cell:
                         f"{hidden} (widths {left} and {right})",
                         rule.equation,
                         rule.col,
+                        text=texts[rule.equation],
                     )
                 )
         return problems
@@ -270,15 +272,15 @@ def _parse_equation(target: str, text: str, scope: _Scope) -> Equation:
         raise EquationError("'x' is the cell input; it cannot be assigned")
     if target in FUNCTIONS:
         raise EquationError(f"{target!r} is a function; it cannot be assigned")
-    if target in scope.params:
-        raise EquationError(f"{target!r} is already used as a parameter above; choose another name")
     if not isinstance(text, str) or not text.strip():
         raise EquationError("the equation is empty", col=0)
     _check_caps(text)
     try:
         tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError as exc:
-        col = (exc.offset or 1) - 1 + (len(text) - len(text.lstrip()))
+        stripped = text.strip()
+        offset = exc.offset - 1 if exc.offset and exc.offset >= 1 else len(stripped)
+        col = min(offset, len(stripped)) + (len(text) - len(text.lstrip()))
         raise EquationError(f"invalid syntax: {exc.msg}", col=col) from None
     except (RecursionError, MemoryError, ValueError):
         raise EquationError("the equation is too complex", col=0) from None
@@ -286,7 +288,7 @@ def _parse_equation(target: str, text: str, scope: _Scope) -> Equation:
     if count > MAX_NODES:
         raise EquationError(f"the equation is too long (over {MAX_NODES} terms)", col=0)
     lead = len(text) - len(text.lstrip())
-    expr, width = _Translator(scope, lead, target).expr(tree.body)
+    expr, width = _Translator(scope, lead, target, text.strip()).expr(tree.body)
     if width is None:
         raise EquationError("an equation must compute a vector, not a lone number", col=lead)
     if target in scope.state and width != H_WIDTH:
@@ -340,6 +342,21 @@ _REFUSED_OPERATORS = {
     ast.BitOr: "'|' is not allowed",
     ast.BitXor: "'^' is not allowed",
 }
+_SYMBOLS: dict[type[ast.operator], str] = {
+    ast.Add: "+",
+    ast.Sub: "-",
+    ast.Mult: "*",
+    ast.MatMult: "@",
+    ast.Pow: "**",
+    ast.Div: "/",
+    ast.FloorDiv: "//",
+    ast.Mod: "%",
+    ast.LShift: "<<",
+    ast.RShift: ">>",
+    ast.BitAnd: "&",
+    ast.BitOr: "|",
+    ast.BitXor: "^",
+}
 _REFUSED_NODES = {
     ast.Attribute: "attributes ('a.b') are not allowed",
     ast.Subscript: "subscripts ('a[i]') are not allowed; use a separate parameter instead",
@@ -361,13 +378,22 @@ _REFUSED_NODES = {
 class _Translator:
     """Walks an allow-listed Python AST into the cell IR, tracking widths."""
 
-    def __init__(self, scope: _Scope, lead: int, target: str):
+    def __init__(self, scope: _Scope, lead: int, target: str, text: str):
         self.scope = scope
         self.lead = lead
         self.target = target
+        self.text = text
 
     def fail(self, message: str, node: ast.AST) -> EquationError:
         return EquationError(message, col=self.lead + getattr(node, "col_offset", 0))
+
+    def operator_col(self, node: ast.BinOp) -> int:
+        """Where the operator of ``node`` is written (not where its left side starts)."""
+        start = node.left.end_col_offset or node.col_offset
+        gap = self.text[start : node.right.col_offset]
+        symbol = _SYMBOLS.get(type(node.op), "")
+        found = gap.find(symbol) if symbol else -1
+        return self.lead + (start + found if found >= 0 else node.col_offset)
 
     def expr(self, node: ast.expr) -> tuple[Expr, Width | None]:
         if isinstance(node, ast.Constant):
@@ -443,20 +469,20 @@ class _Translator:
         op = _OPERATORS.get(type(node.op))
         if op is None:
             message = _REFUSED_OPERATORS.get(type(node.op), "this operator is not allowed")
-            raise self.fail(message, node)
+            raise EquationError(message, col=self.operator_col(node))
         left, left_width = self.expr(node.left)
         right, right_width = self.expr(node.right)
-        width = left_width if right_width is None else right_width
+        width = right_width if left_width is None else left_width
         if left_width is not None and right_width is not None and left_width != right_width:
             what = f"the two sides of '{op}' ({_source(node.left)} and {_source(node.right)})"
             if not left_width.can_equal(right_width):
-                raise self.fail(
+                raise EquationError(
                     f"{what} never have the same width "
                     f"({left_width.describe()} vs {right_width.describe()})",
-                    node,
+                    col=self.operator_col(node),
                 )
             self.scope.rules.append(
-                _SizeRule(self.target, self.lead + node.col_offset, left_width, right_width, what)
+                _SizeRule(self.target, self.operator_col(node), left_width, right_width, what)
             )
         return Binary(op, left, right), width
 
@@ -494,6 +520,9 @@ class _Translator:
 
     def call(self, node: ast.Call) -> tuple[Expr, Width | None]:
         if not isinstance(node.func, ast.Name):
+            for kind, message in _REFUSED_NODES.items():
+                if isinstance(node.func, kind) and kind is not ast.Attribute:
+                    raise self.fail(message, node.func)
             raise self.fail(f"only the functions {one_of(FUNCTIONS)} can be called", node.func)
         function = node.func.id
         if function not in FUNCTIONS:

@@ -191,17 +191,18 @@ def _infer_axes(g: nx.MultiDiGraph) -> None:
 # --- unrolling -------------------------------------------------------------------------
 
 
-def unroll(g: nx.MultiDiGraph, steps: int | Mapping[str, int]) -> nx.DiGraph:
+def unroll(g: nx.MultiDiGraph, steps: int | Mapping[str, int]) -> nx.MultiDiGraph:
     """Unroll a rolled graph over time.
 
     ``steps`` is the number of steps of every time axis, or one per axis (a sequence
     input's name). Nodes are tuples: ``(layer, depth, direction, t)`` for recurrent
     cells, ``(name, t)`` for other per-step values, ``(name,)`` for values with no
-    time axis. Every node has ``kind`` and ``t`` attributes; edges have ``kind``.
+    time axis. Every node has ``kind`` and ``t`` attributes; edges are keyed by their
+    ``kind``, so an init and an attention edge between the same two nodes both stay.
     """
     axes = {d["axis"] for _, d in g.nodes(data=True) if d.get("axis")}
     lengths = {a: (steps if isinstance(steps, int) else steps.get(a, 1)) for a in axes}
-    u = nx.DiGraph(name=g.graph.get("name"))
+    u = nx.MultiDiGraph(name=g.graph.get("name"))
 
     def steps_of(node: str) -> range | None:
         axis = g.nodes[node].get("axis")
@@ -258,7 +259,7 @@ def unroll(g: nx.MultiDiGraph, steps: int | Mapping[str, int]) -> nx.DiGraph:
     def link(sources: list[tuple[Any, ...]], target: tuple[Any, ...], kind: str) -> None:
         for s in sources:
             if s in u and target in u:
-                u.add_edge(s, target, kind=kind)
+                u.add_edge(s, target, key=kind, kind=kind)
 
     for node, data in g.nodes(data=True):
         kind, span = data["kind"], steps_of(node)

@@ -169,13 +169,13 @@ class _Loader(yaml.SafeLoader):
 
 
 def _compose(text: str, file: str) -> yaml.Node | None:
-    loader = _Loader(text)
-
     def fail(message: str, mark: Any = None) -> SpecError:
         location = _location(mark) if mark is not None else None
         return SpecError([Diagnostic(message, file=file, location=location)])
 
+    loader = None
     try:
+        loader = _Loader(text)  # checks for unprintable characters
         if not loader.check_node():
             return None
         node = loader.get_node()
@@ -192,10 +192,11 @@ def _compose(text: str, file: str) -> yaml.Node | None:
     except yaml.reader.ReaderError as exc:
         line = text.count("\n", 0, exc.position) + 1
         col = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
+        code = exc.character if isinstance(exc.character, int) else ord(exc.character)
         raise SpecError(
             [
                 Diagnostic(
-                    f"character {exc.character!r} is not allowed in YAML",
+                    f"character U+{code:04X} is not allowed in YAML text",
                     file=file,
                     location=Location(line, col),
                 )
@@ -210,7 +211,8 @@ def _compose(text: str, file: str) -> yaml.Node | None:
     except RecursionError:
         raise fail(f"the YAML is nested too deeply (expected at most {MAX_DEPTH} levels)") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 class _Builder:

@@ -46,14 +46,60 @@ def spec_from_document(document: Document) -> Spec:
     try:
         spec = Spec.model_validate(data)
     except ValidationError as exc:
-        diagnostics = [_diagnostic(error, data) for error in exc.errors()]
         located = []
-        for diagnostic, error in zip(diagnostics, exc.errors(), strict=False):
+        for error in _one_branch_per_union(exc.errors(), data):
+            diagnostic = _diagnostic(error)
             on_key = error["type"] in ("extra_forbidden", "identifier") or "[key]" in error["loc"]
             located.append(diagnostic.at(source.file, source.locate(diagnostic.path, key=on_key)))
+        located.sort(key=lambda d: (d.location.line, d.location.col) if d.location else (0, 0))
         raise SpecError(_unique(located)) from None
     spec._source = source
     return spec
+
+
+def _union_branch(loc: tuple[Any, ...]) -> str | None:
+    """Pydantic labels the branches of a plain union in the location: 'list[...]'."""
+    return next((p for p in loc if isinstance(p, str) and "[" in p and p != "[key]"), None)
+
+
+def _value_at(data: Any, path: tuple[Any, ...]) -> Any:
+    for part in path:
+        try:
+            data = data[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return data
+
+
+def _one_branch_per_union(errors: list[Any], data: Any) -> list[Any]:
+    """Keep the errors of the union branch that matches what was written.
+
+    ``input: x`` or ``input: [x, y]`` is a name or a list of names; an error in one
+    should not also be reported as a failure of the other form.
+    """
+    kept = []
+    explained: set[tuple[Any, ...]] = set()
+    for error in errors:
+        loc = tuple(error["loc"])
+        branch = _union_branch(loc)
+        if branch is None:
+            kept.append(error)
+            continue
+        at = loc[: loc.index(branch)]
+        value = _value_at(data, strip_union_tags(at))
+        if isinstance(value, list) == branch.startswith("list[") and isinstance(value, (list, str)):
+            kept.append({**error, "loc": tuple(p for p in loc if p != branch)})
+        elif not isinstance(value, (list, str)) and at not in explained:
+            explained.add(at)
+            kept.append(
+                {
+                    "type": "names",
+                    "loc": at,
+                    "msg": f"expected a name or a list of names, found {_found(value)}",
+                    "input": value,
+                }
+            )
+    return kept
 
 
 def _unique(diagnostics: list[Diagnostic]) -> list[Diagnostic]:
@@ -103,7 +149,7 @@ _BOUNDS = {
 }
 
 
-def _diagnostic(error: Any, data: dict[str, Any]) -> Diagnostic:
+def _diagnostic(error: Any) -> Diagnostic:
     kind = error["type"]
     loc = tuple(error["loc"])
     path = tuple(p for p in strip_union_tags(loc) if p != "[key]")
@@ -132,9 +178,9 @@ def _diagnostic(error: Any, data: dict[str, Any]) -> Diagnostic:
             return Diagnostic(f"expected a mapping, found {_found(found)}", path)
         return Diagnostic(f"{error['msg']} (found keys {one_of(map(str, found))})", path)
     if kind == "literal_error":
-        expected = re.findall(r"'([^']*)'", ctx.get("expected", "")) or re.findall(
-            r"\b(\d+)\b", ctx.get("expected", "")
-        )
+        expected = re.findall(r"'([^']*)'", ctx.get("expected", ""))
+        if not expected:  # numbers, such as the version in 'rnnc: 1'
+            return Diagnostic(f"expected {ctx.get('expected')}, found {_found(found)}", path)
         hint = did_you_mean(found, expected) if isinstance(found, str) else ""
         return Diagnostic(f"expected {one_of(expected)}, found {_found(found)}{hint}", path)
     if kind in _BOUNDS:
