@@ -137,7 +137,8 @@ def check_layer_inputs(spec: Spec, g: nx.MultiDiGraph, cells: Mapping[str, Cell]
                 )
             elif src["kind"] == "output":
                 yield _error(f"{source!r} is an output, not a layer", edge["path"], source, name)
-        if data["kind"] == "recurrent" and data.get("axis") is None:
+        broken = any(g.nodes[s]["kind"] == "missing" for s, _ in input_edges(g, name))
+        if data["kind"] == "recurrent" and data.get("axis") is None and not broken:
             yield _error(
                 "a recurrent layer needs at least one sequence input to set its number of steps "
                 "(all of its inputs have 'sequence: false')",
@@ -500,7 +501,8 @@ def check_use(spec: Spec, g: nx.MultiDiGraph, cells: Mapping[str, Cell]) -> Foun
         reachable |= nx.descendants(g, node)
     for name in spec.outputs:
         node = output_node(name)
-        if node not in reachable and g.nodes[spec.outputs[name].from_]["kind"] != "missing":
+        broken = any(g.nodes[n]["kind"] == "missing" for n in nx.ancestors(g, node))
+        if node not in reachable and not broken:
             yield _error(
                 f"output {name!r} cannot be reached from any input",
                 ("outputs", name, "from"),

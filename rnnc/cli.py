@@ -46,6 +46,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return EXIT_OK
+    except OSError as exc:  # a file we were asked to write or read
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"rnnc: {where}{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_INVALID
     except Exception as exc:
         if args.debug:
             raise
