@@ -44,6 +44,14 @@ class Diagnostic:
     def dotted_path(self) -> str:
         return format_path(self.path)
 
+    @property
+    def line(self) -> int | None:
+        return self.location.line if self.location else None
+
+    @property
+    def col(self) -> int | None:
+        return self.location.col if self.location else None
+
     def at(self, file: str | None, location: Location | None) -> Diagnostic:
         return replace(self, file=file, location=location)
 
