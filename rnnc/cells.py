@@ -65,15 +65,29 @@ def equation_diagnostic(
     path = (*cell_path, "equations", problem.equation)
     detail: tuple[str, ...] = ()
     location = None
-    if problem.col is not None:
-        detail = (
-            f"{problem.equation}: {problem.text.strip()}",
-            " " * (len(problem.equation) + 2 + _stripped_col(problem)) + "^",
-        )
+    if problem.col is not None and problem.text.strip():
+        text, col = _window(problem.text.strip(), _stripped_col(problem))
+        prefix = f"{problem.equation}: "
+        detail = (prefix + text, " " * (len(prefix) + col) + "^")
         if source is not None:
             location = source.locate_in_scalar(path, problem.col)
     file = source.file if source is not None else None
     return Diagnostic(problem.message, path, file=file, location=location, detail=detail)
+
+
+def _window(text: str, col: int, width: int = 72) -> tuple[str, int]:
+    """At most ``width`` characters of ``text`` around column ``col``."""
+    if len(text) <= width:
+        return text, col
+    start = max(0, min(col - width // 2, len(text) - width))
+    cut = text[start : start + width]
+    if start > 0:
+        cut, col = "..." + cut[3:], col - start
+    else:
+        col -= start
+    if start + width < len(text):
+        cut = cut[:-3] + "..."
+    return cut, col
 
 
 def _stripped_col(problem: EquationError) -> int:

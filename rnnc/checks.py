@@ -273,7 +273,7 @@ def check_attention(spec: Spec, g: nx.MultiDiGraph, cells: Mapping[str, Cell]) -
         score = edge["score"]
         if score == "dot" and src.get("width") not in (None, layer.hidden):
             yield _error(
-                f"size mismatch: dot attention compares {name!r}'s state (width {layer.hidden}) with "
+                f"size mismatch: dot attention compares the state of {name!r} (width {layer.hidden}) with "
                 f"{memory!r} (width {src['width']}); use score: general or additive, or equal sizes",
                 ("layers", name, "attention", "score"),
                 memory,
@@ -340,13 +340,15 @@ def check_feedback(spec: Spec, g: nx.MultiDiGraph, cells: Mapping[str, Cell]) ->
             continue
         target, candidates = fed_input(g, name, src.get("width"))
         if target is None:
+            fitting = [s for s in candidates if _ground_truth_width(g, s) == src.get("width")]
+            if fitting:
+                reason = f"{one_of(fitting, 'and')} all have vocabulary or size {src.get('width')}"
+            elif candidates:
+                reason = f"none of {one_of(candidates)} has vocabulary or size {src.get('width')}"
+            else:
+                reason = "the layer has no sequence input"
             yield _error(
-                f"cannot tell which input {source!r} stands in for: "
-                + (
-                    f"none of {one_of(candidates)} has vocabulary or size {src.get('width')}"
-                    if candidates
-                    else "the layer has no sequence input"
-                ),
+                f"cannot tell which input {source!r} stands in for: {reason}",
                 edge["path"],
                 source,
                 name,
@@ -450,10 +452,16 @@ def check_cycles(spec: Spec, g: nx.MultiDiGraph, cells: Mapping[str, Cell]) -> F
         found = True
         cycle = nx.find_cycle(sub)
         names = [u for u, _ in cycle] + [cycle[0][0]]
+        kinds = {instant.edges[edge]["kind"] for edge in cycle}
+        fix = (
+            "give a recurrent edge a delay >= 1"
+            if kinds <= {"input", "recurrent", "output"}
+            else "a layer cannot start from or attend over itself or what it feeds"
+        )
         yield _error(
             "a cycle with no delay (each of these needs the other at the same step): "
             + " -> ".join(names)
-            + "; break it with a recurrent edge of delay >= 1",
+            + f"; {fix}",
             instant.edges[cycle[0]]["path"],
             *names[:-1],
         )
@@ -519,8 +527,15 @@ def check_use(spec: Spec, g: nx.MultiDiGraph, cells: Mapping[str, Cell]) -> Foun
             yield _warning(f"layer {name!r} is not used by any output", ("layers", name), name)
 
 
-def check_stacking(spec: Spec, g: nx.MultiDiGraph, cells: Mapping[str, Cell]) -> Found:
+def check_options(spec: Spec, g: nx.MultiDiGraph, cells: Mapping[str, Cell]) -> Found:
+    """Options that do nothing where they are written (warnings)."""
     for name, layer in spec.recurrent_layers().items():
+        if layer.direction != "bidirectional" and "merge" in layer.model_fields_set:
+            yield _warning(
+                "merge combines the two directions of a bidirectional layer; this layer has one",
+                ("layers", name, "merge"),
+                name,
+            )
         if layer.depth == 1 and layer.residual:
             yield _warning(
                 "residual connects stacked layers; with depth 1 it does nothing",
@@ -535,6 +550,24 @@ def check_stacking(spec: Spec, g: nx.MultiDiGraph, cells: Mapping[str, Cell]) ->
             )
 
 
+def check_axis_joins(spec: Spec, g: nx.MultiDiGraph, cells: Mapping[str, Cell]) -> Found:
+    """Warn where a layer joins two sequences step by step after one went through a layer.
+
+    Joining two inputs (``input: [x, y_prev]``) is the usual way to feed two aligned
+    sequences; joining an encoder's output to a decoder's is usually a mistake.
+    """
+    for node, sequences in g.graph.get("axis_joins", []):
+        sources = [s for s, _ in input_edges(g, node)]
+        if all(g.nodes[s]["kind"] == "input" for s in sources):
+            continue
+        yield _warning(
+            f"this layer joins the steps of {one_of(sequences, 'and')} one to one, so their lengths "
+            "must be equal; to pass an encoder to a decoder, use 'init' or 'attention'",
+            (*g.nodes[node]["path"], "input"),
+            node,
+        )
+
+
 CHECKS = (
     check_names,
     check_references,
@@ -547,5 +580,6 @@ CHECKS = (
     check_outputs,
     check_cycles,
     check_use,
-    check_stacking,
+    check_options,
+    check_axis_joins,
 )

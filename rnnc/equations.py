@@ -26,11 +26,16 @@ from typing import Literal
 
 from rnnc.errors import did_you_mean, one_of
 
+# The functions of the language, elementwise (every backend implements exactly these):
+#   sigmoid(a) = 1 / (1 + exp(-a))         tanh(a)
+#   relu(a) = max(a, 0)                    identity(a) = a
+#   hard_sigmoid(a) = clip(0.2 a + 0.5, 0, 1)   (ONNX's HardSigmoid defaults, as its RNN ops use)
+#   softsign(a) = a / (1 + |a|)
 FUNCTIONS = ("sigmoid", "tanh", "relu", "hard_sigmoid", "softsign", "identity")
 INPUT = "x"
 MAX_EQUATION_CHARS = 1000
 MAX_NESTING = 24
-MAX_NODES = 400
+MAX_NODES = 1000
 
 
 # --- widths ----------------------------------------------------------------------------
@@ -240,7 +245,7 @@ def parse_cell(
         scope.later.discard(target)
 
     for s in state:
-        if s not in equations:
+        if s not in equations and s != INPUT:
             errors.append(
                 EquationError(
                     f"state {s!r} is never assigned: add an equation '{s}: ...'", field="state"
@@ -286,7 +291,7 @@ def _parse_equation(target: str, text: str, scope: _Scope) -> Equation:
         raise EquationError("the equation is too complex", col=0) from None
     count = sum(1 for _ in ast.walk(tree))
     if count > MAX_NODES:
-        raise EquationError(f"the equation is too long (over {MAX_NODES} terms)", col=0)
+        raise EquationError(f"the equation has too many parts (over {MAX_NODES})", col=0)
     lead = len(text) - len(text.lstrip())
     expr, width = _Translator(scope, lead, target, text.strip()).expr(tree.body)
     if width is None:
@@ -494,8 +499,8 @@ class _Translator:
         scope = self.scope
         if name == INPUT or name in scope.state or name in scope.assigned or name in scope.later:
             raise self.fail(
-                f"the left side of '@' must be a parameter, but {name!r} is a "
-                f"{'the input' if name == INPUT else 'value computed by the cell'}",
+                f"the left side of '@' must be a parameter, but {name!r} is "
+                f"{'the input' if name == INPUT else 'value the cell computes'}",
                 matrix,
             )
         if name in FUNCTIONS or name.startswith("__"):

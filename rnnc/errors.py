@@ -90,14 +90,14 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def one_of(choices: Iterable[str]) -> str:
-    """``'a', 'b' or 'c'`` for messages that list what fits."""
+def one_of(choices: Iterable[str], last: str = "or") -> str:
+    """``'a', 'b' or 'c'`` (sorted) for messages that list what fits."""
     items = [repr(c) for c in sorted(choices)]
     if not items:
         return "nothing"
     if len(items) == 1:
         return items[0]
-    return ", ".join(items[:-1]) + " or " + items[-1]
+    return ", ".join(items[:-1]) + f" {last} " + items[-1]
 
 
 class RnncError(Exception):

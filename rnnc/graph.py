@@ -178,14 +178,20 @@ def _infer_axes(g: nx.MultiDiGraph) -> None:
             n = parent[n]
         return n
 
+    joins = []
     for node in g.nodes:
         group = sorted(sequences_under(node, frozenset()), key=order.index)
+        if g.nodes[node]["kind"] in ("recurrent", "dense"):
+            separate = {find(s) for s in group}
+            if len(separate) > 1:
+                joins.append((node, tuple(group)))
         for other in group[1:]:
             a, b = sorted((find(group[0]), find(other)), key=order.index)
             parent[b] = a
     for node, data in g.nodes(data=True):
         found = sources[node]
         data["axis"] = find(next(iter(found))) if found else None
+    g.graph["axis_joins"] = joins
 
 
 # --- unrolling -------------------------------------------------------------------------

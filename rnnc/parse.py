@@ -176,7 +176,8 @@ def _diagnostic(error: Any) -> Diagnostic:
     if kind in ("input_kind", "layer_kind"):
         if not isinstance(found, dict):
             return Diagnostic(f"expected a mapping, found {_found(found)}", path)
-        return Diagnostic(f"{error['msg']} (found keys {one_of(map(str, found))})", path)
+        keys = ", ".join(repr(str(k)) for k in found) or "none"
+        return Diagnostic(f"{error['msg']} (found keys {keys})", path)
     if kind == "literal_error":
         expected = re.findall(r"'([^']*)'", ctx.get("expected", ""))
         if not expected:  # numbers, such as the version in 'rnnc: 1'
@@ -194,14 +195,17 @@ def _diagnostic(error: Any) -> Diagnostic:
         limit = ctx.get("min_length") if kind == "too_short" else ctx.get("max_length")
         relation = "at least" if kind == "too_short" else "at most"
         entries = "entry" if limit == 1 else "entries"
+        actual = len(found) if isinstance(found, (list, dict)) else ctx.get("actual_length")
         return Diagnostic(
-            f"expected {what} with {relation} {limit} {entries}, found {ctx.get('actual_length')}",
-            path,
+            f"expected {what} with {relation} {limit} {entries}, found {actual}", path
         )
     if kind == "string_too_long":
         return Diagnostic(f"expected at most {ctx.get('max_length')} characters", path)
     if kind in _EXPECTED:
-        return Diagnostic(f"expected {_EXPECTED[kind]}, found {_found(found)}", path)
+        hint = ""
+        if kind == "string_type" and isinstance(found, bool):
+            hint = " (YAML reads unquoted yes/no/on/off/true/false as booleans: quote the name)"
+        return Diagnostic(f"expected {_EXPECTED[kind]}, found {_found(found)}{hint}", path)
     if kind == "union_tag_invalid" or kind.startswith("union"):
         return Diagnostic(error["msg"], path)
     # Our own PydanticCustomErrors already read as rnnc messages.

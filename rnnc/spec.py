@@ -38,25 +38,29 @@ def check_identifier(name: str) -> str:
     if not _IDENTIFIER.match(name):
         raise PydanticCustomError(
             "identifier",
-            "expected a name of ASCII letters, digits and '_' not starting with a digit, found {name!r}",
+            "expected a name of ASCII letters, digits and '_' not starting with a digit, found '{name}'",
             {"name": name},
         )
     if len(name) > MAX_NAME:
         raise PydanticCustomError(
             "identifier", "expected a name of at most 64 characters, found {n}", {"n": len(name)}
         )
-    if keyword.iskeyword(name) or keyword.issoftkeyword(name):
+    if keyword.iskeyword(name):  # soft keywords (match, case, type, _) are valid names
         raise PydanticCustomError(
-            "identifier", "{name!r} is a Python keyword; choose another name", {"name": name}
+            "identifier", "'{name}' is a Python keyword; choose another name", {"name": name}
         )
     if name.startswith("__") and name.endswith("__"):
         raise PydanticCustomError(
-            "identifier", "{name!r} is reserved (a double-underscore name)", {"name": name}
+            "identifier", "'{name}' is reserved (a double-underscore name)", {"name": name}
         )
     return name
 
 
-Identifier = Annotated[str, AfterValidator(check_identifier)]
+Identifier = Annotated[
+    str,
+    AfterValidator(check_identifier),
+    Field(json_schema_extra={"pattern": "^[A-Za-z_][A-Za-z0-9_]{0,63}$"}),
+]
 Size = Annotated[int, Field(ge=1, le=65536)]
 Vocab = Annotated[int, Field(ge=1, le=1_000_000)]
 Probability = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
@@ -274,7 +278,7 @@ class CellSpec(_Model):
     def _unique_states(self) -> CellSpec:
         seen = [s for i, s in enumerate(self.state) if s in self.state[:i]]
         if seen:
-            raise PydanticCustomError("unique", "state {name!r} is listed twice", {"name": seen[0]})
+            raise PydanticCustomError("unique", "state '{name}' is listed twice", {"name": seen[0]})
         return self
 
 

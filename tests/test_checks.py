@@ -268,3 +268,37 @@ def test_analysis_exposes_cells_graph_and_diagnostics() -> None:
     analysis = rnnc.analyze(spec)
     assert analysis.ok and analysis.errors == () and "lstm" in analysis.cells
     assert analysis.graph.nodes["dec"]["cell"] is analysis.cells["lstm"]
+
+
+def test_merge_on_a_one_direction_layer_is_a_warning() -> None:
+    found = diagnostics(
+        enc_dec(", merge: sum", "").replace("input: tgt,", "input: tgt, merge: mean,")
+    )
+    assert [(d.severity, d.dotted_path) for d in found] == [("warning", "layers.dec.merge")]
+
+
+def test_joining_an_encoder_and_a_decoder_step_by_step_is_a_warning() -> None:
+    text = enc_dec(", merge: sum", "").replace(
+        "out: {dense: 20, input: dec}", "out: {dense: 20, input: [enc, dec]}"
+    )
+    found = diagnostics(text)
+    assert [(d.severity, d.dotted_path) for d in found] == [("warning", "layers.out.input")]
+    assert "'src' and 'tgt'" in found[0].message and "init" in found[0].message
+
+
+def test_feedback_that_fits_several_inputs_is_ambiguous() -> None:
+    (d,) = errors(
+        """
+        rnnc: 1
+        name: two_vocabs
+        inputs:
+          a: {vocab: 7, embed: 3}
+          b: {vocab: 7, embed: 2}
+        layers:
+          h: {cell: rnn, hidden: 6, input: [a, b], feedback: o}
+          o: {dense: 7, input: h}
+        outputs:
+          y: {from: o}
+        """
+    )
+    assert "'a' and 'b' all have vocabulary or size 7" in d.message

@@ -255,3 +255,18 @@ def test_json_schema_describes_every_key() -> None:
     } == set(layer["properties"])
     assert layer["properties"]["hidden"]["maximum"] == 65536
     assert "from" in schema["$defs"]["Init"]["properties"]
+
+
+def test_soft_keywords_are_names_but_yaml_booleans_are_not() -> None:
+    text = spec_text(GOOD).replace(
+        "  out: {dense: 3, input: rnn}", "  match: {dense: 3, input: rnn}"
+    )
+    text = text.replace("y: {from: out}", "y: {from: match}")
+    assert rnnc.check(rnnc.parse_spec(text)) == []
+    (d,) = errors_of(with_layer("{cell: lstm, hidden: 8, input: [x, on]}"))
+    assert d.dotted_path == "layers.rnn.input[1]" and "quote the name" in d.message
+
+
+def test_names_are_quoted_in_messages() -> None:
+    found = errors_of(spec_text(GOOD).replace("  out: {dense", "  class: {dense"))
+    assert any(d.message == "'class' is a Python keyword; choose another name" for d in found)
