@@ -45,6 +45,7 @@ def parse_user_cells(
                 Diagnostic(
                     f"{name!r} is a built-in cell; give your cell another name",
                     ("cells", name),
+                    at_key=True,
                 )
             )
             continue
@@ -63,6 +64,8 @@ def equation_diagnostic(
         path: Path = (*cell_path, problem.field)
         return Diagnostic(problem.message, path)
     path = (*cell_path, "equations", problem.equation)
+    if problem.col is None:  # about the name assigned, not the expression
+        return Diagnostic(problem.message, path, at_key=True)
     detail: tuple[str, ...] = ()
     location = None
     if problem.col is not None and problem.text.strip():

@@ -15,7 +15,7 @@ import networkx as nx
 
 from rnnc.cells import builtin_cells, equation_diagnostic, parse_user_cells
 from rnnc.equations import Cell
-from rnnc.errors import Diagnostic, did_you_mean, one_of
+from rnnc.errors import Diagnostic, a_or_an, did_you_mean, one_of
 from rnnc.graph import build_graph, edges_of_kind, input_edges, output_node, unroll
 from rnnc.spec import RecurrentLayer, Spec
 
@@ -53,6 +53,7 @@ def analyze(spec: Spec) -> Analysis:
         diagnostics.extend(check(spec, g, cells))
     if spec.source is not None:
         diagnostics = spec.source.attach(diagnostics)
+        diagnostics.sort(key=lambda d: (d.line or 0, d.col or 0))
     return Analysis(spec, cells, g, tuple(diagnostics))
 
 
@@ -65,9 +66,13 @@ Found = Iterator[Diagnostic]
 
 
 def _error(
-    message: str, path: tuple[Any, ...], *nodes: str, detail: tuple[str, ...] = ()
+    message: str,
+    path: tuple[Any, ...],
+    *nodes: str,
+    detail: tuple[str, ...] = (),
+    at_key: bool = False,
 ) -> Diagnostic:
-    return Diagnostic(message, path, nodes=tuple(nodes), detail=detail)
+    return Diagnostic(message, path, nodes=tuple(nodes), detail=detail, at_key=at_key)
 
 
 def _warning(message: str, path: tuple[Any, ...], *nodes: str) -> Diagnostic:
@@ -81,6 +86,7 @@ def check_names(spec: Spec, g: nx.MultiDiGraph, cells: Mapping[str, Cell]) -> Fo
                 f"{name!r} names both an input and a layer; inputs and layers share one namespace",
                 ("layers", name),
                 name,
+                at_key=True,
             )
 
 
@@ -176,6 +182,7 @@ def check_cell_sizes(spec: Spec, g: nx.MultiDiGraph, cells: Mapping[str, Cell]) 
                     f"its parameters: {params}",
                     ("layers", name, "param_init", param),
                     name,
+                    at_key=True,
                 )
         width = cell_input_width(g, name)
         if width is None:
@@ -323,7 +330,7 @@ def check_feedback(spec: Spec, g: nx.MultiDiGraph, cells: Mapping[str, Cell]) ->
         here = g.nodes[name]
         if src["kind"] not in ("dense", "recurrent"):
             yield _error(
-                f"feedback comes from a layer's prediction, but {source!r} is an {src['kind']}",
+                f"feedback comes from a layer's prediction, but {source!r} is {a_or_an(src['kind'])}",
                 edge["path"],
                 source,
                 name,
@@ -367,7 +374,7 @@ def check_feedback(spec: Spec, g: nx.MultiDiGraph, cells: Mapping[str, Cell]) ->
             what = (
                 f"a distribution over the {expected} tokens of {target!r}"
                 if truth.get("vocab") or truth["kind"] == "embedding"
-                else f"a vector of {target!r}'s size {expected}"
+                else f"a vector of the size of {target!r} ({expected})"
             )
             yield _error(
                 f"feedback {source!r} must be {what}, but it has width {src.get('width')}",
@@ -415,7 +422,7 @@ def check_outputs(spec: Spec, g: nx.MultiDiGraph, cells: Mapping[str, Cell]) -> 
             layer = src.get("spec")
             if not isinstance(layer, RecurrentLayer):
                 yield _error(
-                    f"'state' needs a recurrent layer, but {out.from_!r} is a {src['kind']} "
+                    f"'state' needs a recurrent layer, but {out.from_!r} is {a_or_an(src['kind'])} "
                     "(use steps: last for its last value)",
                     (*path, "state"),
                     out.from_,
@@ -444,14 +451,21 @@ def check_cycles(spec: Spec, g: nx.MultiDiGraph, cells: Mapping[str, Cell]) -> F
     instant = nx.DiGraph()
     instant.add_nodes_from(g.nodes)
     instant.add_edges_from((u, v, d) for u, v, d in g.edges(data=True) if d["delay"] == 0)
+    order = {node: i for i, node in enumerate(g.nodes)}
+    components = sorted(
+        nx.strongly_connected_components(instant), key=lambda c: min(order[n] for n in c)
+    )
     found = False
-    for component in nx.strongly_connected_components(instant):
+    for component in components:
         sub = instant.subgraph(component)
         if len(component) == 1 and not sub.number_of_edges():
             continue
         found = True
-        cycle = nx.find_cycle(sub)
+        start = min(component, key=order.__getitem__)
+        cycle = nx.find_cycle(sub, source=start)
         names = [u for u, _ in cycle] + [cycle[0][0]]
+        # Report the edge written first in the file (or first in spec order).
+        first = min(cycle, key=lambda edge: _written_at(spec, instant.edges[edge]["path"]))
         kinds = {instant.edges[edge]["kind"] for edge in cycle}
         fix = (
             "give a recurrent edge a delay >= 1"
@@ -462,7 +476,7 @@ def check_cycles(spec: Spec, g: nx.MultiDiGraph, cells: Mapping[str, Cell]) -> F
             "a cycle with no delay (each of these needs the other at the same step): "
             + " -> ".join(names)
             + f"; {fix}",
-            instant.edges[cycle[0]]["path"],
+            instant.edges[first]["path"],
             *names[:-1],
         )
     if found:
@@ -492,6 +506,11 @@ def check_cycles(spec: Spec, g: nx.MultiDiGraph, cells: Mapping[str, Cell]) -> F
     )
 
 
+def _written_at(spec: Spec, path: tuple[Any, ...]) -> tuple[int, int]:
+    location = spec.source.locate(path) if spec.source else None
+    return (location.line, location.col) if location else (0, 0)
+
+
 def _shortest_cycle(graph: nx.MultiDiGraph) -> list[Any]:
     """The nodes of a shortest cycle of a graph that has one (for a readable message)."""
     for bound in range(1, 16):
@@ -516,6 +535,8 @@ def check_use(spec: Spec, g: nx.MultiDiGraph, cells: Mapping[str, Cell]) -> Foun
                 ("outputs", name, "from"),
                 node,
             )
+    if any(d["kind"] == "missing" for _, d in g.nodes(data=True)):
+        return  # what is unused follows from the unknown names reported above
     used: set[str] = set()
     for name in spec.outputs:
         used |= nx.ancestors(g, output_node(name))

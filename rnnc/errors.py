@@ -39,6 +39,8 @@ class Diagnostic:
     detail: tuple[str, ...] = ()
     # Graph nodes the problem concerns, so a drawing can mark them.
     nodes: tuple[str, ...] = ()
+    # Point at the key of ``path`` (a name that is wrong) rather than at its value.
+    at_key: bool = False
 
     @property
     def dotted_path(self) -> str:
@@ -88,6 +90,11 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """A ``" (did you mean 'x'?)"`` suffix, or the empty string when nothing is close."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def a_or_an(word: str) -> str:
+    """``'an input'``, ``'a dense'``: the word with its indefinite article."""
+    return ("an " if word[:1] in "aeiou" else "a ") + word
 
 
 def one_of(choices: Iterable[str], last: str = "or") -> str:

@@ -67,10 +67,10 @@ class SourceMap:
         # A block scalar starts on the next line; its indentation is not known here.
         return span.start
 
-    def attach(self, diagnostics: list[Diagnostic], *, key_paths: bool = False) -> list[Diagnostic]:
+    def attach(self, diagnostics: list[Diagnostic]) -> list[Diagnostic]:
         """Fill in file and location of diagnostics that have none yet."""
         return [
-            d if d.location is not None else d.at(self.file, self.locate(d.path, key=key_paths))
+            d if d.location is not None else d.at(self.file, self.locate(d.path, key=d.at_key))
             for d in diagnostics
         ]
 
@@ -126,14 +126,20 @@ def load_yaml(text: str, file: str = "<string>") -> Document:
     if len(text.encode("utf-8", "surrogatepass")) > MAX_FILE_BYTES:
         raise SpecError([Diagnostic("the text is too large (expected at most 1 MiB)", file=file)])
     source = SourceMap(file)
-    node = _compose(text, file)
+    node, alias_marks = _compose(text, file)
     if node is None or (
         isinstance(node, yaml.ScalarNode) and node.tag == _YAML + "null" and node.value in ("", "~")
     ):
         raise SpecError(
-            [Diagnostic("the file is empty (expected a spec: a mapping with 'rnnc: 1')", file=file)]
+            [
+                Diagnostic(
+                    "the file is empty (expected a spec: a mapping with 'rnnc: 1')",
+                    file=file,
+                    location=Location(1, 1),
+                )
+            ]
         )
-    builder = _Builder(source)
+    builder = _Builder(source, alias_marks)
     data = builder.build(node, ())
     if builder.problems:
         raise SpecError(builder.problems)
@@ -159,16 +165,24 @@ class _Loader(yaml.SafeLoader):
     def __init__(self, stream: str):
         super().__init__(stream)
         self.alias_count = 0
+        # Where each alias was written: (id of its parent node, index or id of key node).
+        self.alias_marks: dict[tuple[int, int], Any] = {}
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
             self.alias_count += 1
+            mark = self.peek_event().start_mark
             if self.alias_count > MAX_ALIASES:
-                raise _TooManyAliasesError(self.peek_event().start_mark)
+                raise _TooManyAliasesError(mark)
+            self.alias_marks[(id(parent), _index_id(index))] = mark
         return super().compose_node(parent, index)
 
 
-def _compose(text: str, file: str) -> yaml.Node | None:
+def _index_id(index: Any) -> int:
+    return index if isinstance(index, int) and not isinstance(index, bool) else id(index)
+
+
+def _compose(text: str, file: str) -> tuple[yaml.Node | None, dict[tuple[int, int], Any]]:
     def fail(message: str, mark: Any = None) -> SpecError:
         location = _location(mark) if mark is not None else None
         return SpecError([Diagnostic(message, file=file, location=location)])
@@ -177,14 +191,14 @@ def _compose(text: str, file: str) -> yaml.Node | None:
     try:
         loader = _Loader(text)  # checks for unprintable characters
         if not loader.check_node():
-            return None
+            return None, {}
         node = loader.get_node()
         if loader.check_node():
             raise fail(
                 "the file holds more than one YAML document (expected one spec; remove the '---')",
                 loader.peek_event().start_mark,
             )
-        return node
+        return node, loader.alias_marks
     except _TooManyAliasesError as exc:
         raise fail(
             f"too many aliases (expected at most {MAX_ALIASES} uses of '*anchor')", exc.mark
@@ -203,9 +217,12 @@ def _compose(text: str, file: str) -> yaml.Node | None:
             ]
         ) from None
     except yaml.MarkedYAMLError as exc:
-        message = " ".join(part for part in (exc.context, exc.problem) if part) or "invalid YAML"
-        mark = exc.problem_mark or exc.context_mark
-        raise fail(f"invalid YAML: {message}", mark) from None
+        message = exc.problem or exc.context or "invalid YAML"
+        context = (exc.context or "").removeprefix("while parsing ").removeprefix("while scanning ")
+        if exc.problem and context and exc.context_mark is not None:
+            start = _location(exc.context_mark)
+            message += f" (in {context} that starts at line {start.line}, column {start.col})"
+        raise fail(f"invalid YAML: {message}", exc.problem_mark or exc.context_mark) from None
     except yaml.YAMLError as exc:
         raise fail(f"invalid YAML: {exc}") from None
     except RecursionError:
@@ -218,8 +235,9 @@ def _compose(text: str, file: str) -> yaml.Node | None:
 class _Builder:
     """Turns a node tree into plain data, recording locations and every problem."""
 
-    def __init__(self, source: SourceMap):
+    def __init__(self, source: SourceMap, alias_marks: dict[tuple[int, int], Any]):
         self.source = source
+        self.alias_marks = alias_marks
         self.problems: list[Diagnostic] = []
         self.visited = 0
         self.active: set[int] = set()
@@ -230,41 +248,36 @@ class _Builder:
             Diagnostic(message, path=path, file=self.source.file, location=_location(mark))
         )
 
-    def build(self, node: yaml.Node, path: Path) -> Any:
+    def build(self, node: yaml.Node, path: Path, mark: Any = None) -> Any:
+        """Plain data for ``node``; ``mark`` is where it was written if that was an alias."""
+        mark = mark or node.start_mark
         self.visited += 1
         if self.visited > MAX_NODES:
             if self.visited == MAX_NODES + 1:
-                self.problem(
-                    f"the document is too large (over {MAX_NODES:,} values)", path, node.start_mark
-                )
+                self.problem(f"the document is too large (over {MAX_NODES:,} values)", path, mark)
             return None
         if len(path) > MAX_DEPTH:
-            self.problem(
-                f"nested too deeply (expected at most {MAX_DEPTH} levels)", path, node.start_mark
-            )
+            self.problem(f"nested too deeply (expected at most {MAX_DEPTH} levels)", path, mark)
             return None
         if id(node) in self.active:
             self.problem(
-                "an alias refers to a value that contains it (recursive alias)",
-                path,
-                node.start_mark,
+                "an alias refers to a value that contains it (recursive alias)", path, mark
             )
             return None
         style = getattr(node, "style", None) if isinstance(node, yaml.ScalarNode) else None
-        self.source.values.setdefault(path, Span(_location(node.start_mark), style))
+        self.source.values.setdefault(path, Span(_location(mark), style))
         if isinstance(node, yaml.ScalarNode):
             return self.scalar(node, path)
         self.active.add(id(node))
         try:
             if node.tag not in _COLLECTION_TAGS:
-                self.problem(
-                    f"tag {node.tag!r} is not allowed (expected plain YAML data)",
-                    path,
-                    node.start_mark,
-                )
+                self.refuse_tag(node.tag, path, mark)
                 return None
             if isinstance(node, yaml.SequenceNode):
-                return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
+                return [
+                    self.build(item, (*path, i), self.alias_marks.get((id(node), i)))
+                    for i, item in enumerate(node.value)
+                ]
             assert isinstance(node, yaml.MappingNode)
             return self.mapping(node, path)
         finally:
@@ -277,12 +290,17 @@ class _Builder:
         if node.tag == implicit:
             # A plain scalar YAML reads as a date or similar: keep the text.
             return node.value
-        self.problem(
-            f"tag {node.tag!r} is not allowed (expected plain YAML data; rnnc never builds Python objects)",
-            path,
-            node.start_mark,
-        )
+        self.refuse_tag(node.tag, path, node.start_mark)
         return None
+
+    def refuse_tag(self, tag: str, path: Path, mark: Any) -> None:
+        written = "!!" + tag.removeprefix(_YAML) if tag.startswith(_YAML) else tag
+        self.problem(
+            f"tag {written!r} is not allowed (expected plain YAML data; rnnc never builds "
+            "Python objects)",
+            path,
+            mark,
+        )
 
     def mapping(self, node: yaml.MappingNode, path: Path) -> dict[Any, Any]:
         out: dict[Any, Any] = {}
@@ -321,7 +339,8 @@ class _Builder:
                 continue
             first_seen[key] = key_node.start_mark
             self.source.keys[(*path, key)] = _location(key_node.start_mark)
-            out[key] = self.build(value_node, (*path, key))
+            alias = self.alias_marks.get((id(node), id(key_node)))
+            out[key] = self.build(value_node, (*path, key), alias)
         return out
 
 

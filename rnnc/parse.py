@@ -49,7 +49,7 @@ def spec_from_document(document: Document) -> Spec:
         located = []
         for error in _one_branch_per_union(exc.errors(), data):
             diagnostic = _diagnostic(error)
-            on_key = error["type"] in ("extra_forbidden", "identifier") or "[key]" in error["loc"]
+            on_key = diagnostic.at_key or "[key]" in error["loc"]
             located.append(diagnostic.at(source.file, source.locate(diagnostic.path, key=on_key)))
         located.sort(key=lambda d: (d.location.line, d.location.col) if d.location else (0, 0))
         raise SpecError(_unique(located)) from None
@@ -141,6 +141,7 @@ _EXPECTED = {
     "list_type": "a list",
     "finite_number": "a finite number",
 }
+_KIND_KEYS = {"input_kind": ("size", "vocab"), "layer_kind": ("cell", "dense", "embedding")}
 _BOUNDS = {
     "greater_than_equal": ">=",
     "greater_than": ">",
@@ -172,10 +173,16 @@ def _diagnostic(error: Any) -> Diagnostic:
         return Diagnostic(
             f"unknown key {key!r}{did_you_mean(key, allowed)}; expected one of {one_of(allowed)}",
             path,
+            at_key=True,
         )
     if kind in ("input_kind", "layer_kind"):
         if not isinstance(found, dict):
             return Diagnostic(f"expected a mapping, found {_found(found)}", path)
+        kinds = _KIND_KEYS[kind]
+        for key in map(str, found):
+            hint = did_you_mean(key, kinds)
+            if hint:
+                return Diagnostic(f"{error['msg']}{hint}", (*path, key), at_key=True)
         keys = ", ".join(repr(str(k)) for k in found) or "none"
         return Diagnostic(f"{error['msg']} (found keys {keys})", path)
     if kind == "literal_error":

@@ -139,7 +139,7 @@ def test_real_valued_feedback_must_match_the_input_size() -> None:
     """
     assert errors(text.replace("SIZE", "3")) == []
     (d,) = errors(text.replace("SIZE", "4"))
-    assert "a vector of 'x''s size 3" in d.message
+    assert "a vector of the size of 'x' (3)" in d.message
 
 
 def test_unidirectional_decoder_with_feedback_is_causal_but_bidirectional_is_not() -> None:
