@@ -23,6 +23,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     Tag,
+    field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
@@ -274,12 +275,15 @@ class CellSpec(_Model):
     equations: Annotated[dict[Identifier, str], Field(min_length=1, max_length=64)]
     output: Identifier | None = Field(None, description="The state the cell outputs (default h).")
 
-    @model_validator(mode="after")
-    def _unique_states(self) -> CellSpec:
-        seen = [s for i, s in enumerate(self.state) if s in self.state[:i]]
-        if seen:
-            raise PydanticCustomError("unique", "state '{name}' is listed twice", {"name": seen[0]})
-        return self
+    @field_validator("state")
+    @classmethod
+    def _unique_states(cls, state: list[str]) -> list[str]:
+        twice = [s for i, s in enumerate(state) if s in state[:i]]
+        if twice:
+            raise PydanticCustomError(
+                "unique", "state '{name}' is listed twice", {"name": twice[0]}
+            )
+        return state
 
 
 class Spec(_Model):

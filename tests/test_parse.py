@@ -220,7 +220,7 @@ def test_a_spec_must_be_a_mapping() -> None:
 def test_cells_state_must_be_unique() -> None:
     text = spec_text(GOOD) + "cells:\n  c: {state: [h, h], equations: {h: tanh(W @ x)}}\n"
     (d,) = errors_of(text)
-    assert d.path == ("cells", "c") and "listed twice" in d.message
+    assert d.path == ("cells", "c", "state") and "listed twice" in d.message
 
 
 def test_json_schema_describes_every_key() -> None:
