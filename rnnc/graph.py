@@ -30,8 +30,6 @@ from rnnc.spec import (
     as_names,
 )
 
-DIRECTION_NAMES = {"fwd": "forward", "bwd": "backward"}
-
 
 def output_node(name: str) -> str:
     """Outputs have their own namespace; their node ids cannot clash with layer names."""

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from rnnc.errors import Diagnostic, Location, Path, SpecError, format_path
+from rnnc.errors import Diagnostic, Location, Path, SpecError
 
 MAX_FILE_BYTES = 1 << 20
 MAX_ALIASES = 32
@@ -342,10 +342,6 @@ class _Builder:
             alias = self.alias_marks.get((id(node), id(key_node)))
             out[key] = self.build(value_node, (*path, key), alias)
         return out
-
-
-def describe_path(path: Path) -> str:
-    return format_path(path) or "(top level)"
 
 
 def read_package_text(name: str) -> str:

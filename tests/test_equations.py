@@ -210,3 +210,14 @@ def test_never_evaluates_user_text(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(builtins, "exec", refuse)
     parse({"h": "tanh(W @ [x, h] + b)"})
     error_of({"h": "__import__('os').system('true')"})
+
+
+@pytest.mark.parametrize("name", list(CONTRACT))
+def test_printed_expressions_parse_back_to_the_same_ir(name: str) -> None:
+    from rnnc.equations import format_expr
+
+    cell = builtin_cells()[name]
+    printed = {eq.target: format_expr(eq.expr) for eq in cell.equations}
+    again = parse(printed, state=cell.state, output=cell.output)
+    assert [eq.expr for eq in again.equations] == [eq.expr for eq in cell.equations]
+    assert again.params == cell.params
