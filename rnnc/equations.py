@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ast
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -281,7 +282,9 @@ def _parse_equation(target: str, text: str, scope: _Scope) -> Equation:
         raise EquationError("the equation is empty", col=0)
     _check_caps(text)
     try:
-        tree = ast.parse(text.strip(), mode="eval")
+        with warnings.catch_warnings():  # "invalid decimal literal" and the like
+            warnings.simplefilter("ignore")
+            tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError as exc:
         stripped = text.strip()
         offset = exc.offset - 1 if exc.offset and exc.offset >= 1 else len(stripped)
@@ -405,8 +408,8 @@ class _Translator:
             value = node.value
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise self.fail(f"only numbers are allowed as constants, found {value!r}", node)
-            if not math.isfinite(value):
-                raise self.fail("numbers must be finite", node)
+            if (isinstance(value, int) and abs(value) > 2**53) or not math.isfinite(value):
+                raise self.fail("numbers must be finite and at most 2**53 in size", node)
             return Num(float(value)), None
         if isinstance(node, ast.Name):
             return self.name(node)
