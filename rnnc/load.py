@@ -107,18 +107,23 @@ def read_text(path: str | os.PathLike[str]) -> str:
             raw = handle.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise fail(f"cannot read the file: {exc.strerror}") from None
+    return decode(raw, name)
+
+
+def decode(raw: bytes, file: str = "<string>") -> str:
+    """Spec bytes as text: UTF-8 (a byte-order mark is allowed), at most 1 MiB."""
     if len(raw) > MAX_FILE_BYTES:
-        raise fail("the file is too large (expected at most 1 MiB)")
+        raise SpecError([Diagnostic("the file is too large (expected at most 1 MiB)", file=file)])
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
         col = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise fail(
+        message = (
             f"the file is not valid UTF-8 (byte 0x{raw[exc.start]:02x} cannot start or continue "
-            "a character); save it as UTF-8",
-            Location(line, col),
-        ) from None
+            "a character); save it as UTF-8"
+        )
+        raise SpecError([Diagnostic(message, file=file, location=Location(line, col))]) from None
 
 
 def load_yaml(text: str, file: str = "<string>") -> Document:

@@ -16,12 +16,14 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from rnnc.errors import Diagnostic, Path, SpecError, did_you_mean, one_of
-from rnnc.load import Document, load_file, load_yaml
+from rnnc.load import Document, decode, load_file, load_yaml
 from rnnc.spec import Spec, strip_union_tags
 
 
-def parse_spec(text: str, file: str = "<string>") -> Spec:
-    """Parse YAML text into a Spec; raise SpecError with every problem found."""
+def parse_spec(text: str | bytes, file: str = "<string>") -> Spec:
+    """Parse YAML text (or UTF-8 bytes) into a Spec; raise SpecError with every problem."""
+    if isinstance(text, bytes):
+        text = decode(text, file)
     return spec_from_document(load_yaml(text, file))
 
 
