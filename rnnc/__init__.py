@@ -14,6 +14,7 @@ from rnnc.errors import Diagnostic, RnncError, SpecError
 from rnnc.graph import build_graph, unroll
 from rnnc.parse import load_spec, parse_spec
 from rnnc.spec import Spec
+from rnnc.weights import WeightsError, check_params, init_params, load_weights, save_weights
 
 __version__ = "0.1.0"
 
@@ -24,13 +25,18 @@ __all__ = [
     "RnncError",
     "Spec",
     "SpecError",
+    "WeightsError",
     "__version__",
     "analyze",
     "build_graph",
     "builtin_cells",
     "check",
+    "check_params",
+    "init_params",
     "load_spec",
+    "load_weights",
     "parse_cell",
     "parse_spec",
+    "save_weights",
     "unroll",
 ]
