@@ -9,6 +9,7 @@ See docs/spec.md for the spec language and docs/cells.md for cell equations.
 
 from rnnc.cells import builtin_cells
 from rnnc.checks import Analysis, analyze, check
+from rnnc.compiler import compile
 from rnnc.equations import Cell, parse_cell
 from rnnc.errors import Diagnostic, RnncError, SpecError
 from rnnc.graph import build_graph, unroll
@@ -32,6 +33,7 @@ __all__ = [
     "builtin_cells",
     "check",
     "check_params",
+    "compile",
     "init_params",
     "load_spec",
     "load_weights",

@@ -16,10 +16,13 @@ from importlib import resources
 from rnnc import __version__
 from rnnc.cells import builtin_cells
 from rnnc.checks import analyze
+from rnnc.compiler import DTYPES
+from rnnc.compiler import compile as compile_spec
 from rnnc.equations import Cell
 from rnnc.errors import Diagnostic, RnncError, SpecError, did_you_mean
 from rnnc.files import write_atomic
 from rnnc.parse import load_spec
+from rnnc.registry import available_backends
 from rnnc.spec import Spec
 from rnnc.summary import summarize
 
@@ -78,6 +81,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--steps", type=_positive, default=10, help="example steps per sequence (10)"
     )
     check.set_defaults(run=run_check)
+
+    compile_ = sub.add_parser("compile", help="generate a standalone model module")
+    compile_.add_argument("spec", metavar="SPEC", help="a spec file (YAML)")
+    compile_.add_argument(
+        "--backend", default="numpy", help="numpy (default) or another installed backend"
+    )
+    compile_.add_argument(
+        "--dtype", choices=DTYPES, default="float32", help="float32 (default) or float64"
+    )
+    compile_.add_argument("-o", "--output", help="write the module here (default: print it)")
+    compile_.set_defaults(run=run_compile)
 
     schema = sub.add_parser("schema", help="print the JSON Schema of the spec language")
     schema.add_argument("-o", "--output", help="write it to this file")
@@ -146,6 +160,25 @@ def _print_diagnostics(diagnostics: Sequence[Diagnostic], path: str) -> None:
         if n
     ]
     print(f"{path}: {', '.join(counts)}", file=sys.stderr)
+
+
+# --- compile -----------------------------------------------------------------------------
+
+
+def run_compile(args: argparse.Namespace) -> int:
+    if args.backend not in available_backends():
+        names = available_backends()
+        raise UsageError(
+            f"unknown backend {args.backend!r}{did_you_mean(args.backend, names)}; "
+            f"installed: {', '.join(names) or 'none'}"
+        )
+    model = compile_spec(load_spec(args.spec), backend=args.backend, dtype=args.dtype)
+    if args.output:
+        write_atomic(args.output, model.source)
+        print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(model.source)
+    return EXIT_OK
 
 
 # --- schema and init -------------------------------------------------------------------

@@ -8,3 +8,73 @@ import textwrap
 def spec_text(text: str) -> str:
     """Dedent a spec written inline in a test."""
     return textwrap.dedent(text).lstrip("\n")
+
+
+def random_inputs(spec, rng, batch: int = 3, steps: int = 5, ragged: bool = True):
+    """Random inputs and lengths for every input of a spec (longest example first)."""
+    import numpy as np
+
+    inputs, lengths = {}, {}
+    for name, inp in spec.inputs.items():
+        tokens = hasattr(inp, "vocab")
+        shape: tuple[int, ...] = (batch, steps) if inp.sequence else (batch,)
+        if tokens:
+            inputs[name] = rng.integers(0, inp.vocab, shape)
+        else:
+            inputs[name] = rng.standard_normal((*shape, inp.size))
+        if inp.sequence:
+            length = rng.integers(1, steps + 1, batch) if ragged else np.full(batch, steps)
+            length[0] = steps
+            lengths[name] = length
+    return inputs, lengths
+
+
+def directional_errors(model, inputs, lengths, rng, eps: tuple[float, ...] = (1e-4, 1e-6)):
+    """Relative error of vjp against finite differences, per parameter and real input.
+
+    For each parameter (and real input) u is a random direction, and the vjp's
+    <grad, u> is compared with the fourth-order central difference of
+    L = sum(outputs * cotangents) along u:
+    (-L(2e) + 8 L(e) - 8 L(-e) + L(-2e)) / (12 eps). Its truncation error is
+    O(eps^4) and its rounding error O(1e-16 / eps), both far below 1e-6. A step can
+    still cross a kink of relu; the smaller step rarely does, so the error kept is
+    the smaller of the two steps' (a wrong gradient is wrong at both).
+    """
+
+    outputs = model.run(inputs, lengths=lengths)
+    cotangents = {k: rng.standard_normal(v.shape) for k, v in outputs.items()}
+    grads = model.vjp(inputs, cotangents, lengths=lengths)
+    params = model.params()
+
+    def loss(p, inp):
+        model.load_params(p)
+        out = model.run(inp, lengths=lengths)
+        return sum(float((out[k] * cotangents[k]).sum()) for k in out)
+
+    def differences(along):  # along(step) -> L at that step along the direction
+        return [
+            (-along(2 * e) + 8 * along(e) - 8 * along(-e) + along(-2 * e)) / (12 * e) for e in eps
+        ]
+
+    def error(numeric, analytic):
+        if analytic == 0.0 and min(abs(n) for n in numeric) < 1e-9:
+            return 0.0  # a path with no gradient (dead relu units): rounding noise only
+        return min(abs(n - analytic) / max(abs(n), abs(analytic), 1e-12) for n in numeric)
+
+    errors = {}
+    for name, value in params.items():
+        u = rng.standard_normal(value.shape)
+        numeric = differences(
+            lambda s, name=name, value=value, u=u: loss({**params, name: value + s * u}, inputs)
+        )
+        errors[name] = error(numeric, float((grads[name] * u).sum()))
+    model.load_params(params)
+    for name, value in inputs.items():
+        if value.dtype.kind != "f":
+            continue
+        u = rng.standard_normal(value.shape)
+        numeric = differences(
+            lambda s, name=name, value=value, u=u: loss(params, {**inputs, name: value + s * u})
+        )
+        errors[f"input:{name}"] = error(numeric, float((grads[name] * u).sum()))
+    return errors

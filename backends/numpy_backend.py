@@ -1,0 +1,881 @@
+"""The NumPy backend: a checked spec -> a readable Python module importing only NumPy.
+
+The module has a ``forward`` that runs the model and keeps what the backward pass
+needs, and a ``backward`` (BPTT) derived from the cell equations by
+:func:`rnnc.lower.reverse`: reverse-mode code, generated as source, no autograd.
+
+Layout inside the module: values are time-major ``(T, B, width)``; inputs and outputs
+are batch-first as the CompiledModel contract says. Every recurrent layer, depth and
+direction runs a ``scan_*`` function generated from its lowered cell step, with the
+input projections of all steps done in one matrix product before the loop and the
+recurrent products of all gates stacked into one per state per step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import keyword
+import linecache
+from collections.abc import Mapping
+from typing import Any
+
+import networkx as nx
+import numpy as np
+
+import rnnc
+from rnnc.checks import Analysis
+from rnnc.errors import RnncError
+from rnnc.graph import input_edges
+from rnnc.lower import Adjoint, CellStep, Op, lower_cell, reverse
+from rnnc.params import param_shapes
+from rnnc.spec import DenseLayer, EmbeddingLayer, RecurrentLayer, TokenInput
+
+PRELUDE = '''\
+import numpy as np
+
+
+def sigmoid(a):
+    """1 / (1 + exp(-a)) without overflow or underflow: |a| past cut(a) gives 0 or 1."""
+    e = flushed_exp(-np.abs(a))
+    return np.where(a >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def tanh(a):
+    return np.tanh(a)
+
+
+def relu(a):
+    return np.maximum(a, 0.0)
+
+
+def hard_sigmoid(a):
+    return np.clip(0.2 * a + 0.5, 0.0, 1.0)
+
+
+def softsign(a):
+    return a / (1.0 + np.abs(a))
+
+
+def identity(a):
+    return a
+
+
+def softmax(a):
+    e = flushed_exp(a - a.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def log_softmax(a):
+    shifted = a - a.max(axis=-1, keepdims=True)
+    return shifted - np.log(flushed_exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def flushed_exp(a):
+    """exp(a) for a <= 0, flushed to exactly 0 below -cut so no later product underflows
+    (cut: 200 in float64, where exp is 1e-87; 25 in float32, where it is 1e-11)."""
+    cut = 25.0 if np.result_type(a) == np.float32 else 200.0
+    return np.where(a > -cut, np.exp(np.maximum(a, -cut)), 0.0)
+
+
+def accumulate(grads, name, value):
+    """grads[name] += value, starting from the first contribution."""
+    grads[name] = value if name not in grads else grads[name] + value
+
+
+def step_mask(lengths, steps, dtype):
+    """(T, B, 1): 1 where step t is within the example's length, else 0."""
+    return (np.arange(steps)[:, None] < lengths[None, :]).astype(dtype)[:, :, None]
+'''
+
+RESERVED = {
+    "np", "sigmoid", "tanh", "relu", "hard_sigmoid", "softsign", "identity", "softmax",
+    "log_softmax", "accumulate", "step_mask", "range", "len", "reversed", "zip",
+    "xs", "mask", "mask_t", "xp", "xp_t", "W_x", "T", "B", "H", "t", "ys", "tape", "saved",
+    "params", "prefix", "init", "finals", "reverse", "order", "d_ys", "d_finals", "d_xs",
+    "d_xp", "grads", "carry", "x_t",
+}  # fmt: skip
+
+ACTIVATIONS = ("identity", "tanh", "relu", "sigmoid", "softmax", "log_softmax")
+
+
+class Namespace:
+    """Python names for spec names: never a keyword, a builtin we use, or taken twice."""
+
+    def __init__(self, reserved: set[str]):
+        self.taken = set(reserved)
+        self.names: dict[str, str] = {}
+
+    def __call__(self, name: str) -> str:
+        if name not in self.names:
+            candidate = name
+            while candidate in self.taken or keyword.iskeyword(candidate):
+                candidate += "_"
+            self.taken.add(candidate)
+            self.names[name] = candidate
+        return self.names[name]
+
+
+# --- one cell step ---------------------------------------------------------------------
+
+_PRECEDENCE = {"add": 1, "sub": 1, "mul": 2, "neg": 3}
+
+
+class _StepWriter:
+    """Renders the ops of a step (or its reverse) as Python lines, inlining what it can."""
+
+    def __init__(self, step: CellStep, names: Namespace):
+        self.step = step
+        self.names = names
+        self.H = step.hidden
+        self.exprs: dict[str, tuple[str, int]] = {}  # var -> (expression, precedence)
+
+    def var(self, name: str) -> str:
+        return self.names(name)
+
+    def block(self, k: int) -> str:
+        return f"{k * self.H}:{(k + 1) * self.H}"
+
+    def leaf(self, op: Op) -> str | None:
+        if op.kind == "x":
+            return "x_t"
+        if op.kind == "prev":
+            return self.var(f"{op.attr}_prev")
+        if op.kind == "param":
+            return self.var(op.attr)
+        if op.kind == "const":
+            return repr(float(op.attr))
+        if op.kind == "xproj":
+            return f"xp_t[:, {self.block(op.attr)}]"
+        if op.kind == "rproj":
+            return f"rp_{self.var(op.attr[0])}[:, {self.block(op.attr[1])}]"
+        return None
+
+    def ref(self, var: str, level: int) -> str:
+        text, precedence = self.exprs[var]
+        return f"({text})" if precedence < level else text
+
+    def render(self, op: Op) -> tuple[str, int]:
+        a = op.args
+        if op.kind == "add":
+            return f"{self.ref(a[0], 1)} + {self.ref(a[1], 2)}", 1
+        if op.kind == "sub":
+            return f"{self.ref(a[0], 1)} - {self.ref(a[1], 2)}", 1
+        if op.kind == "mul":
+            return f"{self.ref(a[0], 2)} * {self.ref(a[1], 3)}", 2
+        if op.kind == "neg":
+            return f"-{self.ref(a[0], 3)}", 3
+        if op.kind == "call":
+            return f"{op.attr}({self.ref(a[0], 0)})", 4
+        if op.kind == "concat":
+            return "np.concatenate([" + ", ".join(self.ref(x, 0) for x in a) + "], axis=-1)", 4
+        if op.kind == "matmul":
+            b = op.attr
+            return f"{self.ref(a[0], 3)} @ {self.var(b.param)}[:, {b.start}:{b.stop}].T", 2
+        if op.kind == "matmul_t":
+            b = op.attr
+            return f"{self.ref(a[0], 3)} @ {self.var(b.param)}[:, {b.start}:{b.stop}]", 2
+        if op.kind == "dcall":
+            y = self.ref(a[0], 3)
+            return {
+                "sigmoid": (f"{y} * (1.0 - {y})", 2),
+                "tanh": (f"1.0 - {y} * {y}", 1),
+                "relu": (f"({y} > 0)", 4),
+                "identity": ("1.0", 4),
+                "softsign": (f"(1.0 - np.abs({y})) ** 2", 2),
+                "hard_sigmoid": (f"0.2 * (({y} > 0) & ({y} < 1))", 2),
+            }[op.attr]
+        if op.kind == "slice":
+            offset, width = op.attr
+            return f"{self.ref(a[0], 4)}[:, {offset}:{offset + width}]", 4
+        if op.kind == "sum_batch":
+            return f"{self.ref(a[0], 4)}.sum(axis=0)", 4
+        raise AssertionError(f"no rendering for {op.kind}")  # pragma: no cover
+
+    def lines(self, ops: tuple[Op, ...], named: set[str], indent: str) -> list[str]:
+        out = []
+        for op in ops:
+            leaf = self.leaf(op)
+            if leaf is not None and op.out not in named:
+                self.exprs[op.out] = (leaf, 4)
+                continue
+            text, precedence = (leaf, 4) if leaf is not None else self.render(op)
+            if op.out in named:
+                name = self.var(op.out)
+                out.append(f"{indent}{name} = {text}")
+                self.exprs[op.out] = (name, 4)
+            else:
+                self.exprs[op.out] = (text, precedence)
+        return out
+
+
+def _uses(ops: tuple[Op, ...]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for op in ops:
+        for arg in op.args:
+            counts[arg] = counts.get(arg, 0) + 1
+    return counts
+
+
+def _forward_named(step: CellStep) -> set[str]:
+    """Vars that get a line of their own: equations, and what the reverse reads."""
+    uses = _uses(step.ops)
+    named = {eq.target for eq in step.cell.equations}
+    for op in step.ops:
+        if op.kind == "call":
+            named.add(op.out)
+        if op.kind in ("mul", "matmul"):
+            named.update(op.args)
+    named.update(v for v, n in uses.items() if n > 1)
+    # x, previous states, parameters and constants are names already; projections
+    # that the reverse reads get a line of their own like any other value.
+    leaves = {op.out for op in step.ops if op.kind in ("x", "prev", "param", "const")}
+    return named - leaves
+
+
+def _parameters(step: CellStep, names: Namespace) -> list[str]:
+    """Lines fetching a cell's parameters, the stacked hoisted input matrix W_x and the
+    stacked recurrent matrix R_s of each previous state s."""
+
+    def stack(blocks: tuple[Any, ...]) -> str:
+        joined = ", ".join(f"{names(b.param)}[:, {b.start}:{b.stop}]" for b in blocks)
+        return f"np.concatenate([{joined}], axis=0)"
+
+    lines = [f"    {names(p.name)} = params[prefix + {p.name!r}]" for p in step.cell.params]
+    if step.x_blocks:
+        lines.append(f"    W_x = {stack(step.x_blocks)}")
+    for state, blocks in step.r_blocks.items():
+        lines.append(f"    R_{names(state)} = {stack(blocks)}")
+    return lines
+
+
+def emit_scan(step: CellStep, function: str) -> str:
+    """The forward and backward scan functions of one lowered cell."""
+    names = Namespace(RESERVED)
+    cell = step.cell
+    H = step.hidden
+    params = [p.name for p in cell.params]
+    states = list(cell.state)
+    named = _forward_named(step)
+    saved = sorted(named, key=lambda v: [op.out for op in step.ops].index(v))
+    prev = [names(f"{s}_prev") for s in states]
+    lines = [
+        f"def {function}(xs, mask, reverse, params, prefix, init):",
+        f'    """{cell.name} over time: xs (T, B, {step.input_size}) -> ys (T, B, {H}) and final '
+        'states.\n\n    Steps past an example\'s length (mask 0) leave its states as they are.\n    """',
+    ]
+    lines += _parameters(step, names)
+    lines.append("    T, B = xs.shape[0], xs.shape[1]")
+    if step.x_blocks:
+        lines.append("    xp = (xs.reshape(T * B, -1) @ W_x.T).reshape(T, B, -1)")
+    lines.append(f"    {', '.join(prev)}, = init")
+    lines.append(f"    ys = np.zeros((T, B, {H}), dtype=xs.dtype)")
+    lines.append("    tape = [None] * T")
+    lines.append("    for t in (range(T - 1, -1, -1) if reverse else range(T)):")
+    lines.append("        mask_t = mask[t]")
+    if step.uses_x:
+        lines.append("        x_t = xs[t]")
+    if step.x_blocks:
+        lines.append("        xp_t = xp[t]")
+    for state in step.r_blocks:
+        lines.append(f"        rp_{names(state)} = {names(state + '_prev')} @ R_{names(state)}.T")
+    writer = _StepWriter(step, names)
+    lines += writer.lines(step.ops, named, "        ")
+    saved_names = [names(v) for v in saved] + prev
+    lines.append(f"        tape[t] = ({', '.join(saved_names)},)")
+    for s in states:
+        new = names(step.states[s])
+        lines.append(
+            f"        {names(s + '_prev')} = {names(s + '_prev')} + mask_t * ({new} - {names(s + '_prev')})"
+        )
+    lines.append(f"        ys[t] = mask_t * {names(step.output)}")
+    lines.append(f"    return ys, ({', '.join(prev)},), (tape, xs)")
+    forward = "\n".join(lines)
+    return forward + "\n\n\n" + _emit_scan_backward(step, function, names, saved, params, states)
+
+
+def _emit_scan_backward(
+    step: CellStep,
+    function: str,
+    names: Namespace,
+    saved: list[str],
+    params: list[str],
+    states: list[str],
+) -> str:
+    adjoint: Adjoint = reverse(step)
+    H = step.hidden
+    cell = step.cell
+    d = {s: names(f"d_{s}") for s in states}
+    lines = [
+        f"def {function}_backward(d_ys, d_finals, saved, mask, reverse, params, prefix, grads):",
+        f'    """Reverse of {function}: gradients of xs and of the initial states; parameter\n'
+        '    gradients are added to grads[prefix + name]."""',
+    ]
+    lines += _parameters(step, names)
+    lines.append("    tape, xs = saved")
+    lines.append("    T, B = xs.shape[0], xs.shape[1]")
+    lines.append(f"    {', '.join(d.values())}, = d_finals")
+    lines.append("    d_xs = np.zeros_like(xs)")
+    if step.x_blocks:
+        lines.append(f"    d_xp = np.zeros((T, B, {len(step.x_blocks) * H}), dtype=xs.dtype)")
+    for state in step.r_blocks:
+        lines.append(f"    dR_{names(state)} = np.zeros_like(R_{names(state)})")
+    vector_params = [p.name for p in cell.params if p.kind == "vector"]
+    for p in vector_params:
+        lines.append(f"    d_{names(p)} = np.zeros_like({names(p)})")
+    block_params = sorted({b.param for b, _, _ in adjoint.block_grads})
+    for p in block_params:
+        lines.append(f"    d_{names(p)} = np.zeros_like({names(p)})")
+    lines.append("    for t in (range(T) if reverse else range(T - 1, -1, -1)):")
+    lines.append("        mask_t = mask[t]")
+    prev = [names(f"{s}_prev") for s in states]
+    lines.append(f"        {', '.join([names(v) for v in saved] + prev)}, = tape[t]")
+    if step.uses_x:
+        lines.append("        x_t = xs[t]")
+    out_state = cell.output
+    lines.append(f"        {d[out_state]} = {d[out_state]} + mask_t * d_ys[t]")
+    # Masking: s = s_prev + m (s_new - s_prev): the new value gets m d_s, the old (1 - m) d_s.
+    for s in states:
+        lines.append(f"        carry_{names(s)} = (1.0 - mask_t) * {d[s]}")
+        lines.append(f"        {d[s]} = mask_t * {d[s]}")
+    writer = _StepWriter(step, names)
+    kept = set(saved)
+    for op in step.ops:  # the reverse reads saved values and leaves by name
+        leaf = writer.leaf(op)
+        writer.exprs[op.out] = (names(op.out), 4) if op.out in kept or leaf is None else (leaf, 4)
+    for s in step.states:
+        writer.exprs[f"d_{s}"] = (d[s], 4)
+    uses = _uses(adjoint.ops)
+    results = set(adjoint.grads.values()) | {g for _, g, _ in adjoint.block_grads}
+    named = {v for v, n in uses.items() if n > 1} | results
+    named = {v for v in named if v.startswith("_d")}
+    lines += writer.lines(adjoint.ops, named, "        ")
+
+    def grad(key: str) -> str | None:
+        var = adjoint.grads.get(key)
+        return writer.exprs[var][0] if var is not None else None
+
+    if step.x_blocks:
+        for k in range(len(step.x_blocks)):
+            g = grad(f"xproj:{k}")
+            if g is not None:
+                lines.append(f"        d_xp[t, :, {k * H}:{(k + 1) * H}] = {g}")
+    if step.uses_x and grad("x") is not None:
+        lines.append(f"        d_xs[t] += {grad('x')}")
+    for p in vector_params:
+        g = grad(f"param:{p}")
+        if g is not None:
+            lines.append(f"        d_{names(p)} += {g}")
+    for block, g, operand in adjoint.block_grads:
+        lines.append(
+            f"        d_{names(block.param)}[:, {block.start}:{block.stop}] += "
+            f"{writer.exprs[g][0]}.T @ {writer.exprs[operand][0]}"
+        )
+    new_d = {}
+    for s in states:
+        terms = [f"carry_{names(s)}"]
+        direct = grad(f"prev:{s}")
+        if direct is not None:
+            terms.append(direct)
+        if s in step.r_blocks:
+            k = len(step.r_blocks[s])
+            pieces = []
+            for i in range(k):
+                g = grad(f"rproj:{s}:{i}")
+                pieces.append(g if g is not None else f"np.zeros_like({d[s]})")
+            lines.append(
+                f"        d_rp_{names(s)} = np.concatenate([{', '.join(pieces)}], axis=-1)"
+            )
+            lines.append(f"        dR_{names(s)} += d_rp_{names(s)}.T @ {names(s + '_prev')}")
+            terms.append(f"d_rp_{names(s)} @ R_{names(s)}")
+        new_d[s] = " + ".join(terms)
+    for s in states:
+        lines.append(f"        {d[s]} = {new_d[s]}")
+    if step.x_blocks:
+        lines.append("    d_xp_flat = d_xp.reshape(T * B, -1)")
+        lines.append("    d_xs += (d_xp_flat @ W_x).reshape(xs.shape)")
+        lines.append("    dW_x = d_xp_flat.T @ xs.reshape(T * B, -1)")
+        for k, b in enumerate(step.x_blocks):
+            lines.append(
+                f"    accumulate_block(grads, prefix + {b.param!r}, {names(b.param)}, "
+                f"({b.start}, {b.stop}), dW_x[{k * H}:{(k + 1) * H}])"
+            )
+    for state, stacked in step.r_blocks.items():
+        for k, b in enumerate(stacked):
+            lines.append(
+                f"    accumulate_block(grads, prefix + {b.param!r}, {names(b.param)}, "
+                f"({b.start}, {b.stop}), dR_{names(state)}[{k * H}:{(k + 1) * H}])"
+            )
+    for p in vector_params:
+        lines.append(f"    accumulate(grads, prefix + {p!r}, d_{names(p)})")
+    for p in block_params:
+        lines.append(f"    accumulate(grads, prefix + {p!r}, d_{names(p)})")
+    lines.append(f"    return d_xs, ({', '.join(d.values())},)")
+    return "\n".join(lines)
+
+
+BLOCK_HELPER = '''
+
+def accumulate_block(grads, name, param, columns, value):
+    """grads[name][:, columns] += value (a block of a matrix over a concatenation)."""
+    if name not in grads:
+        grads[name] = np.zeros_like(param)
+    grads[name][:, columns[0]:columns[1]] += value
+'''
+
+
+# --- the whole program -----------------------------------------------------------------
+
+
+class _Program:
+    """Writes the module-level ``forward`` and ``backward`` of a spec, op by op."""
+
+    def __init__(self, analysis: Analysis):
+        self.analysis = analysis
+        self.spec = analysis.spec
+        self.g = analysis.graph
+        self.fwd: list[str] = []
+        self.bwd: list[list[str]] = []  # blocks, emitted in reverse order
+        self.scans: dict[str, str] = {}
+
+    def order(self) -> list[str]:
+        """Inputs and layers so that each comes after everything it reads at step t."""
+        instant = nx.DiGraph()
+        instant.add_nodes_from(n for n, d in self.g.nodes(data=True) if d["kind"] != "output")
+        instant.add_edges_from(
+            (u, v)
+            for u, v, d in self.g.edges(data=True)
+            if d["delay"] == 0 and d["kind"] != "output"
+        )
+        return list(nx.lexicographical_topological_sort(instant, key=list(self.g.nodes).index))
+
+    def unsupported(self) -> list[str]:
+        problems = []
+        for name, layer in self.spec.recurrent_layers().items():
+            for key in ("init", "attention", "feedback"):
+                if getattr(layer, key) is not None:
+                    problems.append(f"layers.{name}.{key}")
+            if layer.recurrent:
+                problems.append(f"layers.{name}.recurrent")
+        return problems
+
+    def concat_inputs(self, name: str, axis: str | None) -> tuple[str, list[tuple[str, int, bool]]]:
+        """An expression joining a node's inputs feature-wise, and (source, width, per_step)."""
+        parts = []
+        pieces = []
+        for source, _ in input_edges(self.g, name):
+            data = self.g.nodes[source]
+            per_step = data.get("axis") is not None
+            width = data["width"]
+            ref = f"v[{source!r}]"
+            if axis is not None and not per_step:
+                ref = f"np.broadcast_to({ref}, (T_{axis},) + {ref}.shape)"
+            parts.append(ref)
+            pieces.append((source, width, per_step or axis is None))
+        if len(parts) == 1:
+            return parts[0], pieces
+        return f"np.concatenate([{', '.join(parts)}], axis=-1)", pieces
+
+    def split_grad(
+        self, grad: str, pieces: list[tuple[str, int, bool]], axis: str | None
+    ) -> list[str]:
+        """Lines sending a gradient of joined inputs back to each input."""
+        lines = []
+        offset = 0
+        for source, width, per_step in pieces:
+            part = grad if len(pieces) == 1 else f"{grad}[..., {offset}:{offset + width}]"
+            if axis is not None and not per_step:
+                part = f"{part}.sum(axis=0)"
+            lines.append(f"    accumulate(g, {source!r}, {part})")
+            offset += width
+        return lines
+
+    def emit_input(self, name: str) -> None:
+        data = self.g.nodes[name]
+        inp = data["spec"]
+        sequence = data["axis"] is not None
+        if isinstance(inp, TokenInput):
+            ids = f"np.asarray(inputs[{name!r}])" + (".T" if sequence else "")
+            self.fwd.append(f"    v[{name + ':ids'!r}] = {ids}")
+            if inp.embed is not None:
+                self.fwd.append(
+                    f"    v[{name!r}] = params[{name + '.embedding'!r}][v[{name + ':ids'!r}]]"
+                )
+                self.bwd.append(
+                    [
+                        f"    if {name!r} in g:",
+                        f"        table = np.zeros_like(params[{name + '.embedding'!r}])",
+                        f"        np.add.at(table, v[{name + ':ids'!r}], g[{name!r}])",
+                        f"        accumulate(grads, {name + '.embedding'!r}, table)",
+                    ]
+                )
+        else:
+            value = f"np.asarray(inputs[{name!r}], dtype=dtype)"
+            self.fwd.append(
+                f"    v[{name!r}] = {value}" + (".transpose(1, 0, 2)" if sequence else "")
+            )
+            back = f"g[{name!r}]" + (".transpose(1, 0, 2)" if sequence else "")
+            self.bwd.append([f"    if {name!r} in g:", f"        input_grads[{name!r}] = {back}"])
+        if sequence and data["axis"] == name:
+            self.fwd.append(
+                f"    T_{name} = v[{name + (':ids' if isinstance(inp, TokenInput) else '')!r}].shape[0]"
+            )
+            self.fwd.append(f"    v['mask:{name}'] = step_mask(lengths[{name!r}], T_{name}, dtype)")
+
+    def emit_dense(self, name: str, layer: DenseLayer) -> None:
+        axis = self.g.nodes[name]["axis"]
+        joined, pieces = self.concat_inputs(name, axis)
+        W, b = f"params[{name + '.W'!r}]", f"params[{name + '.b'!r}]"
+        self.fwd.append(f"    v[{name + ':in'!r}] = {joined}")
+        self.fwd.append(f"    v[{name + ':pre'!r}] = v[{name + ':in'!r}] @ {W}.T + {b}")
+        self.fwd.append(f"    v[{name!r}] = {layer.activation}(v[{name + ':pre'!r}])")
+        y, d = f"v[{name!r}]", f"g[{name!r}]"
+        slope = {
+            "identity": d,
+            "tanh": f"{d} * (1.0 - {y} * {y})",
+            "relu": f"{d} * ({y} > 0)",
+            "sigmoid": f"{d} * {y} * (1.0 - {y})",
+            "softmax": f"{y} * ({d} - ({d} * {y}).sum(axis=-1, keepdims=True))",
+            "log_softmax": f"{d} - softmax(v[{name + ':pre'!r}]) * {d}.sum(axis=-1, keepdims=True)",
+        }[layer.activation]
+        block = [
+            f"    if {name!r} in g:",
+            f"        d_pre = {slope}",
+            f"        x_in = v[{name + ':in'!r}]",
+            f"        accumulate(grads, {name + '.W'!r}, d_pre.reshape(-1, d_pre.shape[-1]).T @ x_in.reshape(-1, x_in.shape[-1]))",
+            f"        accumulate(grads, {name + '.b'!r}, d_pre.reshape(-1, d_pre.shape[-1]).sum(axis=0))",
+            f"        d_in = d_pre @ {W}",
+        ]
+        block += ["    " + line for line in self.split_grad("d_in", pieces, axis)]
+        self.bwd.append(block)
+
+    def emit_embedding(self, name: str, layer: EmbeddingLayer) -> None:
+        table = f"params[{name + '.embedding'!r}]"
+        ids = f"v[{layer.input + ':ids'!r}]"
+        self.fwd.append(f"    v[{name!r}] = {table}[{ids}]")
+        self.bwd.append(
+            [
+                f"    if {name!r} in g:",
+                f"        table = np.zeros_like({table})",
+                f"        np.add.at(table, {ids}, g[{name!r}])",
+                f"        accumulate(grads, {name + '.embedding'!r}, table)",
+            ]
+        )
+
+    def emit_recurrent(self, name: str, layer: RecurrentLayer) -> None:
+        g = self.g
+        axis = g.nodes[name]["axis"]
+        cell = self.analysis.cells[layer.cell]
+        joined, pieces = self.concat_inputs(name, axis)
+        width = sum(w for _, w, _ in pieces)
+        H = layer.hidden
+        n_states = len(cell.state)
+        self.fwd.append(f"    v[{name + '.l0:in'!r}] = {joined}")
+        zeros = f"np.zeros((B_{axis}, {H}), dtype=dtype)"
+        self.fwd.append(f"    B_{axis} = v[{name + '.l0:in'!r}].shape[1]")
+        back: list[str] = [f"    if {name!r} in g or {name + ':final'!r} in g:"]
+        back.append(f"        B_{axis} = v[{name + '.l0:in'!r}].shape[1]")
+        back.append(f"        d_out = g.get({name!r}, np.zeros_like(v[{name!r}]))")
+        merges = []
+        for k in range(layer.depth):
+            function = f"scan_{name}_l{k}"
+            if function not in self.scans:
+                step = lower_cell(cell, width if k == 0 else layer.output_width, H)
+                self.scans[function] = emit_scan(step, function)
+            here = f"{name}.l{k}"
+            for d in layer.directions:
+                key = f"{name}.{d}.l{k}"
+                init = "(" + ", ".join([zeros] * n_states) + ",)"
+                self.fwd.append(
+                    f"    v[{key!r}], v[{key + ':final'!r}], v[{key + ':saved'!r}] = {function}("
+                    f"v[{here + ':in'!r}], v['mask:{axis}'], {d == 'bwd'}, params, {key + '.'!r}, {init})"
+                )
+            merged = self.merge(layer, [f"v[{f'{name}.{d}.l{k}'!r}]" for d in layer.directions])
+            if k > 0 and layer.residual:
+                merged = f"{merged} + v[{here + ':in'!r}]"
+            target = f"{name}.l{k + 1}:in" if k + 1 < layer.depth else name
+            self.fwd.append(f"    v[{target!r}] = {merged}")
+            merges.append(k)
+        top = layer.depth - 1
+        finals = [f"v[{f'{name}.{d}.l{top}:final'!r}]" for d in layer.directions]
+        final_states = ", ".join(
+            self.merge(layer, [f"{f}[{i}]" for f in finals]) for i in range(n_states)
+        )
+        self.fwd.append(f"    v[{name + ':final'!r}] = ({final_states},)")
+        # Backward: from the top depth down.
+        for k in reversed(range(layer.depth)):
+            here = f"{name}.l{k}"
+            d_finals = {}
+            for d in layer.directions:
+                if k == top:
+                    d_finals[d] = self.merge_back_finals(layer, name, d, n_states, zeros)
+                else:
+                    d_finals[d] = "(" + ", ".join([zeros] * n_states) + ",)"
+            back += ["    " + line for line in self.merge_back(layer, name, k)]
+            back.append(f"        d_in = np.zeros_like(v[{here + ':in'!r}])")
+            for d in layer.directions:
+                key = f"{name}.{d}.l{k}"
+                back.append(
+                    f"        d_xs, _ = scan_{name}_l{k}_backward(d_{d}, {d_finals[d]}, "
+                    f"v[{key + ':saved'!r}], v['mask:{axis}'], {d == 'bwd'}, params, {key + '.'!r}, grads)"
+                )
+                back.append("        d_in = d_in + d_xs")
+            if k > 0 and layer.residual:
+                back.append("        d_in = d_in + d_out")
+            back.append("        d_out = d_in")
+        back += ["    " + line for line in self.split_grad("d_out", pieces, axis)]
+        self.bwd.append(back)
+
+    @staticmethod
+    def merge(layer: RecurrentLayer, parts: list[str]) -> str:
+        if len(parts) == 1:
+            return parts[0]
+        a, b = parts
+        return {
+            "concat": f"np.concatenate([{a}, {b}], axis=-1)",
+            "sum": f"{a} + {b}",
+            "mean": f"0.5 * ({a} + {b})",
+            "mul": f"{a} * {b}",
+        }[layer.merge]
+
+    def merge_back(self, layer: RecurrentLayer, name: str, k: int) -> list[str]:
+        """Lines giving d_fwd / d_bwd (the gradient of each direction) from d_out."""
+        if len(layer.directions) == 1:
+            return [f"    d_{layer.directions[0]} = d_out"]
+        H = layer.hidden
+        f, b = f"v[{f'{name}.fwd.l{k}'!r}]", f"v[{f'{name}.bwd.l{k}'!r}]"
+        return {
+            "concat": [f"    d_fwd, d_bwd = d_out[..., :{H}], d_out[..., {H}:]"],
+            "sum": ["    d_fwd, d_bwd = d_out, d_out"],
+            "mean": ["    d_fwd, d_bwd = 0.5 * d_out, 0.5 * d_out"],
+            "mul": [f"    d_fwd, d_bwd = d_out * {b}, d_out * {f}"],
+        }[layer.merge]
+
+    def merge_back_finals(
+        self, layer: RecurrentLayer, name: str, d: str, n: int, zeros: str
+    ) -> str:
+        """The gradient reaching one direction's final states from the layer's 'state' outputs."""
+        top = layer.depth - 1
+        parts = []
+        for i in range(n):
+            grad = f"g.get({name + ':final'!r}, [None] * {n})[{i}]"
+            if len(layer.directions) == 1 or layer.merge in ("sum",):
+                piece = grad
+            elif layer.merge == "mean":
+                piece = f"scale({grad}, 0.5)"
+            elif layer.merge == "concat":
+                H = layer.hidden
+                piece = f"part({grad}, {0 if d == 'fwd' else H}, {H})"
+            else:
+                other = "bwd" if d == "fwd" else "fwd"
+                piece = f"times({grad}, v[{f'{name}.{other}.l{top}:final'!r}][{i}])"
+            parts.append(f"or_zeros({piece}, {zeros})")
+        return "(" + ", ".join(parts) + ",)"
+
+    def emit_output(self, name: str) -> None:
+        out = self.spec.outputs[name]
+        source = out.from_
+        axis = self.g.nodes[source].get("axis")
+        if out.state is not None:
+            layer = self.spec.layers[source]
+            index = self.analysis.cells[layer.cell].state.index(out.state)  # type: ignore[union-attr]
+            self.fwd.append(f"    outputs[{name!r}] = v[{source + ':final'!r}][{index}]")
+            n = len(self.analysis.cells[layer.cell].state)  # type: ignore[union-attr]
+            self.bwd.append(
+                [
+                    f"    if {name!r} in cotangents:",
+                    f"        finals = list(g.get({source + ':final'!r}, [None] * {n}))",
+                    f"        finals[{index}] = add_or({f'finals[{index}]'}, np.asarray(cotangents[{name!r}], dtype=dtype))",
+                    f"        g[{source + ':final'!r}] = finals",
+                ]
+            )
+        elif axis is None:
+            self.fwd.append(f"    outputs[{name!r}] = v[{source!r}]")
+            self.bwd.append(
+                [
+                    f"    if {name!r} in cotangents:",
+                    f"        accumulate(g, {source!r}, np.asarray(cotangents[{name!r}], dtype=dtype))",
+                ]
+            )
+        elif out.steps == "last":
+            last = f"lengths[{axis!r}] - 1, np.arange(v[{source!r}].shape[1])"
+            self.fwd.append(f"    outputs[{name!r}] = v[{source!r}][{last}]")
+            self.bwd.append(
+                [
+                    f"    if {name!r} in cotangents:",
+                    f"        d = np.zeros_like(v[{source!r}])",
+                    f"        d[{last}] = cotangents[{name!r}]",
+                    f"        accumulate(g, {source!r}, d)",
+                ]
+            )
+        else:
+            mask = f"v['mask:{axis}']"
+            self.fwd.append(f"    outputs[{name!r}] = (v[{source!r}] * {mask}).transpose(1, 0, 2)")
+            self.bwd.append(
+                [
+                    f"    if {name!r} in cotangents:",
+                    f"        accumulate(g, {source!r}, np.asarray(cotangents[{name!r}], dtype=dtype).transpose(1, 0, 2) * {mask})",
+                ]
+            )
+
+    def module(self, header: str) -> str:
+        problems = self.unsupported()
+        if problems:
+            raise RnncError("the numpy backend does not compile these yet: " + ", ".join(problems))
+        for node in self.order():
+            data = self.g.nodes[node]
+            spec = data.get("spec")
+            if data["kind"] == "input":
+                self.emit_input(node)
+            elif isinstance(spec, DenseLayer):
+                self.emit_dense(node, spec)
+            elif isinstance(spec, EmbeddingLayer):
+                self.emit_embedding(node, spec)
+            elif isinstance(spec, RecurrentLayer):
+                self.emit_recurrent(node, spec)
+        for name in self.spec.outputs:
+            self.emit_output(name)
+        forward = [
+            "def forward(params, inputs, lengths, dtype=np.float64):",
+            '    """Run the model. inputs are batch-first; lengths maps each sequence input\n'
+            '    to (B,) lengths. Returns (outputs, v): v keeps what backward needs."""',
+            "    v = {}",
+            "    outputs = {}",
+            *self.fwd,
+            "    return outputs, v",
+        ]
+        backward = [
+            "def backward(params, inputs, lengths, v, cotangents, dtype=np.float64):",
+            '    """Gradients of sum(output * cotangent) for every parameter and real input."""',
+            "    g = {}",
+            "    grads = {}",
+            "    input_grads = {}",
+        ]
+        for block in reversed(self.bwd):
+            backward += block
+        backward += [
+            "    for name, value in params.items():",
+            "        if name not in grads:",
+            "            grads[name] = np.zeros_like(value)",
+            "    return {**grads, **input_grads}",
+        ]
+        parts = [header, PRELUDE.rstrip(), BLOCK_HELPER.strip(), GRAD_HELPERS.strip()]
+        parts += list(self.scans.values())
+        parts += ["\n".join(forward), "\n".join(backward)]
+        return "\n\n\n".join(parts) + "\n"
+
+
+GRAD_HELPERS = """
+def or_zeros(value, zeros):
+    return zeros if value is None else value
+
+
+def add_or(value, extra):
+    return extra if value is None else value + extra
+
+
+def scale(value, factor):
+    return None if value is None else factor * value
+
+
+def part(value, start, width):
+    return None if value is None else value[..., start:start + width]
+
+
+def times(value, other):
+    return None if value is None else value * other
+"""
+
+
+def spec_hash(analysis: Analysis) -> str:
+    source = analysis.spec.model_dump_json(by_alias=True)
+    return hashlib.sha256(source.encode("utf-8")).hexdigest()[:16]
+
+
+def generate(analysis: Analysis) -> str:
+    """The source of a standalone NumPy module for a checked spec."""
+    header = (
+        f'"""NumPy model {analysis.spec.name!r}, generated by rnnc {rnnc.__version__} '
+        f"(spec sha256 {spec_hash(analysis)}).\n\nDo not edit: regenerate with "
+        f'`rnnc compile SPEC --backend numpy`.\n"""'
+    )
+    return _Program(analysis).module(header)
+
+
+class NumpyModel:
+    """A compiled model on the NumPy backend (the CompiledModel interface)."""
+
+    backend = "numpy"
+
+    def __init__(self, analysis: Analysis, dtype: str = "float64"):
+        self.analysis = analysis
+        self.dtype = np.dtype(dtype)
+        self.source = generate(analysis)
+        self._shapes = param_shapes(analysis)
+        filename = f"<rnnc-numpy:{analysis.spec.name}:{spec_hash(analysis)}>"
+        # Register the source so tracebacks show the generated lines.
+        linecache.cache[filename] = (len(self.source), None, self.source.splitlines(True), filename)
+        namespace: dict[str, Any] = {"__name__": f"rnnc_generated_{analysis.spec.name}"}
+        exec(compile(self.source, filename, "exec"), namespace)
+        self._forward = namespace["forward"]
+        self._backward = namespace["backward"]
+        self._params = {
+            k: v.astype(self.dtype) for k, v in rnnc.init_params(analysis, seed=0).items()
+        }
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        return dict(self._shapes)
+
+    def load_params(self, params: Mapping[str, np.ndarray]) -> None:
+        checked = rnnc.check_params(params, self._shapes)
+        self._params = {k: np.asarray(v, dtype=self.dtype) for k, v in checked.items()}
+
+    def params(self) -> dict[str, np.ndarray]:
+        return {k: v.copy() for k, v in self._params.items()}
+
+    def _lengths(self, inputs: Mapping[str, np.ndarray], lengths: Any) -> dict[str, np.ndarray]:
+        g = self.analysis.graph
+        axes = [n for n, d in g.nodes(data=True) if d["kind"] == "input" and d.get("axis") == n]
+        out = {}
+        for axis in axes:
+            steps = np.asarray(inputs[axis]).shape[1]
+            batch = np.asarray(inputs[axis]).shape[0]
+            if lengths is None:
+                value = np.full(batch, steps)
+            elif isinstance(lengths, Mapping):
+                value = np.asarray(lengths.get(axis, np.full(batch, steps)))
+            else:
+                value = np.asarray(lengths)
+            out[axis] = value.astype(np.int64)
+        return out
+
+    def run(
+        self, inputs: Mapping[str, np.ndarray], *, lengths: Any = None, **_: Any
+    ) -> dict[str, np.ndarray]:
+        outputs, _ = self._forward(self._params, inputs, self._lengths(inputs, lengths), self.dtype)
+        return outputs
+
+    def vjp(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        cotangents: Mapping[str, np.ndarray],
+        *,
+        lengths: Any = None,
+        **_: Any,
+    ) -> dict[str, np.ndarray]:
+        lengths_ = self._lengths(inputs, lengths)
+        _, saved = self._forward(self._params, inputs, lengths_, self.dtype)
+        return self._backward(self._params, inputs, lengths_, saved, cotangents, self.dtype)
+
+
+class NumpyBackend:
+    """The entry point ``rnnc.backends: numpy``."""
+
+    name = "numpy"
+
+    def compile(self, analysis: Analysis, dtype: str = "float32", **options: Any) -> NumpyModel:
+        if options:
+            raise RnncError(f"the numpy backend takes no options {sorted(options)}")
+        return NumpyModel(analysis, dtype)
+
+
+BACKEND = NumpyBackend()

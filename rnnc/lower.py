@@ -1,0 +1,308 @@
+"""Lowering a cell to one time step of straight-line ops, and deriving its reverse.
+
+A backend emits code from this, never from the equations themselves. Lowering
+does the optimisations the program makes visible, once, for every backend:
+
+- ``W @ [x, h]`` splits into column blocks, one per part of the concatenation;
+- blocks that multiply the cell input ``x`` are *hoisted*: stacked into one matrix
+  ``W_x`` and applied to every time step at once, outside the loop;
+- blocks that multiply a previous state ``s`` are stacked into one matrix ``R_s``,
+  so each step does one matrix product per state instead of one per gate;
+- any other product (``W_n @ [x, r * h]``'s ``r * h`` part) stays in the step.
+
+A step is a list of :class:`Op` in SSA form. :func:`reverse` derives the step's
+vector-Jacobian product by reverse-mode differentiation of that list: more ops in
+the same language, so every backend can emit the backward pass as source too.
+
+Within a step, values are (B, width) arrays; parameter vectors are (H,) and
+broadcast over the batch; constants are scalars.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from rnnc.equations import Binary, Call, Cell, Concat, Expr, MatMul, Neg, Num, Ref
+
+
+@dataclass(frozen=True)
+class Block:
+    """Columns ``start:stop`` of cell parameter matrix ``param``."""
+
+    param: str
+    start: int
+    stop: int
+
+
+@dataclass(frozen=True)
+class Op:
+    """``out = kind(*args)``; ``attr`` holds what is not a value (a function, a block)."""
+
+    out: str
+    kind: str
+    args: tuple[str, ...] = ()
+    attr: Any = None
+
+
+# Forward kinds:  x | prev(state) | param(name) | const(value) | xproj(k) | rproj(state, k)
+#                 matmul(operand; Block) | add | sub | mul | neg | call(fn) | concat(widths)
+# Reverse adds:   dcall(fn; y) = f'(a) written in terms of y = f(a) (and a for relu-like)
+#                 slice(offset, width) | zeros_like | sum_batch | scale(const)
+
+
+@dataclass(frozen=True)
+class CellStep:
+    """One step of a cell for given input and hidden sizes, split and stacked."""
+
+    cell: Cell
+    input_size: int
+    hidden: int
+    x_blocks: tuple[Block, ...]  # hoisted: XP = x @ W_x.T, W_x = rows of these blocks
+    r_blocks: dict[str, tuple[Block, ...]]  # per previous state: RP_s = s @ R_s.T
+    ops: tuple[Op, ...]
+    states: dict[str, str]  # state -> SSA var of its new value
+    output: str  # SSA var of the output state's new value
+    kinds: dict[str, str] = field(default_factory=dict)  # SSA var -> "batch" | "vector" | "scalar"
+
+    @property
+    def uses_x(self) -> bool:
+        return any(op.kind == "x" for op in self.ops)
+
+
+def _width(expr: Expr, cell_widths: dict[str, int], X: int, H: int) -> int:
+    if isinstance(expr, Ref):
+        if expr.kind == "input":
+            return X
+        if expr.kind == "local":
+            return cell_widths[expr.name]
+        return H
+    if isinstance(expr, Concat):
+        return sum(_width(p, cell_widths, X, H) for p in expr.parts)
+    if isinstance(expr, (Call, Neg)):
+        inner = expr.arg if isinstance(expr, Call) else expr.operand
+        return _width(inner, cell_widths, X, H)
+    if isinstance(expr, Binary):
+        for side in (expr.left, expr.right):
+            if not isinstance(side, Num):
+                return _width(side, cell_widths, X, H)
+    return H  # MatMul, and numbers (never asked)
+
+
+class _Builder:
+    def __init__(self, cell: Cell, X: int, H: int):
+        self.cell, self.X, self.H = cell, X, H
+        self.ops: list[Op] = []
+        self.kinds: dict[str, str] = {}
+        self.names: dict[str, str] = {}  # equation target -> SSA var
+        self.widths: dict[str, int] = {}
+        self.x_blocks: list[Block] = []
+        self.r_blocks: dict[str, list[Block]] = {}
+        self.counter = 0
+        self.leaves: dict[tuple[Any, ...], str] = {}
+
+    def emit(
+        self, kind: str, args: tuple[str, ...] = (), attr: Any = None, out: str | None = None
+    ) -> str:
+        if out is None:
+            self.counter += 1
+            out = f"_{self.counter}"
+        self.ops.append(Op(out, kind, args, attr))
+        arg_kinds = [self.kinds[a] for a in args]
+        if kind in ("x", "prev", "xproj", "rproj", "matmul", "concat"):
+            self.kinds[out] = "batch"
+        elif kind == "param":
+            self.kinds[out] = "vector"
+        elif kind == "const":
+            self.kinds[out] = "scalar"
+        else:
+            order = ("scalar", "vector", "batch")
+            self.kinds[out] = max(arg_kinds, key=order.index)
+        return out
+
+    def leaf(self, key: tuple[Any, ...], kind: str, attr: Any = None) -> str:
+        """One op per distinct leaf (x, a previous state, a parameter, a constant)."""
+        if key not in self.leaves:
+            names = {"x": "x", "prev": f"{attr}_prev"}
+            self.leaves[key] = self.emit(kind, (), attr, out=names.get(kind))
+        return self.leaves[key]
+
+    def expr(self, e: Expr) -> str:
+        if isinstance(e, Num):
+            return self.leaf(("const", e.value), "const", e.value)
+        if isinstance(e, Ref):
+            if e.kind == "input":
+                return self.leaf(("x",), "x")
+            if e.kind == "previous":
+                return self.leaf(("prev", e.name), "prev", e.name)
+            if e.kind == "param":
+                return self.leaf(("param", e.name), "param", e.name)
+            return self.names[e.name]
+        if isinstance(e, Call):
+            return self.emit("call", (self.expr(e.arg),), e.function)
+        if isinstance(e, Neg):
+            return self.emit("neg", (self.expr(e.operand),))
+        if isinstance(e, Binary):
+            left, right = self.expr(e.left), self.expr(e.right)
+            return self.emit({"+": "add", "-": "sub", "*": "mul"}[e.op], (left, right))
+        if isinstance(e, Concat):
+            parts = [self.expr(p) for p in e.parts]
+            widths = tuple(_width(p, self.widths, self.X, self.H) for p in e.parts)
+            return self.emit("concat", tuple(parts), widths)
+        assert isinstance(e, MatMul)
+        return self.matmul(e)
+
+    def matmul(self, e: MatMul) -> str:
+        parts = e.operand.parts if isinstance(e.operand, Concat) else (e.operand,)
+        terms = []
+        start = 0
+        for part in parts:
+            stop = start + _width(part, self.widths, self.X, self.H)
+            block = Block(e.param, start, stop)
+            if isinstance(part, Ref) and part.kind == "input":
+                self.x_blocks.append(block)
+                terms.append(self.emit("xproj", (), len(self.x_blocks) - 1))
+            elif isinstance(part, Ref) and part.kind == "previous":
+                blocks = self.r_blocks.setdefault(part.name, [])
+                blocks.append(block)
+                terms.append(self.emit("rproj", (), (part.name, len(blocks) - 1)))
+            else:
+                terms.append(self.emit("matmul", (self.expr(part),), block))
+            start = stop
+        total = terms[0]
+        for term in terms[1:]:
+            total = self.emit("add", (total, term))
+        return total
+
+
+def lower_cell(cell: Cell, input_size: int, hidden: int) -> CellStep:
+    """The ops of one step of ``cell`` for these sizes (see the module docstring)."""
+    b = _Builder(cell, input_size, hidden)
+    for eq in cell.equations:
+        var = b.expr(eq.expr)
+        if var in b.leaves.values() or var in b.names.values():
+            var = b.emit("add", (var, b.leaf(("const", 0.0), "const", 0.0)))  # a fresh name
+        b.ops[-1] = Op(eq.target, b.ops[-1].kind, b.ops[-1].args, b.ops[-1].attr)
+        b.kinds[eq.target] = b.kinds.pop(var)
+        b.names[eq.target] = eq.target
+        b.widths[eq.target] = eq.width.size(input_size, hidden)
+    states = {s: b.names[s] for s in cell.state}
+    return CellStep(
+        cell,
+        input_size,
+        hidden,
+        tuple(b.x_blocks),
+        {s: tuple(blocks) for s, blocks in b.r_blocks.items()},
+        tuple(b.ops),
+        states,
+        states[cell.output],
+        b.kinds,
+    )
+
+
+# --- reverse mode ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Adjoint:
+    """The reverse of a step: ops computing the gradients of every input of the step.
+
+    Inputs of the reverse are the forward vars it reads and ``d_<state>`` for every
+    new state. It produces ``d_<s>_prev`` for previous states, ``d_xp`` pieces (per
+    hoisted block), ``d_rp`` pieces (per stacked block), ``d_x``, and for parameters:
+    ``d_<vector param>`` (summed over the batch) and per local ``matmul`` block the
+    pair (gradient of the block's output, the operand) for the caller to multiply.
+    """
+
+    ops: tuple[Op, ...]
+    grads: dict[str, str]  # what -> SSA var: "prev:h", "x", "param:b_i", "xproj:3", "rproj:h:0"
+    block_grads: tuple[tuple[Block, str, str], ...]  # (block, d_out var, operand var)
+
+
+def reverse(step: CellStep) -> Adjoint:
+    """Reverse-mode differentiation of a step, as ops (see :class:`Adjoint`)."""
+    ops: list[Op] = []
+    terms: dict[str, list[str]] = {}
+    counter = [0]
+
+    def emit(kind: str, args: tuple[str, ...], attr: Any = None) -> str:
+        counter[0] += 1
+        out = f"_d{counter[0]}"
+        ops.append(Op(out, kind, args, attr))
+        return out
+
+    def add_term(var: str, grad: str) -> None:
+        terms.setdefault(var, []).append(grad)
+
+    def total(var: str) -> str | None:
+        parts = terms.get(var)
+        if not parts:
+            return None
+        acc = parts[0]
+        for part in parts[1:]:
+            acc = emit("add", (acc, part))
+        return acc
+
+    kinds = step.kinds
+    for state, var in step.states.items():
+        add_term(var, f"d_{state}")
+
+    grads: dict[str, str] = {}
+    block_grads: list[tuple[Block, str, str]] = []
+    for op in reversed(step.ops):
+        if op.kind == "const":
+            continue
+        grad = total(op.out)
+        if grad is None:
+            continue
+        if op.kind == "x":
+            grads["x"] = grad
+        elif op.kind == "prev":
+            grads[f"prev:{op.attr}"] = grad
+        elif op.kind == "param":
+            grads[f"param:{op.attr}"] = grad  # summed over the batch by the caller
+        elif op.kind == "xproj":
+            grads[f"xproj:{op.attr}"] = grad
+        elif op.kind == "rproj":
+            grads[f"rproj:{op.attr[0]}:{op.attr[1]}"] = grad
+        elif op.kind == "matmul":
+            block: Block = op.attr
+            block_grads.append((block, grad, op.args[0]))
+            add_term(op.args[0], emit("matmul_t", (grad,), block))
+        elif op.kind == "add":
+            for arg in op.args:
+                if kinds[arg] != "scalar":
+                    add_term(arg, _reduce(emit, grad, kinds, arg, op.out))
+        elif op.kind == "sub":
+            left, right = op.args
+            if kinds[left] != "scalar":
+                add_term(left, _reduce(emit, grad, kinds, left, op.out))
+            if kinds[right] != "scalar":
+                add_term(right, _reduce(emit, emit("neg", (grad,)), kinds, right, op.out))
+        elif op.kind == "neg":
+            add_term(op.args[0], emit("neg", (grad,)))
+        elif op.kind == "mul":
+            left, right = op.args
+            if kinds[left] != "scalar":
+                add_term(left, _reduce(emit, emit("mul", (grad, right)), kinds, left, op.out))
+            if kinds[right] != "scalar":
+                add_term(right, _reduce(emit, emit("mul", (grad, left)), kinds, right, op.out))
+        elif op.kind == "call":
+            (arg,) = op.args
+            slope = emit("dcall", (op.out, arg), op.attr)
+            add_term(arg, emit("mul", (grad, slope)))
+        elif op.kind == "concat":
+            offset = 0
+            for arg, width in zip(op.args, op.attr, strict=True):
+                add_term(arg, emit("slice", (grad,), (offset, width)))
+                offset += width
+        else:  # pragma: no cover - every forward kind is handled above
+            raise AssertionError(f"no reverse rule for {op.kind}")
+    return Adjoint(tuple(ops), grads, tuple(block_grads))
+
+
+def _reduce(emit: Any, grad: str, kinds: dict[str, str], arg: str, out: str) -> str:
+    """Sum a batch gradient over the batch where the operand was a broadcast vector."""
+    if kinds[arg] == "vector" and kinds[out] == "batch":
+        return emit("sum_batch", (grad,))  # type: ignore[no-any-return]
+    return grad
