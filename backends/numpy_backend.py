@@ -77,6 +77,46 @@ def flushed_exp(a):
     return np.where(a > -cut, np.exp(np.maximum(a, -cut)), 0.0)
 
 
+def shift(values, delay):
+    """values[t - delay] at step t, zeros before (a recurrent edge across time)."""
+    out = np.zeros_like(values)
+    out[delay:] = values[: values.shape[0] - delay]
+    return out
+
+
+def unshift(grad, delay):
+    """The reverse of shift."""
+    out = np.zeros_like(grad)
+    out[: grad.shape[0] - delay] = grad[delay:]
+    return out
+
+
+def attend(query, keys, memory, valid):
+    """Attention of every query step over the memory steps that are valid.
+
+    weights[t, b, s] = softmax_s(query[t, b] . keys[s, b]) over s with valid[0, b, s];
+    context[t, b] = sum_s weights[t, b, s] memory[s, b].
+    """
+    scores = np.einsum("tbh,sbh->tbs", query, keys)
+    weights = softmax(np.where(valid, scores, -1e30))
+    return np.einsum("tbs,sbm->tbm", weights, memory), weights
+
+
+def attend_backward(d_context, query, keys, memory, weights):
+    """Gradients of attend's context with respect to query, keys and memory."""
+    d_weights = np.einsum("tbm,sbm->tbs", d_context, memory)
+    d_memory = np.einsum("tbs,tbm->sbm", weights, d_context)
+    d_scores = weights * (d_weights - (d_weights * weights).sum(axis=-1, keepdims=True))
+    d_query = np.einsum("tbs,sbh->tbh", d_scores, keys)
+    d_keys = np.einsum("tbs,tbh->sbh", d_scores, query)
+    return d_query, d_keys, d_memory
+
+
+def valid_steps(mask):
+    """(T, B, 1) step mask -> (1, B, T) booleans, to mask attention scores."""
+    return (mask[:, :, 0].T > 0)[None]
+
+
 def accumulate(grads, name, value):
     """grads[name] += value, starting from the first contribution."""
     grads[name] = value if name not in grads else grads[name] + value
@@ -449,40 +489,60 @@ class _Program:
         return list(nx.lexicographical_topological_sort(instant, key=list(self.g.nodes).index))
 
     def unsupported(self) -> list[str]:
+        """What needs a step-by-step loop over several layers, not compiled yet."""
         problems = []
         for name, layer in self.spec.recurrent_layers().items():
-            for key in ("init", "attention", "feedback"):
-                if getattr(layer, key) is not None:
-                    problems.append(f"layers.{name}.{key}")
-            if layer.recurrent:
-                problems.append(f"layers.{name}.recurrent")
+            if layer.attention is not None and layer.attention.score == "additive":
+                problems.append(f"layers.{name}.attention (additive)")
+            for i, edge in enumerate(layer.recurrent):
+                if self.downstream(edge.from_, name):
+                    problems.append(f"layers.{name}.recurrent[{i}] (from a layer it feeds)")
         return problems
 
-    def concat_inputs(self, name: str, axis: str | None) -> tuple[str, list[tuple[str, int, bool]]]:
-        """An expression joining a node's inputs feature-wise, and (source, width, per_step)."""
+    def downstream(self, node: str, of: str) -> bool:
+        """Whether ``node`` is ``of`` or reads it at the same step."""
+        instant = nx.DiGraph(
+            (u, v)
+            for u, v, d in self.g.edges(data=True)
+            if d["delay"] == 0 and d["kind"] != "output"
+        )
+        return node == of or (of in instant and node in nx.descendants(instant, of))
+
+    def concat_inputs(
+        self, name: str, axis: str | None
+    ) -> tuple[str, list[tuple[str, int, bool, int]]]:
+        """An expression joining a node's inputs feature-wise (then its recurrent edges,
+        shifted in time), and (source, width, per_step, delay) for each piece."""
         parts = []
         pieces = []
-        for source, _ in input_edges(self.g, name):
+        edges = [(s, 0) for s, _ in input_edges(self.g, name)]
+        spec = self.g.nodes[name]["spec"]
+        if isinstance(spec, RecurrentLayer):
+            edges += [(e.from_, e.delay) for e in spec.recurrent]
+        for source, delay in edges:
             data = self.g.nodes[source]
             per_step = data.get("axis") is not None
-            width = data["width"]
             ref = f"v[{source!r}]"
             if axis is not None and not per_step:
                 ref = f"np.broadcast_to({ref}, (T_{axis},) + {ref}.shape)"
+            if delay:
+                ref = f"shift({ref}, {delay})"
             parts.append(ref)
-            pieces.append((source, width, per_step or axis is None))
+            pieces.append((source, data["width"], per_step or axis is None, delay))
         if len(parts) == 1:
             return parts[0], pieces
         return f"np.concatenate([{', '.join(parts)}], axis=-1)", pieces
 
     def split_grad(
-        self, grad: str, pieces: list[tuple[str, int, bool]], axis: str | None
+        self, grad: str, pieces: list[tuple[str, int, bool, int]], axis: str | None
     ) -> list[str]:
         """Lines sending a gradient of joined inputs back to each input."""
         lines = []
         offset = 0
-        for source, width, per_step in pieces:
+        for source, width, per_step, delay in pieces:
             part = grad if len(pieces) == 1 else f"{grad}[..., {offset}:{offset + width}]"
+            if delay:
+                part = f"unshift({part}, {delay})"
             if axis is not None and not per_step:
                 part = f"{part}.sum(axis=0)"
             lines.append(f"    accumulate(g, {source!r}, {part})")
@@ -566,16 +626,19 @@ class _Program:
         axis = g.nodes[name]["axis"]
         cell = self.analysis.cells[layer.cell]
         joined, pieces = self.concat_inputs(name, axis)
-        width = sum(w for _, w, _ in pieces)
+        width = sum(piece[1] for piece in pieces)
         H = layer.hidden
         n_states = len(cell.state)
-        self.fwd.append(f"    v[{name + '.l0:in'!r}] = {joined}")
+        key = f"{name}.l0:in"
+        self.fwd.append(f"    v[{key!r}] = {joined}")
+        self.fwd.append(f"    B_{axis} = v[{key!r}].shape[1]")
         zeros = f"np.zeros((B_{axis}, {H}), dtype=dtype)"
-        self.fwd.append(f"    B_{axis} = v[{name + '.l0:in'!r}].shape[1]")
-        back: list[str] = [f"    if {name!r} in g or {name + ':final'!r} in g:"]
-        back.append(f"        B_{axis} = v[{name + '.l0:in'!r}].shape[1]")
-        back.append(f"        d_out = g.get({name!r}, np.zeros_like(v[{name!r}]))")
-        merges = []
+        start = "(" + ", ".join([zeros] * n_states) + ",)"
+        if layer.init is not None:
+            self.fwd += self.init_forward(name, layer)
+            start = "(" + ", ".join([f"v[{name + ':h0'!r}]"] * n_states) + ",)"
+        top = layer.depth - 1
+        luong = layer.attention is not None  # additive attention is refused in unsupported()
         for k in range(layer.depth):
             function = f"scan_{name}_l{k}"
             if function not in self.scans:
@@ -583,47 +646,154 @@ class _Program:
                 self.scans[function] = emit_scan(step, function)
             here = f"{name}.l{k}"
             for d in layer.directions:
-                key = f"{name}.{d}.l{k}"
-                init = "(" + ", ".join([zeros] * n_states) + ",)"
+                run = f"{name}.{d}.l{k}"
                 self.fwd.append(
-                    f"    v[{key!r}], v[{key + ':final'!r}], v[{key + ':saved'!r}] = {function}("
-                    f"v[{here + ':in'!r}], v['mask:{axis}'], {d == 'bwd'}, params, {key + '.'!r}, {init})"
+                    f"    v[{run!r}], v[{run + ':final'!r}], v[{run + ':saved'!r}] = {function}("
+                    f"v[{here + ':in'!r}], v['mask:{axis}'], {d == 'bwd'}, params, {run + '.'!r}, "
+                    f"{start})"
                 )
             merged = self.merge(layer, [f"v[{f'{name}.{d}.l{k}'!r}]" for d in layer.directions])
             if k > 0 and layer.residual:
                 merged = f"{merged} + v[{here + ':in'!r}]"
-            target = f"{name}.l{k + 1}:in" if k + 1 < layer.depth else name
+            if k < top:
+                target = f"{name}.l{k + 1}:in"
+            else:
+                target = f"{name}:h" if luong else name
             self.fwd.append(f"    v[{target!r}] = {merged}")
-            merges.append(k)
-        top = layer.depth - 1
         finals = [f"v[{f'{name}.{d}.l{top}:final'!r}]" for d in layer.directions]
         final_states = ", ".join(
             self.merge(layer, [f"{f}[{i}]" for f in finals]) for i in range(n_states)
         )
         self.fwd.append(f"    v[{name + ':final'!r}] = ({final_states},)")
-        # Backward: from the top depth down.
+        if luong:
+            self.fwd += self.luong_forward(name, layer)
+
+        back: list[str] = [f"    if {name!r} in g or {name + ':final'!r} in g:"]
+        back.append(f"        B_{axis} = v[{key!r}].shape[1]")
+        if luong:
+            back += self.luong_backward(name, layer)
+        else:
+            back.append(f"        d_out = g.get({name!r}, np.zeros_like(v[{name!r}]))")
+        if layer.init is not None:
+            back.append("        d_h0 = 0.0")
         for k in reversed(range(layer.depth)):
             here = f"{name}.l{k}"
-            d_finals = {}
-            for d in layer.directions:
-                if k == top:
-                    d_finals[d] = self.merge_back_finals(layer, name, d, n_states, zeros)
-                else:
-                    d_finals[d] = "(" + ", ".join([zeros] * n_states) + ",)"
             back += ["    " + line for line in self.merge_back(layer, name, k)]
             back.append(f"        d_in = np.zeros_like(v[{here + ':in'!r}])")
             for d in layer.directions:
-                key = f"{name}.{d}.l{k}"
+                run = f"{name}.{d}.l{k}"
+                d_finals = (
+                    self.merge_back_finals(layer, name, d, n_states, zeros)
+                    if k == top
+                    else "(" + ", ".join([zeros] * n_states) + ",)"
+                )
                 back.append(
-                    f"        d_xs, _ = scan_{name}_l{k}_backward(d_{d}, {d_finals[d]}, "
-                    f"v[{key + ':saved'!r}], v['mask:{axis}'], {d == 'bwd'}, params, {key + '.'!r}, grads)"
+                    f"        d_xs, d_first = scan_{name}_l{k}_backward(d_{d}, {d_finals}, "
+                    f"v[{run + ':saved'!r}], v['mask:{axis}'], {d == 'bwd'}, params, "
+                    f"{run + '.'!r}, grads)"
                 )
                 back.append("        d_in = d_in + d_xs")
+                if layer.init is not None:
+                    back.append("        d_h0 = d_h0 + sum(d_first)")
             if k > 0 and layer.residual:
                 back.append("        d_in = d_in + d_out")
             back.append("        d_out = d_in")
         back += ["    " + line for line in self.split_grad("d_out", pieces, axis)]
+        if layer.init is not None:
+            back += self.init_backward(name, layer)
         self.bwd.append(back)
+
+    def init_forward(self, name: str, layer: RecurrentLayer) -> list[str]:
+        """h0 of every depth, direction and state: the source's final h, maybe bridged."""
+        assert layer.init is not None
+        source = layer.init.from_
+        src = self.spec.layers.get(source)
+        if isinstance(src, RecurrentLayer):
+            index = self.analysis.cells[src.cell].state.index(self.analysis.cells[src.cell].output)
+            value = f"v[{source + ':final'!r}][{index}]"
+        else:
+            value = f"v[{source!r}]"
+        lines = [f"    v[{name + ':init_from'!r}] = {value}"]
+        if layer.init.bridge == "dense":
+            W, b = f"params[{name + '.bridge.W'!r}]", f"params[{name + '.bridge.b'!r}]"
+            lines.append(
+                f"    v[{name + ':h0'!r}] = np.tanh(v[{name + ':init_from'!r}] @ {W}.T + {b})"
+            )
+        else:
+            lines.append(f"    v[{name + ':h0'!r}] = v[{name + ':init_from'!r}]")
+        return lines
+
+    def init_backward(self, name: str, layer: RecurrentLayer) -> list[str]:
+        assert layer.init is not None
+        source = layer.init.from_
+        lines = []
+        if layer.init.bridge == "dense":
+            W = f"params[{name + '.bridge.W'!r}]"
+            h0 = f"v[{name + ':h0'!r}]"
+            lines += [
+                f"        d_pre = d_h0 * (1.0 - {h0} * {h0})",
+                f"        accumulate(grads, {name + '.bridge.W'!r}, d_pre.T @ v[{name + ':init_from'!r}])",
+                f"        accumulate(grads, {name + '.bridge.b'!r}, d_pre.sum(axis=0))",
+                f"        d_from = d_pre @ {W}",
+            ]
+        else:
+            lines.append("        d_from = d_h0")
+        src = self.spec.layers.get(source)
+        if isinstance(src, RecurrentLayer):
+            cell = self.analysis.cells[src.cell]
+            index, n = cell.state.index(cell.output), len(cell.state)
+            lines += [
+                f"        finals = list(g.get({source + ':final'!r}, [None] * {n}))",
+                f"        finals[{index}] = add_or(finals[{index}], d_from)",
+                f"        g[{source + ':final'!r}] = finals",
+            ]
+        else:
+            lines.append(f"        accumulate(g, {source!r}, d_from)")
+        return lines
+
+    def luong_forward(self, name: str, layer: RecurrentLayer) -> list[str]:
+        """Luong attention: query = the new top h; output tanh(W_c [context, h] + b_c)."""
+        assert layer.attention is not None
+        memory = layer.attention.memory
+        axis = self.g.nodes[memory]["axis"]
+        p = f"{name}.attention."
+        keys = f"v[{memory!r}]"
+        if layer.attention.score == "general":
+            keys = f"v[{memory!r}] @ params[{p + 'W_a'!r}].T"
+        return [
+            f"    v[{name + ':keys'!r}] = {keys}",
+            f"    v[{name + ':context'!r}], v[{name + ':weights'!r}] = attend("
+            f"v[{name + ':h'!r}], v[{name + ':keys'!r}], v[{memory!r}], valid_steps(v['mask:{axis}']))",
+            f"    v[{name + ':cat'!r}] = np.concatenate([v[{name + ':context'!r}], v[{name + ':h'!r}]], axis=-1)",
+            f"    v[{name!r}] = np.tanh(v[{name + ':cat'!r}] @ params[{p + 'W_c'!r}].T + params[{p + 'b_c'!r}])",
+        ]
+
+    def luong_backward(self, name: str, layer: RecurrentLayer) -> list[str]:
+        assert layer.attention is not None
+        memory = layer.attention.memory
+        M = self.g.nodes[memory]["width"]
+        p = f"{name}.attention."
+        out = f"v[{name!r}]"
+        lines = [
+            f"        d_pre = g.get({name!r}, np.zeros_like({out})) * (1.0 - {out} * {out})",
+            f"        cat = v[{name + ':cat'!r}]",
+            f"        accumulate(grads, {p + 'W_c'!r}, d_pre.reshape(-1, d_pre.shape[-1]).T @ cat.reshape(-1, cat.shape[-1]))",
+            f"        accumulate(grads, {p + 'b_c'!r}, d_pre.reshape(-1, d_pre.shape[-1]).sum(axis=0))",
+            f"        d_cat = d_pre @ params[{p + 'W_c'!r}]",
+            f"        d_query, d_keys, d_memory = attend_backward(d_cat[..., :{M}], v[{name + ':h'!r}], "
+            f"v[{name + ':keys'!r}], v[{memory!r}], v[{name + ':weights'!r}])",
+            f"        d_out = d_cat[..., {M}:] + d_query",
+        ]
+        if layer.attention.score == "general":
+            mem = f"v[{memory!r}]"
+            lines += [
+                f"        accumulate(grads, {p + 'W_a'!r}, d_keys.reshape(-1, d_keys.shape[-1]).T @ {mem}.reshape(-1, {mem}.shape[-1]))",
+                f"        d_memory = d_memory + d_keys @ params[{p + 'W_a'!r}]",
+            ]
+        else:
+            lines.append("        d_memory = d_memory + d_keys")
+        lines.append(f"        accumulate(g, {memory!r}, d_memory)")
+        return lines
 
     @staticmethod
     def merge(layer: RecurrentLayer, parts: list[str]) -> str:
