@@ -138,6 +138,16 @@ RESERVED = {
 ACTIVATIONS = ("identity", "tanh", "relu", "sigmoid", "softmax", "log_softmax")
 
 
+def unpack(names: list[str]) -> str:
+    """Left side of a tuple assignment: ``a, b`` (``a,`` for one name)."""
+    return ", ".join(names) + ("," if len(names) == 1 else "")
+
+
+def pack(items: list[str]) -> str:
+    """A tuple literal: ``(a, b)`` (``(a,)`` for one item)."""
+    return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
+
+
 class Namespace:
     """Python names for spec names: never a keyword, a builtin we use, or taken twice."""
 
@@ -272,194 +282,219 @@ def _forward_named(step: CellStep) -> set[str]:
     return named - leaves
 
 
-def _parameters(step: CellStep, names: Namespace) -> list[str]:
-    """Lines fetching a cell's parameters, the stacked hoisted input matrix W_x and the
-    stacked recurrent matrix R_s of each previous state s."""
+def emit_cell(step: CellStep, fn: str) -> str:
+    """Generated functions for one lowered cell: its parameters, one step and its reverse,
+    and the scan over time and its reverse (see the module docstring)."""
+    names = Namespace(RESERVED)
+    states = list(step.cell.state)
+    named = _forward_named(step)
+    order = [op.out for op in step.ops]
+    saved = sorted(named, key=order.index)
+    parts = [
+        _emit_params(step, fn, names),
+        _emit_step(step, fn, names, named, saved),
+        _emit_step_backward(step, fn, names, saved, states),
+        _emit_scan(step, fn),
+        _emit_grads(step, fn),
+    ]
+    return "\n\n\n".join(parts)
 
-    def stack(blocks: tuple[Any, ...]) -> str:
-        joined = ", ".join(f"{names(b.param)}[:, {b.start}:{b.stop}]" for b in blocks)
-        return f"np.concatenate([{joined}], axis=0)"
 
-    lines = [f"    {names(p.name)} = params[prefix + {p.name!r}]" for p in step.cell.params]
+def _stack(blocks: tuple[Any, ...]) -> str:
+    joined = ", ".join(f"P[{b.param!r}][:, {b.start}:{b.stop}]" for b in blocks)
+    return f"np.concatenate([{joined}], axis=0)"
+
+
+def _emit_params(step: CellStep, fn: str, names: Namespace) -> str:
+    params = tuple(p.name for p in step.cell.params)
+    lines = [
+        f"def {fn}_params(params, prefix):",
+        f'    """{step.cell.name} parameters of one layer and direction, with W_x (the input\n'
+        "    blocks of every gate, stacked: applied to all steps at once) and R_s (the\n"
+        '    recurrent blocks on each previous state s, stacked: one product per step)."""',
+        f"    P = {{name: params[prefix + name] for name in {params!r}}}",
+    ]
     if step.x_blocks:
-        lines.append(f"    W_x = {stack(step.x_blocks)}")
+        lines.append(f"    P['W_x'] = {_stack(step.x_blocks)}")
     for state, blocks in step.r_blocks.items():
-        lines.append(f"    R_{names(state)} = {stack(blocks)}")
+        lines.append(f"    P['R_{state}'] = {_stack(blocks)}")
+    lines.append("    return P")
+    return "\n".join(lines)
+
+
+def _step_params(step: CellStep, names: Namespace, block_ops: tuple[Op, ...]) -> list[str]:
+    """Lines binding to local names the vector parameters of a step and the matrices
+    whose blocks ``block_ops`` multiply in the step."""
+    used = sorted(
+        {op.attr for op in step.ops if op.kind == "param"}
+        | {op.attr.param for op in block_ops if op.kind in ("matmul", "matmul_t")}
+    )
+    lines = [f"    {names(p)} = P[{p!r}]" for p in used]
+    lines += [f"    R_{names(s)} = P['R_{s}']" for s in step.r_blocks]
     return lines
 
 
-def emit_scan(step: CellStep, function: str) -> str:
-    """The forward and backward scan functions of one lowered cell."""
-    names = Namespace(RESERVED)
-    cell = step.cell
+def _emit_step(step: CellStep, fn: str, names: Namespace, named: set[str], saved: list[str]) -> str:
     H = step.hidden
-    params = [p.name for p in cell.params]
-    states = list(cell.state)
-    named = _forward_named(step)
-    saved = sorted(named, key=lambda v: [op.out for op in step.ops].index(v))
-    prev = [names(f"{s}_prev") for s in states]
+    prev = [names(f"{s}_prev") for s in step.cell.state]
     lines = [
-        f"def {function}(xs, mask, reverse, params, prefix, init):",
-        f'    """{cell.name} over time: xs (T, B, {step.input_size}) -> ys (T, B, {H}) and final '
-        'states.\n\n    Steps past an example\'s length (mask 0) leave its states as they are.\n    """',
+        f"def {fn}_step(xp_t, x_t, mask_t, state, P):",
+        f'    """One step of {step.cell.name}: new states (unchanged where mask_t is 0), the\n'
+        '    output, and what the reverse needs."""',
+        *_step_params(step, names, step.ops),
+        f"    {unpack(prev)} = state",
     ]
-    lines += _parameters(step, names)
-    lines.append("    T, B = xs.shape[0], xs.shape[1]")
-    if step.x_blocks:
-        lines.append("    xp = (xs.reshape(T * B, -1) @ W_x.T).reshape(T, B, -1)")
-    lines.append(f"    {', '.join(prev)}, = init")
-    lines.append(f"    ys = np.zeros((T, B, {H}), dtype=xs.dtype)")
-    lines.append("    tape = [None] * T")
-    lines.append("    for t in (range(T - 1, -1, -1) if reverse else range(T)):")
-    lines.append("        mask_t = mask[t]")
-    if step.uses_x:
-        lines.append("        x_t = xs[t]")
-    if step.x_blocks:
-        lines.append("        xp_t = xp[t]")
     for state in step.r_blocks:
-        lines.append(f"        rp_{names(state)} = {names(state + '_prev')} @ R_{names(state)}.T")
-    writer = _StepWriter(step, names)
-    lines += writer.lines(step.ops, named, "        ")
-    saved_names = [names(v) for v in saved] + prev
-    lines.append(f"        tape[t] = ({', '.join(saved_names)},)")
-    for s in states:
-        new = names(step.states[s])
-        lines.append(
-            f"        {names(s + '_prev')} = {names(s + '_prev')} + mask_t * ({new} - {names(s + '_prev')})"
-        )
-    lines.append(f"        ys[t] = mask_t * {names(step.output)}")
-    lines.append(f"    return ys, ({', '.join(prev)},), (tape, xs)")
-    forward = "\n".join(lines)
-    return forward + "\n\n\n" + _emit_scan_backward(step, function, names, saved, params, states)
+        lines.append(f"    rp_{names(state)} = {names(state + '_prev')} @ R_{names(state)}.T")
+    lines += _StepWriter(step, names).lines(step.ops, named, "    ")
+    new = [
+        f"{p} + mask_t * ({names(step.states[s])} - {p})"
+        for s, p in zip(step.cell.state, prev, strict=True)
+    ]
+    lines.append(f"    new_state = {pack(new)}")
+    kept = pack([names(v) for v in saved] + prev)
+    lines.append(f"    return new_state, mask_t * {names(step.output)}, {kept}")
+    assert H > 0
+    return "\n".join(lines)
 
 
-def _emit_scan_backward(
-    step: CellStep,
-    function: str,
-    names: Namespace,
-    saved: list[str],
-    params: list[str],
-    states: list[str],
+def _emit_step_backward(
+    step: CellStep, fn: str, names: Namespace, saved: list[str], states: list[str]
 ) -> str:
     adjoint: Adjoint = reverse(step)
     H = step.hidden
-    cell = step.cell
     d = {s: names(f"d_{s}") for s in states}
-    lines = [
-        f"def {function}_backward(d_ys, d_finals, saved, mask, reverse, params, prefix, grads):",
-        f'    """Reverse of {function}: gradients of xs and of the initial states; parameter\n'
-        '    gradients are added to grads[prefix + name]."""',
-    ]
-    lines += _parameters(step, names)
-    lines.append("    tape, xs = saved")
-    lines.append("    T, B = xs.shape[0], xs.shape[1]")
-    lines.append(f"    {', '.join(d.values())}, = d_finals")
-    lines.append("    d_xs = np.zeros_like(xs)")
-    if step.x_blocks:
-        lines.append(f"    d_xp = np.zeros((T, B, {len(step.x_blocks) * H}), dtype=xs.dtype)")
-    for state in step.r_blocks:
-        lines.append(f"    dR_{names(state)} = np.zeros_like(R_{names(state)})")
-    vector_params = [p.name for p in cell.params if p.kind == "vector"]
-    for p in vector_params:
-        lines.append(f"    d_{names(p)} = np.zeros_like({names(p)})")
-    block_params = sorted({b.param for b, _, _ in adjoint.block_grads})
-    for p in block_params:
-        lines.append(f"    d_{names(p)} = np.zeros_like({names(p)})")
-    lines.append("    for t in (range(T) if reverse else range(T - 1, -1, -1)):")
-    lines.append("        mask_t = mask[t]")
     prev = [names(f"{s}_prev") for s in states]
-    lines.append(f"        {', '.join([names(v) for v in saved] + prev)}, = tape[t]")
-    if step.uses_x:
-        lines.append("        x_t = xs[t]")
-    out_state = cell.output
-    lines.append(f"        {d[out_state]} = {d[out_state]} + mask_t * d_ys[t]")
-    # Masking: s = s_prev + m (s_new - s_prev): the new value gets m d_s, the old (1 - m) d_s.
+    lines = [
+        f"def {fn}_step_backward(d_state, d_y, saved, x_t, mask_t, P, D):",
+        f'    """Reverse of {fn}_step: gradients of xp_t, x_t and the previous states.\n'
+        '    Parameter gradients are added to D."""',
+        *_step_params(step, names, adjoint.ops),
+        f"    {unpack([names(v) for v in saved] + prev)} = saved",
+        f"    {unpack(list(d.values()))} = d_state",
+        f"    {d[step.cell.output]} = {d[step.cell.output]} + mask_t * d_y",
+        "    # s = s_prev + mask_t (s_new - s_prev): s_new gets mask_t d_s, s_prev (1 - mask_t) d_s",
+    ]
     for s in states:
-        lines.append(f"        carry_{names(s)} = (1.0 - mask_t) * {d[s]}")
-        lines.append(f"        {d[s]} = mask_t * {d[s]}")
+        lines.append(f"    carry_{names(s)} = (1.0 - mask_t) * {d[s]}")
+        lines.append(f"    {d[s]} = mask_t * {d[s]}")
     writer = _StepWriter(step, names)
     kept = set(saved)
     for op in step.ops:  # the reverse reads saved values and leaves by name
         leaf = writer.leaf(op)
         writer.exprs[op.out] = (names(op.out), 4) if op.out in kept or leaf is None else (leaf, 4)
-    for s in step.states:
+    for s in states:
         writer.exprs[f"d_{s}"] = (d[s], 4)
     uses = _uses(adjoint.ops)
     results = set(adjoint.grads.values()) | {g for _, g, _ in adjoint.block_grads}
-    named = {v for v, n in uses.items() if n > 1} | results
-    named = {v for v in named if v.startswith("_d")}
-    lines += writer.lines(adjoint.ops, named, "        ")
+    named = {v for v in ({v for v, n in uses.items() if n > 1} | results) if v.startswith("_d")}
+    lines += writer.lines(adjoint.ops, named, "    ")
 
     def grad(key: str) -> str | None:
         var = adjoint.grads.get(key)
         return writer.exprs[var][0] if var is not None else None
 
-    if step.x_blocks:
-        for k in range(len(step.x_blocks)):
-            g = grad(f"xproj:{k}")
-            if g is not None:
-                lines.append(f"        d_xp[t, :, {k * H}:{(k + 1) * H}] = {g}")
-    if step.uses_x and grad("x") is not None:
-        lines.append(f"        d_xs[t] += {grad('x')}")
-    for p in vector_params:
-        g = grad(f"param:{p}")
-        if g is not None:
-            lines.append(f"        d_{names(p)} += {g}")
+    for p in (p.name for p in step.cell.params if p.kind == "vector"):
+        if grad(f"param:{p}") is not None:
+            lines.append(f"    D[{p!r}] += {grad(f'param:{p}')}")
     for block, g, operand in adjoint.block_grads:
         lines.append(
-            f"        d_{names(block.param)}[:, {block.start}:{block.stop}] += "
+            f"    D[{block.param!r}][:, {block.start}:{block.stop}] += "
             f"{writer.exprs[g][0]}.T @ {writer.exprs[operand][0]}"
         )
-    new_d = {}
+    zeros = f"np.zeros_like({d[states[0]]})"
+    new_d = []
     for s in states:
         terms = [f"carry_{names(s)}"]
-        direct = grad(f"prev:{s}")
-        if direct is not None:
-            terms.append(direct)
+        if grad(f"prev:{s}") is not None:
+            terms.append(str(grad(f"prev:{s}")))
         if s in step.r_blocks:
-            k = len(step.r_blocks[s])
-            pieces = []
-            for i in range(k):
-                g = grad(f"rproj:{s}:{i}")
-                pieces.append(g if g is not None else f"np.zeros_like({d[s]})")
-            lines.append(
-                f"        d_rp_{names(s)} = np.concatenate([{', '.join(pieces)}], axis=-1)"
-            )
-            lines.append(f"        dR_{names(s)} += d_rp_{names(s)}.T @ {names(s + '_prev')}")
+            pieces = [grad(f"rproj:{s}:{i}") or zeros for i in range(len(step.r_blocks[s]))]
+            lines.append(f"    d_rp_{names(s)} = np.concatenate([{', '.join(pieces)}], axis=-1)")
+            lines.append(f"    D['R_{s}'] += d_rp_{names(s)}.T @ {names(s + '_prev')}")
             terms.append(f"d_rp_{names(s)} @ R_{names(s)}")
-        new_d[s] = " + ".join(terms)
-    for s in states:
-        lines.append(f"        {d[s]} = {new_d[s]}")
+        new_d.append(" + ".join(terms))
     if step.x_blocks:
-        lines.append("    d_xp_flat = d_xp.reshape(T * B, -1)")
-        lines.append("    d_xs += (d_xp_flat @ W_x).reshape(xs.shape)")
-        lines.append("    dW_x = d_xp_flat.T @ xs.reshape(T * B, -1)")
-        for k, b in enumerate(step.x_blocks):
+        pieces = [grad(f"xproj:{k}") or zeros for k in range(len(step.x_blocks))]
+        lines.append(f"    d_xp_t = np.concatenate([{', '.join(pieces)}], axis=-1)")
+    else:
+        lines.append("    d_xp_t = None")
+    lines.append(f"    d_x_t = {grad('x') if step.uses_x and grad('x') is not None else 'None'}")
+    lines.append(f"    return d_xp_t, d_x_t, {pack(new_d)}")
+    assert H > 0
+    return "\n".join(lines)
+
+
+def _emit_scan(step: CellStep, fn: str) -> str:
+    H = step.hidden
+    hoisted = bool(step.x_blocks)
+    xp = "(xs.reshape(T * B, -1) @ P['W_x'].T).reshape(T, B, -1)" if hoisted else "[None] * T"
+    forward = [
+        f"def {fn}(xs, mask, reverse, P, state):",
+        f'    """{step.cell.name} over time: xs (T, B, {step.input_size}) -> ys (T, B, {H}), final\n'
+        "    states and the tape. Steps past an example's length leave its states as they are."
+        '"""',
+        "    T, B = xs.shape[0], xs.shape[1]",
+        f"    xp = {xp}",
+        f"    ys = np.zeros((T, B, {H}), dtype=xs.dtype)",
+        "    tape = [None] * T",
+        "    for t in (range(T - 1, -1, -1) if reverse else range(T)):",
+        f"        state, ys[t], tape[t] = {fn}_step(xp[t], xs[t], mask[t], state, P)",
+        "    return ys, state, tape",
+    ]
+    backward = [
+        f"def {fn}_backward(d_ys, d_state, tape, xs, mask, reverse, P, D):",
+        f'    """Reverse of {fn}: gradients of xs and of the initial states; parameter\n'
+        '    gradients are added to D."""',
+        "    T, B = xs.shape[0], xs.shape[1]",
+        "    d_xs = np.zeros_like(xs)",
+    ]
+    if hoisted:
+        backward.append(f"    d_xp = np.zeros((T, B, {len(step.x_blocks) * H}), dtype=xs.dtype)")
+    backward += [
+        "    for t in (range(T) if reverse else range(T - 1, -1, -1)):",
+        f"        d_xp_t, d_x_t, d_state = {fn}_step_backward(d_state, d_ys[t], tape[t], xs[t], mask[t], P, D)",
+    ]
+    if hoisted:
+        backward.append("        d_xp[t] = d_xp_t")
+    if step.uses_x:
+        backward.append("        d_xs[t] += d_x_t")
+    if hoisted:
+        backward += [
+            "    d_flat = d_xp.reshape(T * B, -1)",
+            "    d_xs += (d_flat @ P['W_x']).reshape(xs.shape)",
+            "    D['W_x'] += d_flat.T @ xs.reshape(T * B, -1)",
+        ]
+    backward.append("    return d_xs, d_state")
+    return "\n".join(forward) + "\n\n\n" + "\n".join(backward)
+
+
+def _emit_grads(step: CellStep, fn: str) -> str:
+    H = step.hidden
+    lines = [
+        f"def {fn}_grads(D, prefix, grads):",
+        '    """Add the gradients in D to grads, with W_x and R_s split back into their blocks."""',
+    ]
+    for k, b in enumerate(step.x_blocks):
+        lines.append(
+            f"    D[{b.param!r}][:, {b.start}:{b.stop}] += D['W_x'][{k * H}:{(k + 1) * H}]"
+        )
+    for state, blocks in step.r_blocks.items():
+        for k, b in enumerate(blocks):
             lines.append(
-                f"    accumulate_block(grads, prefix + {b.param!r}, {names(b.param)}, "
-                f"({b.start}, {b.stop}), dW_x[{k * H}:{(k + 1) * H}])"
+                f"    D[{b.param!r}][:, {b.start}:{b.stop}] += D['R_{state}'][{k * H}:{(k + 1) * H}]"
             )
-    for state, stacked in step.r_blocks.items():
-        for k, b in enumerate(stacked):
-            lines.append(
-                f"    accumulate_block(grads, prefix + {b.param!r}, {names(b.param)}, "
-                f"({b.start}, {b.stop}), dR_{names(state)}[{k * H}:{(k + 1) * H}])"
-            )
-    for p in vector_params:
-        lines.append(f"    accumulate(grads, prefix + {p!r}, d_{names(p)})")
-    for p in block_params:
-        lines.append(f"    accumulate(grads, prefix + {p!r}, d_{names(p)})")
-    lines.append(f"    return d_xs, ({', '.join(d.values())},)")
+    params = tuple(p.name for p in step.cell.params)
+    lines.append(f"    for name in {params!r}:")
+    lines.append("        accumulate(grads, prefix + name, D[name])")
     return "\n".join(lines)
 
 
 BLOCK_HELPER = '''
 
-def accumulate_block(grads, name, param, columns, value):
-    """grads[name][:, columns] += value (a block of a matrix over a concatenation)."""
-    if name not in grads:
-        grads[name] = np.zeros_like(param)
-    grads[name][:, columns[0]:columns[1]] += value
+def zeros_like_all(arrays):
+    """A dict of zero arrays shaped like the given ones (gradients to add into)."""
+    return {name: np.zeros_like(value) for name, value in arrays.items()}
 '''
 
 
@@ -640,17 +675,17 @@ class _Program:
         top = layer.depth - 1
         luong = layer.attention is not None  # additive attention is refused in unsupported()
         for k in range(layer.depth):
-            function = f"scan_{name}_l{k}"
+            function = f"cell_{name}_l{k}"
             if function not in self.scans:
                 step = lower_cell(cell, width if k == 0 else layer.output_width, H)
-                self.scans[function] = emit_scan(step, function)
+                self.scans[function] = emit_cell(step, function)
             here = f"{name}.l{k}"
             for d in layer.directions:
                 run = f"{name}.{d}.l{k}"
+                self.fwd.append(f"    v[{run + ':P'!r}] = {function}_params(params, {run + '.'!r})")
                 self.fwd.append(
-                    f"    v[{run!r}], v[{run + ':final'!r}], v[{run + ':saved'!r}] = {function}("
-                    f"v[{here + ':in'!r}], v['mask:{axis}'], {d == 'bwd'}, params, {run + '.'!r}, "
-                    f"{start})"
+                    f"    v[{run!r}], v[{run + ':final'!r}], v[{run + ':tape'!r}] = {function}("
+                    f"v[{here + ':in'!r}], v['mask:{axis}'], {d == 'bwd'}, v[{run + ':P'!r}], {start})"
                 )
             merged = self.merge(layer, [f"v[{f'{name}.{d}.l{k}'!r}]" for d in layer.directions])
             if k > 0 and layer.residual:
@@ -687,11 +722,13 @@ class _Program:
                     if k == top
                     else "(" + ", ".join([zeros] * n_states) + ",)"
                 )
-                back.append(
-                    f"        d_xs, d_first = scan_{name}_l{k}_backward(d_{d}, {d_finals}, "
-                    f"v[{run + ':saved'!r}], v['mask:{axis}'], {d == 'bwd'}, params, "
-                    f"{run + '.'!r}, grads)"
-                )
+                P = f"v[{run + ':P'!r}]"
+                back += [
+                    f"        D = zeros_like_all({P})",
+                    f"        d_xs, d_first = cell_{name}_l{k}_backward(d_{d}, {d_finals}, "
+                    f"v[{run + ':tape'!r}], v[{here + ':in'!r}], v['mask:{axis}'], {d == 'bwd'}, {P}, D)",
+                    f"        cell_{name}_l{k}_grads(D, {run + '.'!r}, grads)",
+                ]
                 back.append("        d_in = d_in + d_xs")
                 if layer.init is not None:
                     back.append("        d_h0 = d_h0 + sum(d_first)")
