@@ -23,7 +23,7 @@ import networkx as nx
 import numpy as np
 
 import rnnc
-from rnnc.checks import Analysis
+from rnnc.checks import Analysis, fed_input
 from rnnc.errors import RnncError
 from rnnc.graph import input_edges
 from rnnc.lower import Adjoint, CellStep, Op, lower_cell, reverse
@@ -115,6 +115,13 @@ def attend_backward(d_context, query, keys, memory, weights):
 def valid_steps(mask):
     """(T, B, 1) step mask -> (1, B, T) booleans, to mask attention scores."""
     return (mask[:, :, 0].T > 0)[None]
+
+
+def accumulate_at(grads, name, like, t, value):
+    """grads[name][t] += value, starting from zeros shaped like `like`."""
+    if name not in grads:
+        grads[name] = np.zeros_like(like)
+    grads[name][t] += value
 
 
 def accumulate(grads, name, value):
@@ -523,16 +530,64 @@ class _Program:
         )
         return list(nx.lexicographical_topological_sort(instant, key=list(self.g.nodes).index))
 
+    def schedule(self) -> list[str | tuple[str, ...]]:
+        """The order to emit in, with each step loop as one tuple of its layers."""
+        loops = self.loops()
+        member = {n: i for i, group in enumerate(loops) for n in group}
+        condensed = nx.DiGraph()
+        unit = {n: (("loop", member[n]) if n in member else ("node", n)) for n in self.order()}
+        condensed.add_nodes_from(unit.values())
+        for u, v, d in self.g.edges(data=True):
+            # Every link between units orders them; cycles through delays are inside loops.
+            if u in unit and v in unit and unit[u] != unit[v] and d["kind"] != "output":
+                condensed.add_edge(unit[u], unit[v])
+        first = {n: i for i, n in enumerate(self.order())}
+        rank = {
+            u: min(first[n] for n in (loops[u[1]] if u[0] == "loop" else [u[1]]))
+            for u in condensed.nodes
+        }
+        ordered = nx.lexicographical_topological_sort(condensed, key=rank.__getitem__)
+        return [tuple(loops[u[1]]) if u[0] == "loop" else u[1] for u in ordered]
+
     def unsupported(self) -> list[str]:
-        """What needs a step-by-step loop over several layers, not compiled yet."""
+        """What the backend cannot compile: a layer that runs backward inside a step loop."""
         problems = []
+        for group in self.loops():
+            for node in group:
+                layer = self.spec.layers.get(node)
+                if isinstance(layer, RecurrentLayer) and layer.direction != "forward":
+                    problems.append(
+                        f"layers.{node}.direction ({layer.direction} inside a step loop)"
+                    )
+        return problems
+
+    def loops(self) -> list[list[str]]:
+        """Groups of layers that must run step by step together, one group per time axis.
+
+        A layer joins a group when its step t reads a later layer's step t - k (feedback,
+        a recurrent edge from what it feeds) or its own previous state through additive
+        attention; with it go the layers on the way between.
+        """
+        if hasattr(self, "_loops"):
+            return self._loops  # type: ignore[has-type,no-any-return]
+        timed = nx.DiGraph()
+        timed.add_nodes_from(self.spec.layers)
+        for u, v, d in self.g.edges(data=True):
+            if d["kind"] in ("input", "recurrent", "feedback") and u in self.spec.layers:
+                timed.add_edge(u, v)
+        coupled: set[str] = set()
+        for component in nx.strongly_connected_components(timed):
+            if len(component) > 1 or any(timed.has_edge(n, n) for n in component):
+                coupled |= component
         for name, layer in self.spec.recurrent_layers().items():
             if layer.attention is not None and layer.attention.score == "additive":
-                problems.append(f"layers.{name}.attention (additive)")
-            for i, edge in enumerate(layer.recurrent):
-                if self.downstream(edge.from_, name):
-                    problems.append(f"layers.{name}.recurrent[{i}] (from a layer it feeds)")
-        return problems
+                coupled.add(name)
+        groups: dict[str, list[str]] = {}
+        for node in self.order():
+            if node in coupled:
+                groups.setdefault(self.g.nodes[node]["axis"], []).append(node)
+        self._loops = list(groups.values())
+        return self._loops
 
     def downstream(self, node: str, of: str) -> bool:
         """Whether ``node`` is ``of`` or reads it at the same step."""
@@ -832,6 +887,402 @@ class _Program:
         lines.append(f"        accumulate(g, {memory!r}, d_memory)")
         return lines
 
+    # --- step loops (feedback, additive attention, recurrent edges from what a layer feeds)
+
+    def fed(self, name: str) -> tuple[str, str, bool] | None:
+        """(fed input, prediction, tokens?) of a layer with feedback."""
+        layer = self.spec.layers[name]
+        if not isinstance(layer, RecurrentLayer) or layer.feedback is None:
+            return None
+        source, _ = fed_input(self.g, name, self.g.nodes[layer.feedback]["width"])
+        assert source is not None
+        data = self.g.nodes[source]
+        tokens = data["kind"] == "embedding" or data.get("vocab") is not None
+        return source, layer.feedback, tokens
+
+    def truth_ids(self, source: str) -> tuple[str, str]:
+        """(ids of the ground truth, the embedding table) of a token input or embedding layer."""
+        data = self.g.nodes[source]
+        if data["kind"] == "embedding":
+            tokens = self.spec.layers[source].inputs[0]
+            return f"v[{tokens + ':ids'!r}]", f"params[{source + '.embedding'!r}]"
+        return f"v[{source + ':ids'!r}]", f"params[{source + '.embedding'!r}]"
+
+    def loop_pieces(self, name: str, members: set[str]) -> list[tuple[str, str, int, int, str]]:
+        """(kind, source, width, delay, expression at step t) of what a member reads."""
+        layer = self.spec.layers[name]
+        fed = self.fed(name)
+        pieces = []
+        for source, _ in input_edges(self.g, name):
+            data = self.g.nodes[source]
+            if fed is not None and source == fed[0]:
+                pieces.append(("fed", source, data["width"], 0, "fed"))
+            elif data.get("axis") is None:
+                pieces.append(("static", source, data["width"], 0, f"v[{source!r}]"))
+            else:
+                pieces.append(("step", source, data["width"], 0, f"v[{source!r}][t]"))
+        if isinstance(layer, RecurrentLayer):
+            for edge in layer.recurrent:
+                ref = f"v[{edge.from_!r}]"
+                text = (
+                    f"({ref}[t - {edge.delay}] if t >= {edge.delay} else np.zeros_like({ref}[0]))"
+                )
+                pieces.append(
+                    ("step", edge.from_, self.g.nodes[edge.from_]["width"], edge.delay, text)
+                )
+            if layer.attention is not None and layer.attention.score == "additive":
+                width = self.g.nodes[layer.attention.memory]["width"]
+                pieces.append(("context", layer.attention.memory, width, 0, "context"))
+        return pieces
+
+    def emit_loop(self, members: list[str]) -> None:
+        axis = self.g.nodes[members[0]]["axis"]
+        member_set = set(members)
+        fwd = self.fwd
+        fwd.append(
+            f"    # Step loop over {axis!r}: {', '.join(members)} (each step reads earlier steps)"
+        )
+        fwd.append(f"    T, B = T_{axis}, v['mask:{axis}'].shape[1]")
+        fwd.append(f"    truth = tf_masks.get({axis!r}, np.ones((B, T), dtype=bool))")
+        fwd.append(f"    v['truth:{axis}'] = truth")
+        for name in members:
+            layer = self.spec.layers[name]
+            pieces = self.loop_pieces(name, member_set)
+            width = sum(p[2] for p in pieces)
+            fwd.append(
+                f"    v[{name!r}] = np.zeros((T, B, {self.g.nodes[name]['width']}), dtype=dtype)"
+            )
+            in_key = f"{name}.l0:in" if isinstance(layer, RecurrentLayer) else f"{name}:in"
+            fwd.append(f"    v[{in_key!r}] = np.zeros((T, B, {width}), dtype=dtype)")
+            if self.fed(name) is not None and self.fed(name)[2]:  # type: ignore[index]
+                fwd.append(f"    v[{name + ':fed_ids'!r}] = np.zeros((T, B), dtype=np.int64)")
+            if isinstance(layer, RecurrentLayer):
+                self.loop_setup(name, layer, width)
+        fwd.append("    for t in range(T):")
+        fwd.append(f"        mask_t = v['mask:{axis}'][t]")
+        for name in members:
+            layer = self.spec.layers[name]
+            fwd += ["    " + line for line in self.loop_step(name, layer, member_set)]
+        for name in members:
+            layer = self.spec.layers[name]
+            if isinstance(layer, RecurrentLayer):
+                self.loop_finish(name, layer)
+        self.bwd.append(self.loop_backward(members, axis))
+
+    def loop_setup(self, name: str, layer: RecurrentLayer, width: int) -> None:
+        cell = self.analysis.cells[layer.cell]
+        H = layer.hidden
+        fwd = self.fwd
+        zeros = f"np.zeros((B, {H}), dtype=dtype)"
+        start = pack([zeros] * len(cell.state))
+        if layer.init is not None:
+            fwd += self.init_forward(name, layer)
+            start = pack([f"v[{name + ':h0'!r}]"] * len(cell.state))
+        for k in range(layer.depth):
+            function = f"cell_{name}_l{k}"
+            if function not in self.scans:
+                step = lower_cell(cell, width if k == 0 else layer.output_width, H)
+                self.scans[function] = emit_cell(step, function)
+            run = f"{name}.fwd.l{k}"
+            fwd.append(f"    v[{run + ':P'!r}] = {function}_params(params, {run + '.'!r})")
+            fwd.append(f"    v[{run + ':tape'!r}] = [None] * T")
+            fwd.append(f"    state_{name}_l{k} = {start}")
+            if k > 0:
+                fwd.append(
+                    f"    v[{f'{name}.l{k}:in'!r}] = np.zeros((T, B, {layer.output_width}), dtype=dtype)"
+                )
+        if layer.attention is not None:
+            memory = layer.attention.memory
+            p = f"{name}.attention."
+            if layer.attention.score == "additive":
+                fwd.append(f"    v[{name + ':keys'!r}] = v[{memory!r}] @ params[{p + 'W_k'!r}].T")
+            elif layer.attention.score == "general":
+                fwd.append(f"    v[{name + ':keys'!r}] = v[{memory!r}] @ params[{p + 'W_a'!r}].T")
+            else:
+                fwd.append(f"    v[{name + ':keys'!r}] = v[{memory!r}]")
+            M = self.g.nodes[memory]["width"]
+            S = f"v[{memory!r}].shape[0]"
+            fwd.append(f"    v[{name + ':weights'!r}] = np.zeros((T, B, {S}), dtype=dtype)")
+            fwd.append(f"    v[{name + ':context'!r}] = np.zeros((T, B, {M}), dtype=dtype)")
+            if layer.attention.score != "additive":
+                fwd.append(f"    v[{name + ':h'!r}] = np.zeros((T, B, {H}), dtype=dtype)")
+            else:
+                fwd.append(f"    v[{name + ':query'!r}] = np.zeros((T, B, {H}), dtype=dtype)")
+
+    def loop_step(self, name: str, layer: Any, members: set[str]) -> list[str]:
+        """Forward lines of one member at step t (indented for the loop body)."""
+        lines = []
+        pieces = self.loop_pieces(name, members)
+        fed = self.fed(name)
+        if fed is not None:
+            source, prediction, tokens = fed
+            if tokens:
+                ids, table = self.truth_ids(source)
+                lines += [
+                    f"    ids = {ids}[t]",
+                    "    if t > 0:",
+                    f"        ids = np.where(truth[:, t], ids, v[{prediction!r}][t - 1].argmax(axis=-1))",
+                    f"    v[{name + ':fed_ids'!r}][t] = ids",
+                    f"    fed = {table}[ids]",
+                ]
+            else:
+                lines += [
+                    f"    fed = v[{source!r}][t]",
+                    "    if t > 0:",
+                    f"        fed = np.where(truth[:, t, None], fed, v[{prediction!r}][t - 1])",
+                ]
+        additive = isinstance(layer, RecurrentLayer) and layer.attention is not None
+        if additive and layer.attention.score == "additive":
+            memory = layer.attention.memory
+            axis = self.g.nodes[memory]["axis"]
+            cell = self.analysis.cells[layer.cell]
+            top = layer.depth - 1
+            out_index = cell.state.index(cell.output)
+            p = f"{name}.attention."
+            lines += [
+                f"    query = state_{name}_l{top}[{out_index}]",
+                f"    v[{name + ':query'!r}][t] = query",
+                f"    energy = np.tanh(v[{name + ':keys'!r}] + (query @ params[{p + 'W_q'!r}].T)[None])",
+                f"    scores = (energy @ params[{p + 'v'!r}]).T[None]",
+                f"    weights = softmax(np.where(valid_steps(v['mask:{axis}']), scores, -1e30))",
+                f"    v[{name + ':weights'!r}][t] = weights[0]",
+                f"    context = np.einsum('bs,sbm->bm', weights[0], v[{memory!r}])",
+                f"    v[{name + ':context'!r}][t] = context",
+            ]
+        parts = [p[4] for p in pieces]
+        joined = parts[0] if len(parts) == 1 else f"np.concatenate([{', '.join(parts)}], axis=-1)"
+        if isinstance(layer, RecurrentLayer):
+            lines.append(f"    v[{name + '.l0:in'!r}][t] = {joined}")
+            for k in range(layer.depth):
+                run = f"{name}.fwd.l{k}"
+                x_in = f"v[{f'{name}.l{k}:in'!r}][t]"
+                P = f"v[{run + ':P'!r}]"
+                xp = (
+                    f"{x_in} @ {P}['W_x'].T" if "W_x" in self.scans[f"cell_{name}_l{k}"] else "None"
+                )
+                lines.append(
+                    f"    state_{name}_l{k}, y, v[{run + ':tape'!r}][t] = cell_{name}_l{k}_step("
+                    f"{xp}, {x_in}, mask_t, state_{name}_l{k}, {P})"
+                )
+                if k > 0 and layer.residual:
+                    lines.append(f"    y = y + {x_in}")
+                if k + 1 < layer.depth:
+                    lines.append(f"    v[{f'{name}.l{k + 1}:in'!r}][t] = y")
+            if layer.attention is not None and layer.attention.score != "additive":
+                memory = layer.attention.memory
+                axis = self.g.nodes[memory]["axis"]
+                p = f"{name}.attention."
+                lines += [
+                    f"    v[{name + ':h'!r}][t] = y",
+                    f"    context, weights = attend(y[None], v[{name + ':keys'!r}], v[{memory!r}], valid_steps(v['mask:{axis}']))",
+                    f"    v[{name + ':context'!r}][t], v[{name + ':weights'!r}][t] = context[0], weights[0]",
+                    f"    y = np.tanh(np.concatenate([context[0], y], axis=-1) @ params[{p + 'W_c'!r}].T + params[{p + 'b_c'!r}])",
+                ]
+            lines.append(f"    v[{name!r}][t] = y")
+        else:  # a dense layer
+            W, b = f"params[{name + '.W'!r}]", f"params[{name + '.b'!r}]"
+            lines += [
+                f"    v[{name + ':in'!r}][t] = {joined}",
+                f"    v[{name!r}][t] = {layer.activation}(v[{name + ':in'!r}][t] @ {W}.T + {b})",
+            ]
+        return lines
+
+    def loop_finish(self, name: str, layer: RecurrentLayer) -> None:
+        cell = self.analysis.cells[layer.cell]
+        top = layer.depth - 1
+        self.fwd.append(f"    v[{name + ':final'!r}] = state_{name}_l{top}")
+        if layer.attention is not None and layer.attention.score != "additive":
+            pass
+        assert cell
+
+    def loop_backward(self, members: list[str], axis: str) -> list[str]:
+        member_set = set(members)
+        finals = " or ".join(
+            f"{n + ':final'!r} in g"
+            for n in members
+            if isinstance(self.spec.layers[n], RecurrentLayer)
+        )
+        cond = " or ".join([f"{n!r} in g" for n in members] + ([finals] if finals else []))
+        b = [
+            f"    if {cond}:",
+            f"        T, B = v['mask:{axis}'].shape[:2]",
+            f"        truth = v['truth:{axis}']",
+        ]
+        for name in members:
+            b.append(f"        g[{name!r}] = g.get({name!r}, np.zeros_like(v[{name!r}]))")
+            layer = self.spec.layers[name]
+            if isinstance(layer, RecurrentLayer):
+                cell = self.analysis.cells[layer.cell]
+                n = len(cell.state)
+                H = layer.hidden
+                zeros = f"np.zeros((B, {H}), dtype=dtype)"
+                for k in range(layer.depth):
+                    run = f"{name}.fwd.l{k}"
+                    b.append(f"        D_{name}_l{k} = zeros_like_all(v[{run + ':P'!r}])")
+                    if k == layer.depth - 1:
+                        b.append(
+                            f"        d_state_{name}_l{k} = {self.merge_back_finals(layer, name, 'fwd', n, zeros)}"
+                        )
+                    else:
+                        b.append(f"        d_state_{name}_l{k} = {pack([zeros] * n)}")
+                if layer.attention is not None:
+                    b.append(f"        d_keys_{name} = np.zeros_like(v[{name + ':keys'!r}])")
+                    b.append(
+                        f"        d_memory_{name} = np.zeros_like(v[{layer.attention.memory!r}])"
+                    )
+                if self.fed(name) is not None and self.fed(name)[2]:  # type: ignore[index]
+                    _, table = self.truth_ids(self.fed(name)[0])  # type: ignore[index]
+                    b.append(f"        d_table_{name} = np.zeros_like({table})")
+        b.append("        for t in reversed(range(T)):")
+        b.append(f"            mask_t = v['mask:{axis}'][t]")
+        for name in reversed(members):
+            layer = self.spec.layers[name]
+            b += ["        " + line for line in self.loop_step_backward(name, layer, member_set)]
+        for name in members:
+            layer = self.spec.layers[name]
+            if isinstance(layer, RecurrentLayer):
+                b += self.loop_backward_finish(name, layer)
+        return b
+
+    def loop_step_backward(self, name: str, layer: Any, members: set[str]) -> list[str]:
+        lines: list[str] = []
+        pieces = self.loop_pieces(name, members)
+        if isinstance(layer, RecurrentLayer):
+            p = f"{name}.attention."
+            lines.append(f"    d_y = g[{name!r}][t]")
+            if layer.attention is not None and layer.attention.score != "additive":
+                memory = layer.attention.memory
+                M = self.g.nodes[memory]["width"]
+                lines += [
+                    f"    out = v[{name!r}][t]",
+                    "    d_pre = d_y * (1.0 - out * out)",
+                    f"    cat = np.concatenate([v[{name + ':context'!r}][t], v[{name + ':h'!r}][t]], axis=-1)",
+                    f"    accumulate(grads, {p + 'W_c'!r}, d_pre.T @ cat)",
+                    f"    accumulate(grads, {p + 'b_c'!r}, d_pre.sum(axis=0))",
+                    f"    d_cat = d_pre @ params[{p + 'W_c'!r}]",
+                    f"    d_query, d_keys, d_memory = attend_backward(d_cat[None, :, :{M}], v[{name + ':h'!r}][t][None], "
+                    f"v[{name + ':keys'!r}], v[{memory!r}], v[{name + ':weights'!r}][t][None])",
+                    f"    d_keys_{name} += d_keys",
+                    f"    d_memory_{name} += d_memory",
+                    f"    d_y = d_cat[:, {M}:] + d_query[0]",
+                ]
+            for k in reversed(range(layer.depth)):
+                run = f"{name}.fwd.l{k}"
+                x_in = f"v[{f'{name}.l{k}:in'!r}][t]"
+                P = f"v[{run + ':P'!r}]"
+                lines.append(
+                    f"    d_xp, d_x, d_state_{name}_l{k} = cell_{name}_l{k}_step_backward("
+                    f"d_state_{name}_l{k}, d_y, v[{run + ':tape'!r}][t], {x_in}, mask_t, {P}, D_{name}_l{k})"
+                )
+                lines.append(f"    d_in = np.zeros_like({x_in})")
+                lines.append("    if d_xp is not None:")
+                lines.append(f"        d_in = d_in + d_xp @ {P}['W_x']")
+                lines.append(f"        D_{name}_l{k}['W_x'] += d_xp.T @ {x_in}")
+                lines.append("    if d_x is not None:")
+                lines.append("        d_in = d_in + d_x")
+                if k > 0 and layer.residual:
+                    lines.append("    d_in = d_in + d_y")
+                lines.append("    d_y = d_in")
+        else:
+            W = f"params[{name + '.W'!r}]"
+            y = f"v[{name!r}][t]"
+            d = f"g[{name!r}][t]"
+            slope = {
+                "identity": d,
+                "tanh": f"{d} * (1.0 - {y} * {y})",
+                "relu": f"{d} * ({y} > 0)",
+                "sigmoid": f"{d} * {y} * (1.0 - {y})",
+                "softmax": f"{y} * ({d} - ({d} * {y}).sum(axis=-1, keepdims=True))",
+                "log_softmax": f"{d} - softmax(v[{name + ':in'!r}][t] @ {W}.T + params[{name + '.b'!r}]) * {d}.sum(axis=-1, keepdims=True)",
+            }[layer.activation]
+            lines += [
+                f"    d_pre = {slope}",
+                f"    accumulate(grads, {name + '.W'!r}, d_pre.T @ v[{name + ':in'!r}][t])",
+                f"    accumulate(grads, {name + '.b'!r}, d_pre.sum(axis=0))",
+                f"    d_in = d_pre @ {W}",
+            ]
+        offset = 0
+        for kind, source, width, delay, _ in pieces:
+            part = f"d_in[:, {offset}:{offset + width}]" if len(pieces) > 1 else "d_in"
+            offset += width
+            if kind == "static":
+                lines.append(f"    accumulate(g, {source!r}, {part})")
+            elif kind == "step":
+                if delay:
+                    lines.append(f"    if t >= {delay}:")
+                    lines.append(
+                        f"        accumulate_at(g, {source!r}, v[{source!r}], t - {delay}, {part})"
+                    )
+                else:
+                    lines.append(f"    accumulate_at(g, {source!r}, v[{source!r}], t, {part})")
+            elif kind == "fed":
+                fed_source, prediction, tokens = self.fed(name)  # type: ignore[misc]
+                if tokens:
+                    lines.append(
+                        f"    np.add.at(d_table_{name}, v[{name + ':fed_ids'!r}][t], {part})"
+                    )
+                else:
+                    lines += [
+                        f"    accumulate_at(g, {fed_source!r}, v[{fed_source!r}], t, np.where(truth[:, t, None] | (t == 0), {part}, 0.0))",
+                        "    if t > 0:",
+                        f"        accumulate_at(g, {prediction!r}, v[{prediction!r}], t - 1, np.where(truth[:, t, None], 0.0, {part}))",
+                    ]
+            elif kind == "context":
+                memory = source
+                top = layer.depth - 1
+                cell = self.analysis.cells[layer.cell]
+                out_index = cell.state.index(cell.output)
+                p = f"{name}.attention."
+                lines += [
+                    f"    weights = v[{name + ':weights'!r}][t]",
+                    f"    d_weights = np.einsum('bm,sbm->bs', {part}, v[{memory!r}])",
+                    f"    d_memory_{name} += np.einsum('bs,bm->sbm', weights, {part})",
+                    "    d_scores = weights * (d_weights - (d_weights * weights).sum(axis=-1, keepdims=True))",
+                    f"    energy = np.tanh(v[{name + ':keys'!r}] + (v[{name + ':query'!r}][t] @ params[{p + 'W_q'!r}].T)[None])",
+                    f"    accumulate(grads, {p + 'v'!r}, np.einsum('bs,sba->a', d_scores, energy))",
+                    f"    d_energy = d_scores.T[:, :, None] * params[{p + 'v'!r}] * (1.0 - energy * energy)",
+                    f"    d_keys_{name} += d_energy",
+                    "    d_q = d_energy.sum(axis=0)",
+                    f"    accumulate(grads, {p + 'W_q'!r}, d_q.T @ v[{name + ':query'!r}][t])",
+                    f"    d_state = list(d_state_{name}_l{top})",
+                    f"    d_state[{out_index}] = d_state[{out_index}] + d_q @ params[{p + 'W_q'!r}]",
+                    f"    d_state_{name}_l{top} = tuple(d_state)",
+                ]
+        return lines
+
+    def loop_backward_finish(self, name: str, layer: RecurrentLayer) -> list[str]:
+        lines = []
+        if layer.init is not None:
+            lines.append(
+                "        d_h0 = "
+                + " + ".join(f"sum(d_state_{name}_l{k})" for k in range(layer.depth))
+            )
+        for k in range(layer.depth):
+            lines.append(
+                f"        cell_{name}_l{k}_grads(D_{name}_l{k}, {f'{name}.fwd.l{k}.'!r}, grads)"
+            )
+        if layer.attention is not None:
+            memory = layer.attention.memory
+            p = f"{name}.attention."
+            key = {"additive": "W_k", "general": "W_a"}.get(layer.attention.score)
+            if key is not None:
+                lines += [
+                    f"        d_k = d_keys_{name}.reshape(-1, d_keys_{name}.shape[-1])",
+                    f"        accumulate(grads, {p + key!r}, d_k.T @ v[{memory!r}].reshape(-1, v[{memory!r}].shape[-1]))",
+                    f"        d_memory_{name} += d_keys_{name} @ params[{p + key!r}]",
+                ]
+            else:
+                lines.append(f"        d_memory_{name} += d_keys_{name}")
+            lines.append(f"        accumulate(g, {memory!r}, d_memory_{name})")
+        fed = self.fed(name)
+        if fed is not None and fed[2]:
+            _, table = self.truth_ids(fed[0])
+            table_name = table.split("[")[1].rstrip("]")
+            lines.append(f"        accumulate(grads, {table_name}, d_table_{name})")
+        if layer.init is not None:
+            lines += self.init_backward(name, layer)
+        return lines
+
     @staticmethod
     def merge(layer: RecurrentLayer, parts: list[str]) -> str:
         if len(parts) == 1:
@@ -928,7 +1379,10 @@ class _Program:
         problems = self.unsupported()
         if problems:
             raise RnncError("the numpy backend does not compile these yet: " + ", ".join(problems))
-        for node in self.order():
+        for node in self.schedule():
+            if isinstance(node, tuple):
+                self.emit_loop(list(node))
+                continue
             data = self.g.nodes[node]
             spec = data.get("spec")
             if data["kind"] == "input":
@@ -942,9 +1396,12 @@ class _Program:
         for name in self.spec.outputs:
             self.emit_output(name)
         forward = [
-            "def forward(params, inputs, lengths, dtype=np.float64):",
+            "def forward(params, inputs, lengths, dtype=np.float64, tf_masks=None):",
             '    """Run the model. inputs are batch-first; lengths maps each sequence input\n'
-            '    to (B,) lengths. Returns (outputs, v): v keeps what backward needs."""',
+            "    to (B,) lengths; tf_masks maps a time axis to (B, T) booleans: where true a\n"
+            "    layer with feedback reads the ground truth, else its own previous prediction\n"
+            '    (default: the ground truth). Returns (outputs, v): v keeps what backward needs."""',
+            "    tf_masks = tf_masks or {}",
             "    v = {}",
             "    outputs = {}",
             *self.fwd,
@@ -1039,26 +1496,30 @@ class NumpyModel:
     def params(self) -> dict[str, np.ndarray]:
         return {k: v.copy() for k, v in self._params.items()}
 
-    def _lengths(self, inputs: Mapping[str, np.ndarray], lengths: Any) -> dict[str, np.ndarray]:
-        g = self.analysis.graph
-        axes = [n for n, d in g.nodes(data=True) if d["kind"] == "input" and d.get("axis") == n]
-        out = {}
-        for axis in axes:
-            steps = np.asarray(inputs[axis]).shape[1]
-            batch = np.asarray(inputs[axis]).shape[0]
-            if lengths is None:
-                value = np.full(batch, steps)
-            elif isinstance(lengths, Mapping):
-                value = np.asarray(lengths.get(axis, np.full(batch, steps)))
-            else:
-                value = np.asarray(lengths)
-            out[axis] = value.astype(np.int64)
-        return out
+    def _prepare(
+        self,
+        inputs: Mapping[str, Any],
+        lengths: Any,
+        mode: str,
+        steps: int | None,
+        tf_mask: Any,
+        seed: int,
+    ) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Inputs, lengths per time axis and teacher-forcing masks for the generated forward."""
+        return prepare_inputs(self.analysis, inputs, lengths, mode, steps, tf_mask, seed)
 
     def run(
-        self, inputs: Mapping[str, np.ndarray], *, lengths: Any = None, **_: Any
+        self,
+        inputs: Mapping[str, np.ndarray],
+        *,
+        lengths: Any = None,
+        mode: str = "train",
+        steps: int | None = None,
+        tf_mask: Any = None,
+        seed: int = 0,
     ) -> dict[str, np.ndarray]:
-        outputs, _ = self._forward(self._params, inputs, self._lengths(inputs, lengths), self.dtype)
+        inputs_, lengths_, masks = self._prepare(inputs, lengths, mode, steps, tf_mask, seed)
+        outputs, _ = self._forward(self._params, inputs_, lengths_, self.dtype, masks)
         return outputs
 
     def vjp(
@@ -1067,11 +1528,100 @@ class NumpyModel:
         cotangents: Mapping[str, np.ndarray],
         *,
         lengths: Any = None,
-        **_: Any,
+        mode: str = "train",
+        steps: int | None = None,
+        tf_mask: Any = None,
+        seed: int = 0,
     ) -> dict[str, np.ndarray]:
-        lengths_ = self._lengths(inputs, lengths)
-        _, saved = self._forward(self._params, inputs, lengths_, self.dtype)
-        return self._backward(self._params, inputs, lengths_, saved, cotangents, self.dtype)
+        inputs_, lengths_, masks = self._prepare(inputs, lengths, mode, steps, tf_mask, seed)
+        _, saved = self._forward(self._params, inputs_, lengths_, self.dtype, masks)
+        grads = self._backward(self._params, inputs_, lengths_, saved, cotangents, self.dtype)
+        return {k: v for k, v in grads.items() if k in self._shapes or k in inputs}
+
+
+def prepare_inputs(
+    analysis: Analysis,
+    inputs: Mapping[str, Any],
+    lengths: Any,
+    mode: str,
+    steps: int | None,
+    tf_mask: Any,
+    seed: int,
+) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The CompiledModel conventions, turned into what a generated forward takes.
+
+    ``lengths``: (B,) for a spec with one time axis, else a dict by sequence input
+    (default: full length). ``mode="train"``: layers with feedback read the ground truth
+    where ``tf_mask`` (B, T) is true; without a mask one is drawn with each layer's
+    teacher_forcing probability from ``numpy.random.default_rng(seed)``.
+    ``mode="generate"``: a layer with feedback reads the first ground-truth step, then
+    its own predictions, for ``steps`` steps.
+    """
+    if mode not in ("train", "generate"):
+        raise RnncError(f"mode must be 'train' or 'generate', found {mode!r}")
+    g = analysis.graph
+    axes = [n for n, d in g.nodes(data=True) if d["kind"] == "input" and d.get("axis") == n]
+    fed_axes: dict[str, float] = {}
+    truths: set[str] = set()  # inputs whose steps after the first feedback replaces
+    for name, layer in analysis.spec.recurrent_layers().items():
+        if layer.feedback is not None:
+            p = 1.0 if layer.teacher_forcing is None else layer.teacher_forcing
+            fed_axes[g.nodes[name]["axis"]] = p
+            source, _ = fed_input(g, name, g.nodes[layer.feedback]["width"])
+            if source is not None:
+                spec = analysis.spec.layers.get(source)
+                truths.add(spec.inputs[0] if isinstance(spec, EmbeddingLayer) else source)
+    inputs = dict(inputs)
+    missing = [n for n in analysis.spec.inputs if n not in inputs]
+    if missing:
+        raise RnncError(f"missing inputs: {', '.join(missing)}")
+    if mode == "generate":
+        if not fed_axes:
+            raise RnncError("mode='generate' needs a layer with feedback")
+        if steps is None or steps < 1:
+            raise RnncError("mode='generate' needs steps >= 1")
+        for name in analysis.spec.inputs:
+            if g.nodes[name].get("axis") not in fed_axes:
+                continue
+            value = np.asarray(inputs[name])
+            if name in truths:  # only the first step is read; the rest are predictions
+                pad = np.zeros((value.shape[0], steps - 1, *value.shape[2:]), dtype=value.dtype)
+                inputs[name] = np.concatenate([value[:, :1], pad], axis=1)
+            elif value.shape[1] != steps:
+                raise RnncError(
+                    f"mode='generate' with steps={steps} needs input {name!r} with {steps} steps, "
+                    f"found {value.shape[1]}"
+                )
+    out: dict[str, np.ndarray] = {}
+    for axis in axes:
+        value = np.asarray(inputs[axis])
+        batch, total = value.shape[0], value.shape[1]
+        if lengths is None or (mode == "generate" and axis in fed_axes):
+            length = np.full(batch, total)
+        elif isinstance(lengths, Mapping):
+            length = np.asarray(lengths.get(axis, np.full(batch, total)))
+        else:
+            length = np.asarray(lengths)
+        length = length.astype(np.int64)
+        if length.shape != (batch,) or length.min(initial=1) < 1 or length.max(initial=1) > total:
+            raise RnncError(f"lengths[{axis!r}] must be (B,) = ({batch},) integers in 1..{total}")
+        out[axis] = length
+    masks: dict[str, np.ndarray] = {}
+    rng = np.random.default_rng(seed)
+    for axis, p in fed_axes.items():
+        batch, total = np.asarray(inputs[axis]).shape[:2]
+        if mode == "generate":
+            mask = np.zeros((batch, total), dtype=bool)
+            mask[:, 0] = True
+        elif tf_mask is not None:
+            given = tf_mask.get(axis) if isinstance(tf_mask, Mapping) else tf_mask
+            mask = np.asarray(given, dtype=bool)
+            if mask.shape != (batch, total):
+                raise RnncError(f"tf_mask for {axis!r} must be (B, T) = ({batch}, {total})")
+        else:
+            mask = rng.random((batch, total)) < p
+        masks[axis] = mask
+    return inputs, out, masks
 
 
 class NumpyBackend:

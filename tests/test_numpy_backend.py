@@ -10,16 +10,6 @@ from tests.conftest import GALLERY
 from tests.helpers import directional_errors, random_inputs, spec_text
 
 FD_TOLERANCE = 1e-6
-# Additive attention needs the decoder's steps run one by one with its layers; the
-# backend refuses it for now (see test_additive_attention_is_refused_clearly).
-SUPPORTED = [
-    p
-    for p in GALLERY
-    if not any(
-        getattr(getattr(layer, "attention", None), "score", None) == "additive"
-        for layer in rnnc.load_spec(p).layers.values()
-    )
-]
 
 
 def compiled(text_or_spec, dtype: str = "float64"):
@@ -29,13 +19,52 @@ def compiled(text_or_spec, dtype: str = "float64"):
     return rnnc.compile(spec, backend="numpy", dtype=dtype)
 
 
-@pytest.mark.parametrize("path", SUPPORTED, ids=[p.stem for p in SUPPORTED])
-def test_gallery_gradients_match_finite_differences(path) -> None:
+class Mode:
+    """A compiled model whose run and vjp always use the same mode options."""
+
+    def __init__(self, model, **options):
+        self.model, self.options = model, options
+
+    def run(self, inputs, lengths):
+        return self.model.run(inputs, lengths=lengths, **self.options)
+
+    def vjp(self, inputs, cotangents, lengths):
+        return self.model.vjp(inputs, cotangents, lengths=lengths, **self.options)
+
+    def params(self):
+        return self.model.params()
+
+    def load_params(self, params):
+        self.model.load_params(params)
+
+
+def has_feedback(spec) -> bool:
+    return any(getattr(layer, "feedback", None) for layer in spec.layers.values())
+
+
+MODES = ["teacher forced", "scheduled sampling", "generate"]
+
+
+# Specs without feedback have one mode; the others are run in all three.
+GALLERY_MODES = [
+    pytest.param(path, mode, id=f"{path.stem}-{mode}")
+    for path in GALLERY
+    for mode in (MODES if has_feedback(rnnc.load_spec(path)) else MODES[:1])
+]
+
+
+@pytest.mark.parametrize(("path", "mode"), GALLERY_MODES)
+def test_gallery_gradients_match_finite_differences(path, mode: str) -> None:
     spec = rnnc.load_spec(path)
     model = compiled(spec)
     rng = np.random.default_rng(7)
-    inputs, lengths = random_inputs(spec, rng)
-    errors = directional_errors(model, inputs, lengths, rng)
+    inputs, lengths = random_inputs(spec, rng, batch=3, steps=4)
+    options = {
+        "teacher forced": {"tf_mask": None},
+        "scheduled sampling": {"tf_mask": rng.random((3, 4)) < 0.5},
+        "generate": {"mode": "generate", "steps": 4},
+    }[mode]
+    errors = directional_errors(Mode(model, **options), inputs, lengths, rng)
     bad = {k: v for k, v in errors.items() if v > FD_TOLERANCE}
     assert not bad, bad
 
@@ -332,7 +361,61 @@ def test_attention_gives_no_weight_to_memory_past_its_length() -> None:
     np.testing.assert_array_equal(model.run(changed, lengths=lengths)["y"], base)
 
 
-def test_additive_attention_is_refused_clearly() -> None:
-    spec = rnnc.load_spec(GALLERY[[p.stem for p in GALLERY].index("seq2seq_attention")])
-    with pytest.raises(rnnc.RnncError, match=r"layers\.decoder\.attention \(additive\)"):
-        compiled(spec)
+@pytest.mark.parametrize(
+    "name", ["seq2seq", "seq2seq_attention", "seq2seq_luong", "image_captioning"]
+)
+def test_generation_feeds_back_the_argmax(name: str) -> None:
+    # Generating is teacher forcing on the model's own argmax: feeding those tokens as
+    # ground truth must give the same outputs, step for step.
+    spec = rnnc.load_spec(GALLERY[[p.stem for p in GALLERY].index(name)])
+    model = compiled(spec)
+    rng = np.random.default_rng(4)
+    inputs, lengths = random_inputs(spec, rng, batch=3, steps=6)
+    target = "caption" if name == "image_captioning" else "tgt"
+    generated = model.run(inputs, lengths=lengths, mode="generate", steps=6)["logits"]
+    tokens = np.concatenate([inputs[target][:, :1], generated[:, :-1].argmax(axis=-1)], axis=1)
+    forced = {**inputs, target: tokens}
+    lengths = {**lengths, target: np.full(3, 6)}
+    again = model.run(forced, lengths=lengths, tf_mask=np.ones((3, 6), dtype=bool))["logits"]
+    np.testing.assert_allclose(again, generated, rtol=1e-12, atol=1e-12)
+
+
+def test_scheduled_sampling_mask_is_drawn_from_the_seed() -> None:
+    spec = rnnc.load_spec(GALLERY[[p.stem for p in GALLERY].index("seq2seq_luong")])
+    model = compiled(spec)
+    rng = np.random.default_rng(0)
+    inputs, lengths = random_inputs(spec, rng, batch=4, steps=8)
+    a = model.run(inputs, lengths=lengths, seed=1)["logits"]
+    b = model.run(inputs, lengths=lengths, seed=1)["logits"]
+    c = model.run(inputs, lengths=lengths, seed=2)["logits"]
+    forced = model.run(inputs, lengths=lengths, tf_mask=np.ones((4, 8), dtype=bool))["logits"]
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c) and not np.allclose(a, forced)
+
+
+OUTPUT_TO_HIDDEN = """
+rnnc: 1
+name: output_to_hidden
+inputs:
+  x: {size: 3}
+  y_prev: {size: 2}
+layers:
+  h: {cell: CELL, hidden: 4, input: [x, y_prev], recurrent: [{from: o, delay: 2}], feedback: o, teacher_forcing: 0.5}
+  o: {dense: 2, input: h, activation: tanh}
+outputs:
+  y: {from: o}
+"""
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm_cifg"])
+def test_real_valued_feedback_and_output_to_hidden_edges(cell: str) -> None:
+    spec = rnnc.parse_spec(spec_text(OUTPUT_TO_HIDDEN.replace("CELL", cell)))
+    assert rnnc.check(spec) == []
+    model = compiled(spec)
+    rng = np.random.default_rng(9)
+    inputs, lengths = random_inputs(spec, rng, batch=3, steps=5)
+    lengths["x"] = np.array([5, 3, 4])
+    mask = rng.random((3, 5)) < 0.5
+    errors = directional_errors(Mode(model, tf_mask=mask), inputs, lengths, rng)
+    bad = {k: v for k, v in errors.items() if v > FD_TOLERANCE}
+    assert not bad, bad
