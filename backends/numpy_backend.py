@@ -35,9 +35,8 @@ import numpy as np
 
 
 def sigmoid(a):
-    """1 / (1 + exp(-a)) without overflow or underflow: |a| past cut(a) gives 0 or 1."""
-    e = flushed_exp(-np.abs(a))
-    return np.where(a >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+    """1 / (1 + exp(-a)), as 0.5 (1 + tanh(a / 2)): one transcendental call, no overflow."""
+    return 0.5 * (1.0 + np.tanh(0.5 * a))
 
 
 def tanh(a):
