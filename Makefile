@@ -3,16 +3,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-SPECS := $(sort $(wildcard specs/*.yaml))
 
 .PHONY: demo test lint check-specs setup graphviz clean
 
 demo: setup
-	@for spec in $(SPECS); do \
-	  echo "== $$spec"; \
-	  $(BIN)/rnnc check $$spec || exit 1; \
-	  echo; \
-	done
+	$(BIN)/python -m rnnc.demo specs out
 
 test: setup lint
 	$(BIN)/python -m pytest -q

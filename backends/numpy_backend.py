@@ -516,7 +516,9 @@ class _Program:
         self.g = analysis.graph
         self.fwd: list[str] = []
         self.bwd: list[list[str]] = []  # blocks, emitted in reverse order
-        self.scans: dict[str, str] = {}
+        self.scans: dict[str, str] = {}  # function name -> source
+        self.functions: dict[tuple[str, int], str] = {}  # (layer, depth) -> function name
+        self.by_signature: dict[tuple[str, int, int], str] = {}  # (cell, X, H) -> name
 
     def order(self) -> list[str]:
         """Inputs and layers so that each comes after everything it reads at step t."""
@@ -729,10 +731,7 @@ class _Program:
         top = layer.depth - 1
         luong = layer.attention is not None  # additive attention is refused in unsupported()
         for k in range(layer.depth):
-            function = f"cell_{name}_l{k}"
-            if function not in self.scans:
-                step = lower_cell(cell, width if k == 0 else layer.output_width, H)
-                self.scans[function] = emit_cell(step, function)
+            function = self.cell_function(name, k, layer, width)
             here = f"{name}.l{k}"
             for d in layer.directions:
                 run = f"{name}.{d}.l{k}"
@@ -779,9 +778,9 @@ class _Program:
                 P = f"v[{run + ':P'!r}]"
                 back += [
                     f"        D = zeros_like_all({P})",
-                    f"        d_xs, d_first = cell_{name}_l{k}_backward(d_{d}, {d_finals}, "
+                    f"        d_xs, d_first = {self.functions[name, k]}_backward(d_{d}, {d_finals}, "
                     f"v[{run + ':tape'!r}], v[{here + ':in'!r}], v['mask:{axis}'], {d == 'bwd'}, {P}, D)",
-                    f"        cell_{name}_l{k}_grads(D, {run + '.'!r}, grads)",
+                    f"        {self.functions[name, k]}_grads(D, {run + '.'!r}, grads)",
                 ]
                 back.append("        d_in = d_in + d_xs")
                 if layer.init is not None:
@@ -886,6 +885,19 @@ class _Program:
         lines.append(f"        accumulate(g, {memory!r}, d_memory)")
         return lines
 
+    def cell_function(self, name: str, k: int, layer: RecurrentLayer, width: int) -> str:
+        """The generated functions for depth k of a layer, shared by every layer and
+        depth that lowers the same cell at the same sizes."""
+        X = width if k == 0 else layer.output_width
+        signature = (layer.cell, X, layer.hidden)
+        if signature not in self.by_signature:
+            function = f"cell_{name}_l{k}"
+            step = lower_cell(self.analysis.cells[layer.cell], X, layer.hidden)
+            self.scans[function] = emit_cell(step, function)
+            self.by_signature[signature] = function
+        self.functions[name, k] = self.by_signature[signature]
+        return self.functions[name, k]
+
     # --- step loops (feedback, additive attention, recurrent edges from what a layer feeds)
 
     def fed(self, name: str) -> tuple[str, str, bool] | None:
@@ -978,10 +990,7 @@ class _Program:
             fwd += self.init_forward(name, layer)
             start = pack([f"v[{name + ':h0'!r}]"] * len(cell.state))
         for k in range(layer.depth):
-            function = f"cell_{name}_l{k}"
-            if function not in self.scans:
-                step = lower_cell(cell, width if k == 0 else layer.output_width, H)
-                self.scans[function] = emit_cell(step, function)
+            function = self.cell_function(name, k, layer, width)
             run = f"{name}.fwd.l{k}"
             fwd.append(f"    v[{run + ':P'!r}] = {function}_params(params, {run + '.'!r})")
             fwd.append(f"    v[{run + ':tape'!r}] = [None] * T")
@@ -1057,10 +1066,12 @@ class _Program:
                 x_in = f"v[{f'{name}.l{k}:in'!r}][t]"
                 P = f"v[{run + ':P'!r}]"
                 xp = (
-                    f"{x_in} @ {P}['W_x'].T" if "W_x" in self.scans[f"cell_{name}_l{k}"] else "None"
+                    f"{x_in} @ {P}['W_x'].T"
+                    if "W_x" in self.scans[self.functions[name, k]]
+                    else "None"
                 )
                 lines.append(
-                    f"    state_{name}_l{k}, y, v[{run + ':tape'!r}][t] = cell_{name}_l{k}_step("
+                    f"    state_{name}_l{k}, y, v[{run + ':tape'!r}][t] = {self.functions[name, k]}_step("
                     f"{xp}, {x_in}, mask_t, state_{name}_l{k}, {P})"
                 )
                 if k > 0 and layer.residual:
@@ -1170,7 +1181,7 @@ class _Program:
                 x_in = f"v[{f'{name}.l{k}:in'!r}][t]"
                 P = f"v[{run + ':P'!r}]"
                 lines.append(
-                    f"    d_xp, d_x, d_state_{name}_l{k} = cell_{name}_l{k}_step_backward("
+                    f"    d_xp, d_x, d_state_{name}_l{k} = {self.functions[name, k]}_step_backward("
                     f"d_state_{name}_l{k}, d_y, v[{run + ':tape'!r}][t], {x_in}, mask_t, {P}, D_{name}_l{k})"
                 )
                 lines.append(f"    d_in = np.zeros_like({x_in})")
@@ -1258,7 +1269,7 @@ class _Program:
             )
         for k in range(layer.depth):
             lines.append(
-                f"        cell_{name}_l{k}_grads(D_{name}_l{k}, {f'{name}.fwd.l{k}.'!r}, grads)"
+                f"        {self.functions[name, k]}_grads(D_{name}_l{k}, {f'{name}.fwd.l{k}.'!r}, grads)"
             )
         if layer.attention is not None:
             memory = layer.attention.memory

@@ -93,6 +93,21 @@ def build_parser() -> argparse.ArgumentParser:
     compile_.add_argument("-o", "--output", help="write the module here (default: print it)")
     compile_.set_defaults(run=run_compile)
 
+    bench = sub.add_parser("bench", help="time the backends against torch.nn's own layers")
+    bench.add_argument("spec", metavar="SPEC", help="a spec file (YAML)")
+    bench.add_argument("--batch", type=_positive, default=32, help="batch size (32)")
+    bench.add_argument("--steps", type=_positive, default=100, help="sequence length (100)")
+    bench.add_argument(
+        "--dtype", choices=DTYPES, default="float32", help="float32 (default) or float64"
+    )
+    bench.add_argument(
+        "--repeats", type=_positive, default=5, help="timed repeats; the median is shown (5)"
+    )
+    bench.add_argument(
+        "--threads", type=_positive, default=1, help="threads for BLAS and torch (1)"
+    )
+    bench.set_defaults(run=run_bench_command)
+
     schema = sub.add_parser("schema", help="print the JSON Schema of the spec language")
     schema.add_argument("-o", "--output", help="write it to this file")
     schema.set_defaults(run=run_schema)
@@ -178,6 +193,29 @@ def run_compile(args: argparse.Namespace) -> int:
         print(f"wrote {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(model.source)
+    return EXIT_OK
+
+
+def run_bench_command(args: argparse.Namespace) -> int:
+    from rnnc.bench import format_rows, run_bench
+
+    analysis = analyze(load_spec(args.spec))
+    if not analysis.ok:
+        raise SpecError(analysis.errors)
+    rows = run_bench(
+        analysis,
+        batch=args.batch,
+        steps=args.steps,
+        dtype=args.dtype,
+        repeats=args.repeats,
+        threads=args.threads,
+        show_progress=sys.stderr.isatty(),
+    )
+    print(
+        f"{analysis.spec.name}: batch {args.batch}, steps {args.steps}, {args.dtype}, "
+        f"{args.threads} thread(s), median of {args.repeats}"
+    )
+    print(format_rows(rows))
     return EXIT_OK
 
 

@@ -1,0 +1,227 @@
+"""``rnnc bench``: time every installed backend against PyTorch's own RNN layers.
+
+For each backend: forward (``run``) and forward+backward (``vjp``), the median of
+repeats, in milliseconds; GFLOP/s from the matrix products the spec implies (forward
+2 B T rows cols per matrix and direction; forward+backward three times that); peak
+memory of the NumPy arrays allocated (tracemalloc sees NumPy's allocations, not
+PyTorch's). Where the spec is a plain stack of a built-in cell that PyTorch has
+(rnn, rnn_relu, lstm, gru) on one vector input, ``torch.nn.RNN/LSTM/GRU`` is timed in
+the same run with the same number of threads, and every row gets its ratio to it.
+"""
+
+from __future__ import annotations
+
+import functools
+import statistics
+import sys
+import time
+import tracemalloc
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from rnnc.checks import Analysis
+from rnnc.compiler import compile as compile_spec
+from rnnc.params import param_shapes
+from rnnc.registry import available_backends
+from rnnc.spec import RecurrentLayer, VectorInput
+
+TORCH_LAYERS = {"rnn": "RNN", "rnn_relu": "RNN", "lstm": "LSTM", "gru": "GRU"}
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    task: str  # "forward" | "forward+backward"
+    ms: float
+    gflops: float
+    peak_mib: float | None
+    ratio: float | None = None
+
+
+def flops(analysis: Analysis, batch: int, steps: int) -> float:
+    """Floating-point operations of the forward pass's matrix products."""
+    total = 0
+    for name, shape in param_shapes(analysis).items():
+        if len(shape) == 2 and not name.endswith(".embedding"):
+            total += 2 * batch * steps * shape[0] * shape[1]
+    return float(total)
+
+
+def torch_reference(analysis: Analysis) -> tuple[str, RecurrentLayer, int] | None:
+    """(torch class, layer, input size) when the spec is a plain built-in stack."""
+    spec = analysis.spec
+    layers = spec.recurrent_layers()
+    if len(spec.layers) != 1 or len(layers) != 1 or len(spec.inputs) != 1:
+        return None
+    (layer,) = layers.values()
+    (inp,) = spec.inputs.values()
+    plain = not (
+        layer.init or layer.attention or layer.feedback or layer.recurrent or layer.residual
+    )
+    if not plain or layer.cell not in TORCH_LAYERS or not isinstance(inp, VectorInput):
+        return None
+    if layer.direction == "backward" or layer.merge != "concat":
+        return None
+    return TORCH_LAYERS[layer.cell], layer, inp.size
+
+
+def _median_ms(function: Callable[[], Any], repeats: int, progress: Callable[[], None]) -> float:
+    function()  # warm up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append((time.perf_counter() - start) * 1000)
+        progress()
+    return statistics.median(times)
+
+
+def _peak_mib(function: Callable[[], Any]) -> float:
+    tracemalloc.start()
+    try:
+        function()
+        return tracemalloc.get_traced_memory()[1] / 2**20
+    finally:
+        tracemalloc.stop()
+
+
+def run_bench(
+    analysis: Analysis,
+    batch: int = 32,
+    steps: int = 100,
+    dtype: str = "float32",
+    repeats: int = 5,
+    threads: int = 1,
+    show_progress: bool = False,
+) -> list[Row]:
+    """Time every installed backend (and PyTorch's layer where there is one)."""
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(0)
+    inputs: dict[str, np.ndarray] = {}
+    for name, inp in analysis.spec.inputs.items():
+        shape = (batch, steps) if inp.sequence else (batch,)
+        if isinstance(inp, VectorInput):
+            inputs[name] = rng.standard_normal((*shape, inp.size)).astype(dtype)
+        else:
+            inputs[name] = rng.integers(0, inp.vocab, shape)
+    forward_flops = flops(analysis, batch, steps)
+    reference = torch_reference(analysis)
+    jobs = len(available_backends()) * 2 + (2 if reference else 0)
+    done = [0]
+
+    def progress() -> None:
+        done[0] += 1
+        if show_progress:
+            filled = int(30 * done[0] / (jobs * repeats))
+            sys.stderr.write(
+                f"\r  [{'#' * filled}{'.' * (30 - filled)}] {done[0]}/{jobs * repeats}"
+            )
+            sys.stderr.flush()
+
+    rows = []
+    with threadpool_limits(limits=threads):
+        for backend in available_backends():
+            model = compile_spec(analysis, backend=backend, dtype=dtype)
+            outputs = model.run(inputs)
+            cotangents = {k: np.ones_like(v) for k, v in outputs.items()}
+            forward = functools.partial(model.run, inputs)
+            both = functools.partial(model.vjp, inputs, cotangents)
+            for task, function, factor in (("forward", forward, 1), ("forward+backward", both, 3)):
+                ms = _median_ms(function, repeats, progress)
+                peak = _peak_mib(function) if backend == "numpy" else None
+                rows.append(Row(backend, task, ms, factor * forward_flops / ms / 1e6, peak))
+        if reference is not None:
+            rows += _torch_rows(reference, inputs, dtype, threads, repeats, progress, forward_flops)
+    if show_progress:
+        sys.stderr.write("\r" + " " * 60 + "\r")
+    baseline = {r.task: r.ms for r in rows if r.name.startswith("torch.nn.")}
+    return [
+        Row(
+            r.name,
+            r.task,
+            r.ms,
+            r.gflops,
+            r.peak_mib,
+            r.ms / baseline[r.task] if r.task in baseline else None,
+        )
+        for r in rows
+    ]
+
+
+def _torch_rows(
+    reference: tuple[str, RecurrentLayer, int],
+    inputs: dict[str, np.ndarray],
+    dtype: str,
+    threads: int,
+    repeats: int,
+    progress: Callable[[], None],
+    forward_flops: float,
+) -> list[Row]:
+    import torch
+
+    kind, layer, size = reference
+    torch.set_num_threads(threads)
+    options: dict[str, Any] = {"nonlinearity": "relu"} if layer.cell == "rnn_relu" else {}
+    module = getattr(torch.nn, kind)(
+        size,
+        layer.hidden,
+        num_layers=layer.depth,
+        bidirectional=layer.direction == "bidirectional",
+        batch_first=True,
+        **options,
+    ).to(getattr(torch, dtype))
+    (x,) = (torch.from_numpy(v) for v in inputs.values())
+
+    def forward() -> None:
+        with torch.no_grad():
+            module(x)
+
+    def both() -> None:
+        leaf = x.clone().requires_grad_(True)
+        out, _ = module(leaf)
+        out.sum().backward()
+
+    name = f"torch.nn.{kind}"
+    return [
+        Row(
+            name,
+            "forward",
+            (ms := _median_ms(forward, repeats, progress)),
+            forward_flops / ms / 1e6,
+            None,
+        ),
+        Row(
+            name,
+            "forward+backward",
+            (ms2 := _median_ms(both, repeats, progress)),
+            3 * forward_flops / ms2 / 1e6,
+            None,
+        ),
+    ]
+
+
+def format_rows(rows: list[Row]) -> str:
+    table = [["backend", "task", "ms", "x torch", "GFLOP/s", "peak MiB"]]
+    for r in rows:
+        table.append(
+            [
+                r.name,
+                r.task,
+                f"{r.ms:.1f}",
+                "-" if r.ratio is None else f"{r.ratio:.2f}",
+                f"{r.gflops:.1f}",
+                "-" if r.peak_mib is None else f"{r.peak_mib:.1f}",
+            ]
+        )
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    return "\n".join(
+        "  ".join(
+            cell.ljust(w) if i < 2 else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in table
+    )
