@@ -204,6 +204,8 @@ class _StepWriter:
             return f"xp_t[:, {self.block(op.attr)}]"
         if op.kind == "rproj":
             return f"rp_{self.var(op.attr[0])}[:, {self.block(op.attr[1])}]"
+        if op.kind == "fused":
+            return f"pre_{self.var(op.attr[0])}[:, {self.block(op.attr[1])}]"
         return None
 
     def ref(self, var: str, level: int) -> str:
@@ -322,6 +324,10 @@ def _emit_params(step: CellStep, fn: str, names: Namespace) -> str:
     ]
     if step.x_blocks:
         lines.append(f"    P['W_x'] = {_stack(step.x_blocks)}")
+    if any(step.x_bias):
+        zeros = f"np.zeros({step.hidden}, dtype=P['W_x'].dtype)"
+        pieces = [f"P[{b!r}]" if b else zeros for b in step.x_bias]
+        lines.append(f"    P['b_x'] = np.concatenate([{', '.join(pieces)}])  # biases, added once")
     for state, blocks in step.r_blocks.items():
         lines.append(f"    P['R_{state}'] = {_stack(blocks)}")
     lines.append("    return P")
@@ -352,6 +358,12 @@ def _emit_step(step: CellStep, fn: str, names: Namespace, named: set[str], saved
     ]
     for state in step.r_blocks:
         lines.append(f"    rp_{names(state)} = {names(state + '_prev')} @ R_{names(state)}.T")
+    if step.fused is not None:
+        state, n = step.fused
+        whole = n == len(step.x_blocks) == len(step.r_blocks[state])
+        cut = "" if whole else f"[:, :{n * H}]"
+        rp = f"rp_{names(state)}"
+        lines.append(f"    pre_{names(state)} = xp_t{cut} + {rp}{cut}  # {n} gates at once")
     lines += _StepWriter(step, names).lines(step.ops, named, "    ")
     new = [
         f"{p} + mask_t * ({names(step.states[s])} - {p})"
@@ -434,7 +446,10 @@ def _emit_step_backward(
 def _emit_scan(step: CellStep, fn: str) -> str:
     H = step.hidden
     hoisted = bool(step.x_blocks)
-    xp = "(xs.reshape(T * B, -1) @ P['W_x'].T).reshape(T, B, -1)" if hoisted else "[None] * T"
+    bias = " + P['b_x']" if any(step.x_bias) else ""
+    xp = (
+        f"(xs.reshape(T * B, -1) @ P['W_x'].T{bias}).reshape(T, B, -1)" if hoisted else "[None] * T"
+    )
     forward = [
         f"def {fn}(xs, mask, reverse, P, state):",
         f'    """{step.cell.name} over time: xs (T, B, {step.input_size}) -> ys (T, B, {H}), final\n'
@@ -471,6 +486,8 @@ def _emit_scan(step: CellStep, fn: str) -> str:
             "    d_xs += (d_flat @ P['W_x']).reshape(xs.shape)",
             "    D['W_x'] += d_flat.T @ xs.reshape(T * B, -1)",
         ]
+        if any(step.x_bias):
+            backward.append("    D['b_x'] += d_flat.sum(axis=0)")
     backward.append("    return d_xs, d_state")
     return "\n".join(forward) + "\n\n\n" + "\n".join(backward)
 
@@ -485,6 +502,9 @@ def _emit_grads(step: CellStep, fn: str) -> str:
         lines.append(
             f"    D[{b.param!r}][:, {b.start}:{b.stop}] += D['W_x'][{k * H}:{(k + 1) * H}]"
         )
+    for k, bias in enumerate(step.x_bias):
+        if bias is not None:
+            lines.append(f"    D[{bias!r}] += D['b_x'][{k * H}:{(k + 1) * H}]")
     for state, blocks in step.r_blocks.items():
         for k, b in enumerate(blocks):
             lines.append(
@@ -1065,11 +1085,9 @@ class _Program:
                 run = f"{name}.fwd.l{k}"
                 x_in = f"v[{f'{name}.l{k}:in'!r}][t]"
                 P = f"v[{run + ':P'!r}]"
-                xp = (
-                    f"{x_in} @ {P}['W_x'].T"
-                    if "W_x" in self.scans[self.functions[name, k]]
-                    else "None"
-                )
+                source = self.scans[self.functions[name, k]]
+                bias = f" + {P}['b_x']" if "P['b_x']" in source else ""
+                xp = f"{x_in} @ {P}['W_x'].T{bias}" if "P['W_x']" in source else "None"
                 lines.append(
                     f"    state_{name}_l{k}, y, v[{run + ':tape'!r}][t] = {self.functions[name, k]}_step("
                     f"{xp}, {x_in}, mask_t, state_{name}_l{k}, {P})"
@@ -1188,6 +1206,8 @@ class _Program:
                 lines.append("    if d_xp is not None:")
                 lines.append(f"        d_in = d_in + d_xp @ {P}['W_x']")
                 lines.append(f"        D_{name}_l{k}['W_x'] += d_xp.T @ {x_in}")
+                if "P['b_x']" in self.scans[self.functions[name, k]]:
+                    lines.append(f"        D_{name}_l{k}['b_x'] += d_xp.sum(axis=0)")
                 lines.append("    if d_x is not None:")
                 lines.append("        d_in = d_in + d_x")
                 if k > 0 and layer.residual:

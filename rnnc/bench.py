@@ -204,6 +204,18 @@ def _torch_rows(
     ]
 
 
+def blas_description() -> str:
+    """Which BLAS NumPy runs on, and which kernel it picked (e.g. 'openblas SkylakeX')."""
+    from threadpoolctl import threadpool_info
+
+    found = [
+        f"{info['internal_api']} {info.get('architecture', '')}".strip()
+        for info in threadpool_info()
+        if info.get("user_api") == "blas"
+    ]
+    return ", ".join(found) or "unknown BLAS"
+
+
 def format_rows(rows: list[Row]) -> str:
     table = [["backend", "task", "ms", "x torch", "GFLOP/s", "peak MiB"]]
     for r in rows:

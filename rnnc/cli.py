@@ -197,7 +197,7 @@ def run_compile(args: argparse.Namespace) -> int:
 
 
 def run_bench_command(args: argparse.Namespace) -> int:
-    from rnnc.bench import format_rows, run_bench
+    from rnnc.bench import blas_description, format_rows, run_bench
 
     analysis = analyze(load_spec(args.spec))
     if not analysis.ok:
@@ -213,7 +213,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
     )
     print(
         f"{analysis.spec.name}: batch {args.batch}, steps {args.steps}, {args.dtype}, "
-        f"{args.threads} thread(s), median of {args.repeats}"
+        f"{args.threads} thread(s), median of {args.repeats}; NumPy on {blas_description()}"
     )
     print(format_rows(rows))
     return EXIT_OK

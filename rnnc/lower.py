@@ -20,7 +20,7 @@ broadcast over the batch; constants are scalars.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from rnnc.equations import Binary, Call, Cell, Concat, Expr, MatMul, Neg, Num, Ref
@@ -46,6 +46,7 @@ class Op:
 
 
 # Forward kinds:  x | prev(state) | param(name) | const(value) | xproj(k) | rproj(state, k)
+#                 fused(state, k): xproj(k) + rproj(state, k), from one add of n blocks
 #                 matmul(operand; Block) | add | sub | mul | neg | call(fn) | concat(widths)
 # Reverse adds:   dcall(fn; y) = f'(a) written in terms of y = f(a) (and a for relu-like)
 #                 slice(offset, width) | zeros_like | sum_batch | scale(const)
@@ -64,6 +65,10 @@ class CellStep:
     states: dict[str, str]  # state -> SSA var of its new value
     output: str  # SSA var of the output state's new value
     kinds: dict[str, str] = field(default_factory=dict)  # SSA var -> "batch" | "vector" | "scalar"
+    # The bias vector folded into each hoisted block (added once, for all steps).
+    x_bias: tuple[str | None, ...] = ()
+    # (state s, n): blocks 0..n-1 of x and of s pair up, so the step adds them in one go.
+    fused: tuple[str, int] | None = None
 
     @property
     def uses_x(self) -> bool:
@@ -109,7 +114,7 @@ class _Builder:
             out = f"_{self.counter}"
         self.ops.append(Op(out, kind, args, attr))
         arg_kinds = [self.kinds[a] for a in args]
-        if kind in ("x", "prev", "xproj", "rproj", "matmul", "concat"):
+        if kind in ("x", "prev", "xproj", "rproj", "fused", "matmul", "concat"):
             self.kinds[out] = "batch"
         elif kind == "param":
             self.kinds[out] = "vector"
@@ -187,7 +192,7 @@ def lower_cell(cell: Cell, input_size: int, hidden: int) -> CellStep:
         b.names[eq.target] = eq.target
         b.widths[eq.target] = eq.width.size(input_size, hidden)
     states = {s: b.names[s] for s in cell.state}
-    return CellStep(
+    step = CellStep(
         cell,
         input_size,
         hidden,
@@ -197,7 +202,132 @@ def lower_cell(cell: Cell, input_size: int, hidden: int) -> CellStep:
         states,
         states[cell.output],
         b.kinds,
+        (None,) * len(b.x_blocks),
     )
+    return _fold_biases(_fuse_pairs(step))
+
+
+def _uses_of(ops: tuple[Op, ...] | list[Op]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for op in ops:
+        for arg in op.args:
+            counts[arg] = counts.get(arg, 0) + 1
+    return counts
+
+
+def _fuse_pairs(step: CellStep) -> CellStep:
+    """Where ``W @ [x, s]`` made block k of x and block k of s for k = 0..n-1, add the
+    two projections once per step as one (B, n H) array instead of gate by gate."""
+    kinds = {op.out: op for op in step.ops}
+    pairs: dict[str, set[int]] = {}
+    for op in step.ops:
+        if op.kind == "add" and len(op.args) == 2:
+            a, b = (kinds[x] for x in op.args)
+            if a.kind == "xproj" and b.kind == "rproj" and a.attr == b.attr[1]:
+                pairs.setdefault(b.attr[0], set()).add(a.attr)
+    best, n = None, 0
+    for state, ks in pairs.items():
+        count = 0
+        while count in ks:
+            count += 1
+        if count > n:
+            best, n = state, count
+    if best is None or n < 2:
+        return step
+    ops = []
+    for op in step.ops:
+        if op.kind == "add" and len(op.args) == 2:
+            a, b = (kinds[x] for x in op.args)
+            if a.kind == "xproj" and b.kind == "rproj" and b.attr == (best, a.attr) and a.attr < n:
+                ops.append(Op(op.out, "fused", (), (best, a.attr)))
+                continue
+        ops.append(op)
+    return replace(step, ops=tuple(ops), fused=(best, n))
+
+
+def _fold_biases(step: CellStep) -> CellStep:
+    """Fold a bias vector added to a hoisted projection into the hoisted product, so it
+    is added once for all steps instead of at every step.
+
+    A sum of terms (a chain of ``add``) that holds a hoisted block k (``xproj`` or
+    ``fused``) and a vector parameter used nowhere else loses the parameter; block k's
+    bias becomes that parameter.
+    """
+    ops = list(step.ops)
+    by_out = {op.out: op for op in ops}
+    uses = _uses_of(ops)
+    bias = list(step.x_bias)
+    param_uses: dict[str, int] = {}
+    for op in ops:
+        if op.kind == "param":
+            param_uses[op.attr] = param_uses.get(op.attr, 0) + uses.get(op.out, 0)
+
+    def terms(var: str) -> list[str]:
+        op = by_out[var]
+        if op.kind == "add":
+            found = []
+            for arg in op.args:
+                inner = by_out[arg]
+                found += terms(arg) if inner.kind == "add" and uses.get(arg, 0) == 1 else [arg]
+            return found
+        return [var]
+
+    consumed_by_add = {a for op in ops if op.kind == "add" for a in op.args if uses.get(a, 0) == 1}
+    roots = [op for op in ops if op.kind == "add" and op.out not in consumed_by_add]
+    replaced: dict[str, list[Op]] = {}
+    dropped: set[str] = set()
+    counter = 0
+    for root in roots:
+        found = terms(root.out)
+        hoisted = [t for t in found if by_out[t].kind in ("xproj", "fused")]
+        vectors = [
+            t for t in found if by_out[t].kind == "param" and param_uses.get(by_out[t].attr) == 1
+        ]
+        if not hoisted or not vectors:
+            continue
+        block = by_out[hoisted[0]].attr
+        k = block if isinstance(block, int) else block[1]
+        if bias[k] is not None:
+            continue
+        bias[k] = by_out[vectors[0]].attr
+        keep = [t for t in found if t != vectors[0]]
+        # The old chain's inner adds go; the root is rebuilt from the remaining terms.
+        stack = [root.out]
+        while stack:
+            var = stack.pop()
+            for arg in by_out[var].args:
+                if by_out[arg].kind == "add" and uses.get(arg, 0) == 1:
+                    dropped.add(arg)
+                    stack.append(arg)
+        new: list[Op] = []
+        if len(keep) == 1:
+            only = by_out[keep[0]]
+            new.append(Op(root.out, only.kind, only.args, only.attr))
+            dropped.add(keep[0])
+        else:
+            acc = keep[0]
+            for term in keep[1:-1]:
+                counter += 1
+                name = f"_f{counter}"
+                new.append(Op(name, "add", (acc, term)))
+                acc = name
+            new.append(Op(root.out, "add", (acc, keep[-1])))
+        replaced[root.out] = new
+    if not replaced:
+        return step
+    out_ops: list[Op] = []
+    for op in ops:
+        if op.out in replaced:
+            out_ops += replaced[op.out]
+        elif op.out not in dropped:
+            out_ops.append(op)
+    live = _uses_of(out_ops)
+    kept = [op for op in out_ops if op.kind != "param" or live.get(op.out, 0) > 0]
+    kinds = dict(step.kinds)
+    for op in kept:
+        if op.out.startswith("_f"):
+            kinds[op.out] = "batch"
+    return replace(step, ops=tuple(kept), x_bias=tuple(bias), kinds=kinds)
 
 
 # --- reverse mode ----------------------------------------------------------------------
@@ -263,6 +393,9 @@ def reverse(step: CellStep) -> Adjoint:
             grads[f"param:{op.attr}"] = grad  # summed over the batch by the caller
         elif op.kind == "xproj":
             grads[f"xproj:{op.attr}"] = grad
+        elif op.kind == "fused":
+            grads[f"xproj:{op.attr[1]}"] = grad
+            grads[f"rproj:{op.attr[0]}:{op.attr[1]}"] = grad
         elif op.kind == "rproj":
             grads[f"rproj:{op.attr[0]}:{op.attr[1]}"] = grad
         elif op.kind == "matmul":

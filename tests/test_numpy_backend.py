@@ -210,10 +210,13 @@ def test_generated_source_reads_like_the_equations() -> None:
     blocks = "P['W_i'][:, {0}], P['W_f'][:, {0}], P['W_g'][:, {0}], P['W_o'][:, {0}]"
     assert f"P['W_x'] = np.concatenate([{blocks.format('0:8')}], axis=0)" in source
     assert f"P['R_h'] = np.concatenate([{blocks.format('8:40')}], axis=0)" in source
-    assert "xp = (xs.reshape(T * B, -1) @ P['W_x'].T).reshape(T, B, -1)" in source
-    assert "    rp_h = h_prev @ R_h.T\n" in source
+    # Biases are added once, to the projections of all steps.
+    assert "P['b_x'] = np.concatenate([P['b_i'], P['b_f'], P['b_g'], P['b_o']])" in source
+    assert "xp = (xs.reshape(T * B, -1) @ P['W_x'].T + P['b_x']).reshape(T, B, -1)" in source
+    # One product and one add per step for the four gates.
+    assert "    rp_h = h_prev @ R_h.T\n    pre_h = xp_t + rp_h  # 4 gates at once\n" in source
     assert "    c = f * c_prev + i * g\n" in source
-    assert "o = sigmoid(xp_t[:, 96:128] + rp_h[:, 96:128] + p_o * c + b_o)" in source
+    assert "    o = sigmoid(pre_h[:, 96:128] + p_o * c)\n" in source
 
 
 def test_float32_runs_in_float32() -> None:
