@@ -768,6 +768,8 @@ class _Program:
             else:
                 target = f"{name}:h" if luong else name
             self.fwd.append(f"    v[{target!r}] = {merged}")
+            if k < top and layer.dropout > 0:
+                self.fwd += self.dropout_forward(target, layer.dropout)
         finals = [f"v[{f'{name}.{d}.l{top}:final'!r}]" for d in layer.directions]
         final_states = ", ".join(
             self.merge(layer, [f"{f}[{i}]" for f in finals]) for i in range(n_states)
@@ -807,6 +809,8 @@ class _Program:
                     back.append("        d_h0 = d_h0 + sum(d_first)")
             if k > 0 and layer.residual:
                 back.append("        d_in = d_in + d_out")
+            if k > 0 and layer.dropout > 0:
+                back.append(f"        d_in = d_in * v.get({here + ':drop'!r}, 1.0)")
             back.append("        d_out = d_in")
         back += ["    " + line for line in self.split_grad("d_out", pieces, axis)]
         if layer.init is not None:
@@ -1019,6 +1023,8 @@ class _Program:
                 fwd.append(
                     f"    v[{f'{name}.l{k}:in'!r}] = np.zeros((T, B, {layer.output_width}), dtype=dtype)"
                 )
+                if layer.dropout > 0:
+                    fwd += self.dropout_forward(f"{name}.l{k}:in", layer.dropout, draw_only=True)
         if layer.attention is not None:
             memory = layer.attention.memory
             p = f"{name}.attention."
@@ -1095,6 +1101,9 @@ class _Program:
                 if k > 0 and layer.residual:
                     lines.append(f"    y = y + {x_in}")
                 if k + 1 < layer.depth:
+                    if layer.dropout > 0:
+                        key = f"{name}.l{k + 1}:drop"
+                        lines.append(f"    y = y * v[{key!r}][t] if {key!r} in v else y")
                     lines.append(f"    v[{f'{name}.l{k + 1}:in'!r}][t] = y")
             if layer.attention is not None and layer.attention.score != "additive":
                 memory = layer.attention.memory
@@ -1212,6 +1221,10 @@ class _Program:
                 lines.append("        d_in = d_in + d_x")
                 if k > 0 and layer.residual:
                     lines.append("    d_in = d_in + d_y")
+                if k > 0 and layer.dropout > 0:
+                    lines.append(
+                        f"    d_in = d_in * v[{f'{name}.l{k}:drop'!r}][t] if {f'{name}.l{k}:drop'!r} in v else d_in"
+                    )
                 lines.append("    d_y = d_in")
         else:
             W = f"params[{name + '.W'!r}]"
@@ -1311,6 +1324,18 @@ class _Program:
             lines.append(f"        accumulate(grads, {table_name}, d_table_{name})")
         if layer.init is not None:
             lines += self.init_backward(name, layer)
+        return lines
+
+    @staticmethod
+    def dropout_forward(key: str, p: float, draw_only: bool = False) -> list[str]:
+        """Inverted dropout on v[key] when forward gets a generator (train mode only)."""
+        drop = key.replace(":in", ":drop")
+        lines = [
+            "    if dropout is not None:",
+            f"        v[{drop!r}] = (dropout.random(v[{key!r}].shape) >= {p!r}).astype(dtype) / {1 - p!r}",
+        ]
+        if not draw_only:
+            lines.append(f"        v[{key!r}] = v[{key!r}] * v[{drop!r}]")
         return lines
 
     @staticmethod
@@ -1426,11 +1451,12 @@ class _Program:
         for name in self.spec.outputs:
             self.emit_output(name)
         forward = [
-            "def forward(params, inputs, lengths, dtype=np.float64, tf_masks=None):",
+            "def forward(params, inputs, lengths, dtype=np.float64, tf_masks=None, dropout=None):",
             '    """Run the model. inputs are batch-first; lengths maps each sequence input\n'
             "    to (B,) lengths; tf_masks maps a time axis to (B, T) booleans: where true a\n"
             "    layer with feedback reads the ground truth, else its own previous prediction\n"
-            '    (default: the ground truth). Returns (outputs, v): v keeps what backward needs."""',
+            "    (default: the ground truth); dropout is None (off) or a numpy Generator for\n"
+            '    the masks. Returns (outputs, v): v keeps what backward needs."""',
             "    tf_masks = tf_masks or {}",
             "    v = {}",
             "    outputs = {}",
@@ -1547,9 +1573,12 @@ class NumpyModel:
         steps: int | None = None,
         tf_mask: Any = None,
         seed: int = 0,
+        dropout_seed: int | None = None,
     ) -> dict[str, np.ndarray]:
         inputs_, lengths_, masks = self._prepare(inputs, lengths, mode, steps, tf_mask, seed)
-        outputs, _ = self._forward(self._params, inputs_, lengths_, self.dtype, masks)
+        outputs, _ = self._forward(
+            self._params, inputs_, lengths_, self.dtype, masks, _dropout(mode, dropout_seed)
+        )
         return outputs
 
     def vjp(
@@ -1562,11 +1591,19 @@ class NumpyModel:
         steps: int | None = None,
         tf_mask: Any = None,
         seed: int = 0,
+        dropout_seed: int | None = None,
     ) -> dict[str, np.ndarray]:
         inputs_, lengths_, masks = self._prepare(inputs, lengths, mode, steps, tf_mask, seed)
-        _, saved = self._forward(self._params, inputs_, lengths_, self.dtype, masks)
+        _, saved = self._forward(
+            self._params, inputs_, lengths_, self.dtype, masks, _dropout(mode, dropout_seed)
+        )
         grads = self._backward(self._params, inputs_, lengths_, saved, cotangents, self.dtype)
         return {k: v for k, v in grads.items() if k in self._shapes or k in inputs}
+
+
+def _dropout(mode: str, seed: int | None) -> np.random.Generator | None:
+    """Dropout happens in train mode when a seed is given (off by default and in verify)."""
+    return np.random.default_rng(seed) if mode == "train" and seed is not None else None
 
 
 def prepare_inputs(
