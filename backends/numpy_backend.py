@@ -129,8 +129,8 @@ def accumulate(grads, name, value):
 
 
 def step_mask(lengths, steps, dtype):
-    """(T, B, 1): 1 where step t is within the example's length, else 0."""
-    return (np.arange(steps)[:, None] < lengths[None, :]).astype(dtype)[:, :, None]
+    """(T, B, 1) booleans: true where step t is within the example's length."""
+    return (np.arange(steps)[:, None] < lengths[None, :])[:, :, None]
 '''
 
 RESERVED = {
@@ -366,12 +366,12 @@ def _emit_step(step: CellStep, fn: str, names: Namespace, named: set[str], saved
         lines.append(f"    pre_{names(state)} = xp_t{cut} + {rp}{cut}  # {n} gates at once")
     lines += _StepWriter(step, names).lines(step.ops, named, "    ")
     new = [
-        f"{p} + mask_t * ({names(step.states[s])} - {p})"
+        f"np.where(mask_t, {names(step.states[s])}, {p})"
         for s, p in zip(step.cell.state, prev, strict=True)
     ]
     lines.append(f"    new_state = {pack(new)}")
     kept = pack([names(v) for v in saved] + prev)
-    lines.append(f"    return new_state, mask_t * {names(step.output)}, {kept}")
+    lines.append(f"    return new_state, np.where(mask_t, {names(step.output)}, 0.0), {kept}")
     assert H > 0
     return "\n".join(lines)
 
@@ -390,12 +390,12 @@ def _emit_step_backward(
         *_step_params(step, names, adjoint.ops),
         f"    {unpack([names(v) for v in saved] + prev)} = saved",
         f"    {unpack(list(d.values()))} = d_state",
-        f"    {d[step.cell.output]} = {d[step.cell.output]} + mask_t * d_y",
-        "    # s = s_prev + mask_t (s_new - s_prev): s_new gets mask_t d_s, s_prev (1 - mask_t) d_s",
+        f"    {d[step.cell.output]} = {d[step.cell.output]} + np.where(mask_t, d_y, 0.0)",
+        "    # s = s_new where mask_t, else s_prev: each gets the gradient where it was chosen",
     ]
     for s in states:
-        lines.append(f"    carry_{names(s)} = (1.0 - mask_t) * {d[s]}")
-        lines.append(f"    {d[s]} = mask_t * {d[s]}")
+        lines.append(f"    carry_{names(s)} = np.where(mask_t, 0.0, {d[s]})")
+        lines.append(f"    {d[s]} = np.where(mask_t, {d[s]}, 0.0)")
     writer = _StepWriter(step, names)
     kept = set(saved)
     for op in step.ops:  # the reverse reads saved values and leaves by name
