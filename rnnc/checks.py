@@ -104,7 +104,8 @@ def check_references(spec: Spec, g: nx.MultiDiGraph, cells: Mapping[str, Cell]) 
     for name, layer in spec.recurrent_layers().items():
         if layer.cell not in cells and layer.cell not in spec.cells:  # broken cells: reported
             builtin = ", ".join(builtin_cells())
-            own = f"; this spec's: {', '.join(spec.cells)}" if spec.cells else ""
+            mine = [n for n in spec.cells if n not in builtin_cells()]
+            own = f"; this spec's: {', '.join(mine)}" if mine else ""
             yield _error(
                 f"unknown cell {layer.cell!r}{did_you_mean(layer.cell, cells)}; built-in cells: {builtin}{own}",
                 ("layers", name, "cell"),
@@ -330,7 +331,7 @@ def check_feedback(spec: Spec, g: nx.MultiDiGraph, cells: Mapping[str, Cell]) ->
         here = g.nodes[name]
         if src["kind"] not in ("dense", "recurrent"):
             yield _error(
-                f"feedback comes from a layer's prediction, but {source!r} is {a_or_an(src['kind'])}",
+                f"feedback comes from a layer's prediction, but {source!r} is {_kind_words(src['kind'])}",
                 edge["path"],
                 source,
                 name,
@@ -338,8 +339,8 @@ def check_feedback(spec: Spec, g: nx.MultiDiGraph, cells: Mapping[str, Cell]) ->
             continue
         if src.get("axis") != here.get("axis"):
             yield _error(
-                f"feedback {source!r} runs on {src.get('axis')!r} steps but {name!r} on "
-                f"{here.get('axis')!r} steps; feedback must come from the same sequence",
+                f"feedback {source!r} {_runs_on(src)} but {name!r} {_runs_on(here)}; feedback "
+                "must come from the same sequence",
                 edge["path"],
                 source,
                 name,
@@ -349,7 +350,10 @@ def check_feedback(spec: Spec, g: nx.MultiDiGraph, cells: Mapping[str, Cell]) ->
         if target is None:
             fitting = [s for s in candidates if _ground_truth_width(g, s) == src.get("width")]
             if fitting:
-                reason = f"{one_of(fitting, 'and')} all have vocabulary or size {src.get('width')}"
+                every = "both" if len(fitting) == 2 else "all"
+                reason = (
+                    f"{one_of(fitting, 'and')} {every} have vocabulary or size {src.get('width')}"
+                )
             elif candidates:
                 reason = f"none of {one_of(candidates)} has vocabulary or size {src.get('width')}"
             else:
@@ -392,8 +396,8 @@ def check_recurrent_edges(spec: Spec, g: nx.MultiDiGraph, cells: Mapping[str, Ce
             continue
         if src.get("axis") is None or src.get("axis") != g.nodes[name].get("axis"):
             yield _error(
-                f"a recurrent edge joins two steps of one sequence, but {source!r} runs on "
-                f"{src.get('axis')!r} steps and {name!r} on {g.nodes[name].get('axis')!r} steps",
+                f"a recurrent edge joins two steps of one sequence, but {source!r} "
+                f"{_runs_on(src)} and {name!r} {_runs_on(g.nodes[name])}",
                 edge["path"],
                 source,
                 name,
@@ -422,7 +426,7 @@ def check_outputs(spec: Spec, g: nx.MultiDiGraph, cells: Mapping[str, Cell]) -> 
             layer = src.get("spec")
             if not isinstance(layer, RecurrentLayer):
                 yield _error(
-                    f"'state' needs a recurrent layer, but {out.from_!r} is {a_or_an(src['kind'])} "
+                    f"'state' needs a recurrent layer, but {out.from_!r} is {_kind_words(src['kind'])} "
                     "(use steps: last for its last value)",
                     (*path, "state"),
                     out.from_,
@@ -467,11 +471,15 @@ def check_cycles(spec: Spec, g: nx.MultiDiGraph, cells: Mapping[str, Cell]) -> F
         # Report the edge written first in the file (or first in spec order).
         first = min(cycle, key=lambda edge: _written_at(spec, instant.edges[edge]["path"]))
         kinds = {instant.edges[edge]["kind"] for edge in cycle}
-        fix = (
-            "give a recurrent edge a delay >= 1"
-            if kinds <= {"input", "recurrent", "output"}
-            else "a layer cannot start from or attend over itself or what it feeds"
-        )
+        if "recurrent" in kinds:
+            fix = "give the recurrent edge a delay >= 1"
+        elif kinds <= {"input", "output"}:
+            fix = (
+                "a value cannot feed itself within a step: feed it back across time with "
+                "'recurrent: [{from: ..., delay: 1}]' or 'feedback' on a recurrent layer"
+            )
+        else:
+            fix = "a layer cannot start from or attend over itself or what it feeds"
         yield _error(
             "a cycle with no delay (each of these needs the other at the same step): "
             + " -> ".join(names)
@@ -512,12 +520,27 @@ def _written_at(spec: Spec, path: tuple[Any, ...]) -> tuple[int, int]:
 
 
 def _shortest_cycle(graph: nx.MultiDiGraph) -> list[Any]:
-    """The nodes of a shortest cycle of a graph that has one (for a readable message)."""
+    """The nodes of a shortest cycle of a graph that has one, the same one every run:
+    of the shortest, the first in sorted order, started at its smallest node."""
     for bound in range(1, 16):
-        cycle = next(iter(nx.simple_cycles(graph, length_bound=bound)), None)
-        if cycle is not None:
-            return list(cycle)
+        cycles = [list(c) for c in nx.simple_cycles(graph, length_bound=bound)]
+        if cycles:
+            rotated = []
+            for cycle in cycles:
+                start = min(range(len(cycle)), key=lambda i: repr(cycle[i]))
+                rotated.append(cycle[start:] + cycle[:start])
+            return min(rotated, key=lambda c: [repr(n) for n in c])
     return [edge[0] for edge in nx.find_cycle(graph)]
+
+
+def _kind_words(kind: str) -> str:
+    """'an input', 'a dense layer', 'an embedding layer'."""
+    return a_or_an(kind if kind in ("input", "output") else f"{kind} layer")
+
+
+def _runs_on(data: dict[str, Any]) -> str:
+    axis = data.get("axis")
+    return f"runs on the steps of {axis!r}" if axis else "has one value per example (no steps)"
 
 
 def check_use(spec: Spec, g: nx.MultiDiGraph, cells: Mapping[str, Cell]) -> Found:

@@ -262,7 +262,8 @@ def parse_cell(
         hint = "" if output is not None else "; name the state the cell outputs with 'output:'"
         errors.append(
             EquationError(
-                f"the output {chosen!r} is not a state (states: {one_of(state)}){hint}", field=where
+                f"the output {chosen!r} is not a state (states: {', '.join(map(repr, state))}){hint}",
+                field=where,
             )
         )
     if errors:
@@ -408,8 +409,10 @@ class _Translator:
             value = node.value
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise self.fail(f"only numbers are allowed as constants, found {value!r}", node)
-            if (isinstance(value, int) and abs(value) > 2**53) or not math.isfinite(value):
-                raise self.fail("numbers must be finite and at most 2**53 in size", node)
+            if isinstance(value, int) and abs(value) > 2**53:
+                raise self.fail("integers must be at most 2**53 in size", node)
+            if not math.isfinite(value):
+                raise self.fail("numbers must be finite", node)
             return Num(float(value)), None
         if isinstance(node, ast.Name):
             return self.name(node)
@@ -453,7 +456,7 @@ class _Translator:
         if name == self.target:
             raise self.fail(
                 f"{name!r} is used in its own equation but is not a state "
-                f"(states: {one_of(scope.state)})",
+                f"(states: {', '.join(map(repr, scope.state))})",
                 node,
             )
         if name in scope.later:
@@ -503,7 +506,7 @@ class _Translator:
         if name == INPUT or name in scope.state or name in scope.assigned or name in scope.later:
             raise self.fail(
                 f"the left side of '@' must be a parameter, but {name!r} is "
-                f"{'the input' if name == INPUT else 'value the cell computes'}",
+                f"{'the input' if name == INPUT else 'a value the cell computes'}",
                 matrix,
             )
         if name in FUNCTIONS or name.startswith("__"):

@@ -301,4 +301,25 @@ def test_feedback_that_fits_several_inputs_is_ambiguous() -> None:
           y: {from: o}
         """
     )
-    assert "'a' and 'b' all have vocabulary or size 7" in d.message
+    assert "'a' and 'b' both have vocabulary or size 7" in d.message
+
+
+def test_reports_do_not_depend_on_hash_seeds() -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    spec = ROOT / "tests" / "invalid" / "graph_bidirectional_feedback.yaml"
+    outputs = set()
+    for seed in ("0", "1", "2"):
+        done = subprocess.run(
+            [sys.executable, "-m", "rnnc", "check", str(spec)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            check=False,
+        )
+        outputs.add(done.stderr)
+    assert len(outputs) == 1 and "unrolled graph has a cycle" in outputs.pop()
