@@ -1552,18 +1552,6 @@ class NumpyModel:
     def params(self) -> dict[str, np.ndarray]:
         return {k: v.copy() for k, v in self._params.items()}
 
-    def _prepare(
-        self,
-        inputs: Mapping[str, Any],
-        lengths: Any,
-        mode: str,
-        steps: int | None,
-        tf_mask: Any,
-        seed: int,
-    ) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """Inputs, lengths per time axis and teacher-forcing masks for the generated forward."""
-        return prepare_inputs(self.analysis, inputs, lengths, mode, steps, tf_mask, seed)
-
     def run(
         self,
         inputs: Mapping[str, np.ndarray],
@@ -1575,11 +1563,8 @@ class NumpyModel:
         seed: int = 0,
         dropout_seed: int | None = None,
     ) -> dict[str, np.ndarray]:
-        inputs_, lengths_, masks = self._prepare(inputs, lengths, mode, steps, tf_mask, seed)
-        outputs, _ = self._forward(
-            self._params, inputs_, lengths_, self.dtype, masks, _dropout(mode, dropout_seed)
-        )
-        return outputs
+        """Outputs of the model, batch-first (see docs/backends.md for the options)."""
+        return self._run(inputs, lengths, mode, steps, tf_mask, seed, dropout_seed)[0]
 
     def vjp(
         self,
@@ -1593,12 +1578,29 @@ class NumpyModel:
         seed: int = 0,
         dropout_seed: int | None = None,
     ) -> dict[str, np.ndarray]:
-        inputs_, lengths_, masks = self._prepare(inputs, lengths, mode, steps, tf_mask, seed)
-        _, saved = self._forward(
-            self._params, inputs_, lengths_, self.dtype, masks, _dropout(mode, dropout_seed)
+        """Gradients of sum(output * cotangent) for every parameter and real input."""
+        _, saved, inputs_, lengths_ = self._run(
+            inputs, lengths, mode, steps, tf_mask, seed, dropout_seed
         )
         grads = self._backward(self._params, inputs_, lengths_, saved, cotangents, self.dtype)
         return {k: v for k, v in grads.items() if k in self._shapes or k in inputs}
+
+    def _run(
+        self,
+        inputs: Mapping[str, Any],
+        lengths: Any,
+        mode: str,
+        steps: int | None,
+        tf_mask: Any,
+        seed: int,
+        dropout_seed: int | None,
+    ) -> tuple[Any, ...]:
+        inputs_, lengths_, masks = prepare_inputs(
+            self.analysis, inputs, lengths, mode, steps, tf_mask, seed
+        )
+        dropout = _dropout(mode, dropout_seed)
+        outputs, saved = self._forward(self._params, inputs_, lengths_, self.dtype, masks, dropout)
+        return outputs, saved, inputs_, lengths_
 
 
 def _dropout(mode: str, seed: int | None) -> np.random.Generator | None:
