@@ -1603,6 +1603,32 @@ class NumpyModel:
         return outputs, saved, inputs_, lengths_
 
 
+def _check_inputs(analysis: Analysis, inputs: Mapping[str, np.ndarray]) -> None:
+    """Every input present, with the rank, width, dtype and token range the spec says."""
+    problems = []
+    for name, inp in analysis.spec.inputs.items():
+        if name not in inputs:
+            problems.append(f"{name}: missing")
+            continue
+        value = inputs[name]
+        steps = "(B, T" if inp.sequence else "(B"
+        if isinstance(inp, TokenInput):
+            if value.ndim != (2 if inp.sequence else 1):
+                problems.append(f"{name}: expected shape {steps}), found {value.shape}")
+            elif value.dtype.kind not in "iu":
+                problems.append(f"{name}: expected integer token ids, found dtype {value.dtype}")
+            elif value.size and (value.min() < 0 or value.max() >= inp.vocab):
+                problems.append(f"{name}: token ids must be in 0..{inp.vocab - 1}")
+        elif value.ndim != (3 if inp.sequence else 2) or value.shape[-1] != inp.size:
+            problems.append(f"{name}: expected shape {steps}, {inp.size}), found {value.shape}")
+        elif value.dtype.kind not in "fiu":
+            problems.append(f"{name}: expected real numbers, found dtype {value.dtype}")
+    unknown = [n for n in inputs if n not in analysis.spec.inputs]
+    problems += [f"{n}: not an input of the spec" for n in unknown]
+    if problems:
+        raise RnncError("inputs do not fit the spec: " + "; ".join(problems))
+
+
 def _dropout(mode: str, seed: int | None) -> np.random.Generator | None:
     """Dropout happens in train mode when a seed is given (off by default and in verify)."""
     return np.random.default_rng(seed) if mode == "train" and seed is not None else None
@@ -1640,10 +1666,8 @@ def prepare_inputs(
             if source is not None:
                 spec = analysis.spec.layers.get(source)
                 truths.add(spec.inputs[0] if isinstance(spec, EmbeddingLayer) else source)
-    inputs = dict(inputs)
-    missing = [n for n in analysis.spec.inputs if n not in inputs]
-    if missing:
-        raise RnncError(f"missing inputs: {', '.join(missing)}")
+    inputs = {name: np.asarray(value) for name, value in inputs.items()}
+    _check_inputs(analysis, inputs)
     if mode == "generate":
         if not fed_axes:
             raise RnncError("mode='generate' needs a layer with feedback")

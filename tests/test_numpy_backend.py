@@ -283,9 +283,10 @@ def test_tracebacks_show_generated_lines() -> None:
     import traceback
 
     model = compiled(rnnc.load_spec(GALLERY[[p.stem for p in GALLERY].index("elman_rnn")]))
+    wrong = {"x.W": np.zeros((3, 3))}  # the generated forward itself, with broken parameters
     try:
-        model.run({"x": np.zeros((2, 3, 99))}, lengths={"x": np.array([3, 3])})
-    except ValueError as exc:
+        model._forward(wrong, {"x": np.zeros((2, 3, 10))}, {"x": np.array([3, 3])})
+    except (KeyError, ValueError) as exc:
         frames = traceback.extract_tb(exc.__traceback__)
         generated = [f for f in frames if f.filename.startswith("<rnnc-numpy:")]
         assert generated and generated[-1].line  # the source line is known to linecache
@@ -294,7 +295,7 @@ def test_tracebacks_show_generated_lines() -> None:
             == generated[-1].line
         )
     else:
-        raise AssertionError("a wrong input width must fail")
+        raise AssertionError("a missing parameter must fail inside the generated code")
 
 
 LINKS = """
@@ -460,3 +461,25 @@ def test_dropout_is_seeded_and_differentiable(direction: str) -> None:
     errors = directional_errors(Mode(model, dropout_seed=3), inputs, lengths, rng)
     bad = {k: v for k, v in errors.items() if v > FD_TOLERANCE}
     assert not bad, bad
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        (lambda i: {**i, "src": i["src"].astype(float)}, "src: expected integer token ids"),
+        (lambda i: {**i, "src": i["src"] + 100}, "src: token ids must be in 0..39"),
+        (lambda i: {k: v for k, v in i.items() if k != "tgt"}, "tgt: missing"),
+        (
+            lambda i: {**i, "tgt": i["tgt"][:, :, None]},
+            "tgt: expected shape (B, T), found (2, 4, 1)",
+        ),
+        (lambda i: {**i, "extra": i["src"]}, "extra: not an input of the spec"),
+    ],
+)
+def test_inputs_that_do_not_fit_are_refused_clearly(change, words: str) -> None:
+    spec = rnnc.load_spec(GALLERY[[p.stem for p in GALLERY].index("seq2seq")])
+    model = compiled(spec)
+    inputs, _ = random_inputs(spec, np.random.default_rng(0), batch=2, steps=4)
+    with pytest.raises(rnnc.RnncError, match="inputs do not fit the spec") as exc:
+        model.run(change(inputs))
+    assert words in str(exc.value)
