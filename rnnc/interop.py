@@ -1,0 +1,136 @@
+"""Weights from and to PyTorch's ``torch.nn.RNN/LSTM/GRU`` state dicts.
+
+PyTorch keeps, per layer k and direction, ``weight_ih_l{k}[_reverse]`` (gates stacked
+by rows, times the input), ``weight_hh_l{k}`` (times h) and two biases. rnnc keeps one
+matrix per gate over ``[x, h]`` and one bias. Gate order: LSTM i, f, g, o in both;
+GRU r, z, n in PyTorch, where rnnc's ``gru`` splits the candidate into ``W_in`` /
+``b_in`` (input side) and ``W_hn`` / ``b_hn`` (recurrent side, inside ``r * (...)``).
+
+Import adds PyTorch's two biases where rnnc has one; export puts rnnc's bias in
+``bias_ih`` and zeros in ``bias_hh``, so rnnc -> PyTorch -> rnnc is exact. No torch
+import is needed: values may be tensors or arrays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from rnnc.errors import RnncError
+
+# rnnc gate parameters per PyTorch row block, for the matrices over [x, h] and biases.
+_GATES: dict[str, list[str | None]] = {
+    "rnn": ["W"],
+    "rnn_relu": ["W"],
+    "lstm": ["W_i", "W_f", "W_g", "W_o"],
+    "gru": ["W_r", "W_z", None],  # the candidate is mapped separately
+}
+
+
+def _array(value: Any) -> np.ndarray:
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().numpy()
+    return np.asarray(value, dtype=np.float64)
+
+
+def _suffix(k: int, direction: str) -> str:
+    return f"l{k}" + ("_reverse" if direction == "bwd" else "")
+
+
+def from_torch(
+    state_dict: Mapping[str, Any],
+    layer: str,
+    cell: str,
+    depth: int = 1,
+    bidirectional: bool = False,
+) -> dict[str, np.ndarray]:
+    """Canonical rnnc parameters of one layer from a torch.nn.RNN/LSTM/GRU state dict."""
+    if cell not in _GATES:
+        raise RnncError(f"PyTorch has no layer for cell {cell!r}; it has {', '.join(_GATES)}")
+    out: dict[str, np.ndarray] = {}
+    for k in range(depth):
+        for d in ("fwd", "bwd") if bidirectional else ("fwd",):
+            s = _suffix(k, d)
+            try:
+                w_ih, w_hh = (
+                    _array(state_dict[f"weight_ih_{s}"]),
+                    _array(state_dict[f"weight_hh_{s}"]),
+                )
+                b_ih = _array(state_dict.get(f"bias_ih_{s}", np.zeros(w_ih.shape[0])))
+                b_hh = _array(state_dict.get(f"bias_hh_{s}", np.zeros(w_hh.shape[0])))
+            except KeyError as exc:
+                raise RnncError(f"the state dict has no {exc.args[0]!r}") from None
+            H = w_hh.shape[1]
+            prefix = f"{layer}.{d}.l{k}."
+            for g, name in enumerate(_GATES[cell]):
+                rows = slice(g * H, (g + 1) * H)
+                if name is None:
+                    continue
+                bias = "b" + name[1:]
+                out[prefix + name] = np.concatenate([w_ih[rows], w_hh[rows]], axis=1)
+                out[prefix + bias] = b_ih[rows] + b_hh[rows]
+            if cell == "gru":
+                rows = slice(2 * H, 3 * H)
+                out[prefix + "W_in"], out[prefix + "b_in"] = w_ih[rows], b_ih[rows]
+                out[prefix + "W_hn"], out[prefix + "b_hn"] = w_hh[rows], b_hh[rows]
+    return _ordered(out, cell, layer, depth, bidirectional)
+
+
+def to_torch(
+    params: Mapping[str, Any],
+    layer: str,
+    cell: str,
+    depth: int = 1,
+    bidirectional: bool = False,
+) -> dict[str, np.ndarray]:
+    """A torch.nn.RNN/LSTM/GRU state dict (as arrays) from canonical rnnc parameters."""
+    if cell not in _GATES:
+        raise RnncError(f"PyTorch has no layer for cell {cell!r}; it has {', '.join(_GATES)}")
+    out: dict[str, np.ndarray] = {}
+    for k in range(depth):
+        for d in ("fwd", "bwd") if bidirectional else ("fwd",):
+            s = _suffix(k, d)
+            prefix = f"{layer}.{d}.l{k}."
+            p = {
+                name[len(prefix) :]: _array(v)
+                for name, v in params.items()
+                if name.startswith(prefix)
+            }
+            H = p["W_hn" if cell == "gru" else str(_GATES[cell][0])].shape[0]
+            w_ih, w_hh, b_ih, b_hh = [], [], [], []
+            for name in _GATES[cell]:
+                if name is None:
+                    w_ih.append(p["W_in"])
+                    w_hh.append(p["W_hn"])
+                    b_ih.append(p["b_in"])
+                    b_hh.append(p["b_hn"])
+                    continue
+                matrix = p[name]
+                X = matrix.shape[1] - H
+                w_ih.append(matrix[:, :X])
+                w_hh.append(matrix[:, X:])
+                b_ih.append(p["b" + name[1:]])
+                b_hh.append(np.zeros(H))
+            out[f"weight_ih_{s}"] = np.concatenate(w_ih)
+            out[f"weight_hh_{s}"] = np.concatenate(w_hh)
+            out[f"bias_ih_{s}"] = np.concatenate(b_ih)
+            out[f"bias_hh_{s}"] = np.concatenate(b_hh)
+    return out
+
+
+def _ordered(
+    params: dict[str, np.ndarray], cell: str, layer: str, depth: int, bidirectional: bool
+) -> dict[str, np.ndarray]:
+    """In the cell's canonical parameter order (that of rnnc.builtin_cells())."""
+    from rnnc.cells import builtin_cells
+
+    order = [p.name for p in builtin_cells()[cell].params]
+    out = {}
+    for k in range(depth):
+        for d in ("fwd", "bwd") if bidirectional else ("fwd",):
+            for name in order:
+                key = f"{layer}.{d}.l{k}.{name}"
+                out[key] = params[key]
+    return out
