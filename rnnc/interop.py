@@ -134,3 +134,64 @@ def _ordered(
                 key = f"{layer}.{d}.l{k}.{name}"
                 out[key] = params[key]
     return out
+
+
+# --- ONNX RNN / LSTM / GRU initialisers ------------------------------------------------
+
+# ONNX stacks gates by rows in its own order: LSTM i, o, f, c; GRU z, r, h.
+_ONNX_ORDER: dict[str, list[str | None]] = {
+    "rnn": ["W"],
+    "rnn_relu": ["W"],
+    "lstm": ["W_i", "W_o", "W_f", "W_g"],
+    "lstm_peephole": ["W_i", "W_o", "W_f", "W_g"],
+    "gru": ["W_z", "W_r", None],
+    "gru_reset_before": ["W_z", "W_r", "W_n"],
+}
+ONNX_DIRECTIONS = {"forward": ("fwd",), "reverse": ("bwd",), "bidirectional": ("fwd", "bwd")}
+
+
+def from_onnx(
+    W: Any,
+    R: Any,
+    B: Any | None,
+    cell: str,
+    layer: str,
+    direction: str = "forward",
+    P: Any | None = None,
+    k: int = 0,
+) -> dict[str, np.ndarray]:
+    """Canonical rnnc parameters (depth k) from an ONNX RNN/LSTM/GRU's W, R, B (and P).
+
+    ``gru`` is ONNX's GRU with linear_before_reset=1, ``gru_reset_before`` with 0;
+    ``lstm_peephole`` takes P = [p_i, p_o, p_f]. ``direction`` is ONNX's: forward,
+    reverse or bidirectional (reverse is rnnc's backward).
+    """
+    if cell not in _ONNX_ORDER:
+        raise RnncError(f"ONNX has no operator for cell {cell!r}; it has {', '.join(_ONNX_ORDER)}")
+    W, R = _array(W), _array(R)
+    H = R.shape[-1]
+    n = W.shape[1] // H
+    B_ = _array(B) if B is not None else np.zeros((W.shape[0], 2 * n * H))
+    out: dict[str, np.ndarray] = {}
+    for index, d in enumerate(ONNX_DIRECTIONS[direction]):
+        prefix = f"{layer}.{d}.l{k}."
+        w, r, wb, rb = W[index], R[index], B_[index][: n * H], B_[index][n * H :]
+        for g, name in enumerate(_ONNX_ORDER[cell]):
+            rows = slice(g * H, (g + 1) * H)
+            if name is None:  # gru's candidate, linear_before_reset=1
+                out[prefix + "W_in"], out[prefix + "b_in"] = w[rows], wb[rows]
+                out[prefix + "W_hn"], out[prefix + "b_hn"] = r[rows], rb[rows]
+                continue
+            out[prefix + name] = np.concatenate([w[rows], r[rows]], axis=1)
+            out[prefix + "b" + name[1:]] = wb[rows] + rb[rows]
+        if cell == "lstm_peephole":
+            p = _array(P)[index] if P is not None else np.zeros(3 * H)
+            out[prefix + "p_i"], out[prefix + "p_o"], out[prefix + "p_f"] = np.split(p, 3)
+    from rnnc.cells import builtin_cells
+
+    order = [p.name for p in builtin_cells()[cell].params]
+    return {
+        f"{layer}.{d}.l{k}.{name}": out[f"{layer}.{d}.l{k}.{name}"]
+        for d in ONNX_DIRECTIONS[direction]
+        for name in order
+    }
