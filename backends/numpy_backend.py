@@ -222,6 +222,8 @@ class _StepWriter:
             return f"{self.ref(a[0], 2)} * {self.ref(a[1], 3)}", 2
         if op.kind == "neg":
             return f"-{self.ref(a[0], 3)}", 3
+        if op.kind == "broadcast":
+            return f"{self.ref(a[0], 1)} + np.zeros_like({self.ref(a[1], 4)})", 1
         if op.kind == "call":
             return f"{op.attr}({self.ref(a[0], 0)})", 4
         if op.kind == "concat":
@@ -416,10 +418,13 @@ def _emit_step_backward(
         if grad(f"param:{p}") is not None:
             lines.append(f"    D[{p!r}] += {grad(f'param:{p}')}")
     for block, g, operand in adjoint.block_grads:
-        lines.append(
-            f"    D[{block.param!r}][:, {block.start}:{block.stop}] += "
-            f"{writer.exprs[g][0]}.T @ {writer.exprs[operand][0]}"
+        grad_text, operand_text = writer.exprs[g][0], writer.exprs[operand][0]
+        product = (
+            f"np.outer({grad_text}, {operand_text})"  # a parameter vector as operand
+            if step.kinds[operand] == "vector"
+            else f"{grad_text}.T @ {operand_text}"
         )
+        lines.append(f"    D[{block.param!r}][:, {block.start}:{block.stop}] += {product}")
     zeros = f"np.zeros_like({d[states[0]]})"
     new_d = []
     for s in states:
@@ -583,11 +588,13 @@ class _Program:
         return problems
 
     def loops(self) -> list[list[str]]:
-        """Groups of layers that must run step by step together, one group per time axis.
+        """Groups of layers that must run step by step together.
 
-        A layer joins a group when its step t reads a later layer's step t - k (feedback,
-        a recurrent edge from what it feeds) or its own previous state through additive
-        attention; with it go the layers on the way between.
+        Layers whose step t reads each other's earlier steps (feedback, a recurrent edge
+        from what a layer feeds: a cycle through time) form one group; a layer with
+        additive attention (its query is its own previous state) is a group at least.
+        Separate groups run one after the other, so one can start from another's
+        final state.
         """
         if hasattr(self, "_loops"):
             return self._loops  # type: ignore[has-type,no-any-return]
@@ -596,18 +603,19 @@ class _Program:
         for u, v, d in self.g.edges(data=True):
             if d["kind"] in ("input", "recurrent", "feedback") and u in self.spec.layers:
                 timed.add_edge(u, v)
-        coupled: set[str] = set()
+        groups: list[set[str]] = []
         for component in nx.strongly_connected_components(timed):
             if len(component) > 1 or any(timed.has_edge(n, n) for n in component):
-                coupled |= component
+                groups.append(set(component))
         for name, layer in self.spec.recurrent_layers().items():
-            if layer.attention is not None and layer.attention.score == "additive":
-                coupled.add(name)
-        groups: dict[str, list[str]] = {}
-        for node in self.order():
-            if node in coupled:
-                groups.setdefault(self.g.nodes[node]["axis"], []).append(node)
-        self._loops = list(groups.values())
+            additive = layer.attention is not None and layer.attention.score == "additive"
+            if additive and not any(name in group for group in groups):
+                groups.append({name})
+        order = self.order()
+        ordered = sorted(
+            ([n for n in order if n in group] for group in groups), key=lambda g: order.index(g[0])
+        )
+        self._loops = ordered
         return self._loops
 
     def downstream(self, node: str, of: str) -> bool:
@@ -1472,10 +1480,14 @@ class _Program:
         ]
         for block in reversed(self.bwd):
             backward += block
+        real = [name for name, inp in self.spec.inputs.items() if not isinstance(inp, TokenInput)]
         backward += [
             "    for name, value in params.items():",
             "        if name not in grads:",
             "            grads[name] = np.zeros_like(value)",
+            f"    for name in {tuple(real)!r}:  # real inputs no output depends on",
+            "        if name not in input_grads:",
+            "            input_grads[name] = np.zeros(np.shape(inputs[name]), dtype=dtype)",
             "    return {**grads, **input_grads}",
         ]
         parts = [header, PRELUDE.rstrip(), BLOCK_HELPER.strip(), GRAD_HELPERS.strip()]

@@ -47,6 +47,7 @@ class Op:
 
 # Forward kinds:  x | prev(state) | param(name) | const(value) | xproj(k) | rproj(state, k)
 #                 fused(state, k): xproj(k) + rproj(state, k), from one add of n blocks
+#                 broadcast(a, like): a (a vector) repeated for every row of like
 #                 matmul(operand; Block) | add | sub | mul | neg | call(fn) | concat(widths)
 # Reverse adds:   dcall(fn; y) = f'(a) written in terms of y = f(a) (and a for relu-like)
 #                 slice(offset, width) | zeros_like | sum_batch | scale(const)
@@ -114,7 +115,7 @@ class _Builder:
             out = f"_{self.counter}"
         self.ops.append(Op(out, kind, args, attr))
         arg_kinds = [self.kinds[a] for a in args]
-        if kind in ("x", "prev", "xproj", "rproj", "fused", "matmul", "concat"):
+        if kind in ("x", "prev", "xproj", "rproj", "fused", "broadcast"):
             self.kinds[out] = "batch"
         elif kind == "param":
             self.kinds[out] = "vector"
@@ -185,7 +186,10 @@ def lower_cell(cell: Cell, input_size: int, hidden: int) -> CellStep:
     b = _Builder(cell, input_size, hidden)
     for eq in cell.equations:
         var = b.expr(eq.expr)
-        if var in b.leaves.values() or var in b.names.values():
+        if eq.target in cell.state and b.kinds[var] != "batch":
+            # A state computed from parameters alone is still one row per example.
+            var = b.emit("broadcast", (var, b.leaf(("prev", eq.target), "prev", eq.target)))
+        elif var in b.leaves.values() or var in b.names.values():
             var = b.emit("add", (var, b.leaf(("const", 0.0), "const", 0.0)))  # a fresh name
         b.ops[-1] = Op(eq.target, b.ops[-1].kind, b.ops[-1].args, b.ops[-1].attr)
         b.kinds[eq.target] = b.kinds.pop(var)
@@ -412,6 +416,8 @@ def reverse(step: CellStep) -> Adjoint:
                 add_term(left, _reduce(emit, grad, kinds, left, op.out))
             if kinds[right] != "scalar":
                 add_term(right, _reduce(emit, emit("neg", (grad,)), kinds, right, op.out))
+        elif op.kind == "broadcast":
+            add_term(op.args[0], _reduce(emit, grad, kinds, op.args[0], op.out))
         elif op.kind == "neg":
             add_term(op.args[0], emit("neg", (grad,)))
         elif op.kind == "mul":
