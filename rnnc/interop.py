@@ -195,3 +195,46 @@ def from_onnx(
         for d in ONNX_DIRECTIONS[direction]
         for name in order
     }
+
+
+def to_onnx(
+    params: Mapping[str, Any], cell: str, layer: str, direction: str = "forward", k: int = 0
+) -> dict[str, np.ndarray]:
+    """ONNX initialisers W, R, B (and P for ``lstm_peephole``) of one layer and depth.
+
+    rnnc's single bias goes to ONNX's input-side bias (Wb) with zeros in Rb, except
+    for ``gru``'s candidate, whose two biases ONNX keeps apart too; so
+    ``from_onnx(**to_onnx(p))`` gives back ``p`` exactly.
+    """
+    if cell not in _ONNX_ORDER:
+        raise RnncError(f"ONNX has no operator for cell {cell!r}; it has {', '.join(_ONNX_ORDER)}")
+    Ws, Rs, Bs, Ps = [], [], [], []
+    for d in ONNX_DIRECTIONS[direction]:
+        prefix = f"{layer}.{d}.l{k}."
+        p = {
+            name[len(prefix) :]: _array(v) for name, v in params.items() if name.startswith(prefix)
+        }
+        H = p["b" + str(_ONNX_ORDER[cell][0])[1:]].shape[0]
+        w, r, wb, rb = [], [], [], []
+        for name in _ONNX_ORDER[cell]:
+            if name is None:
+                w.append(p["W_in"])
+                r.append(p["W_hn"])
+                wb.append(p["b_in"])
+                rb.append(p["b_hn"])
+                continue
+            matrix = p[name]
+            X = matrix.shape[1] - H
+            w.append(matrix[:, :X])
+            r.append(matrix[:, X:])
+            wb.append(p["b" + name[1:]])
+            rb.append(np.zeros(H))
+        Ws.append(np.concatenate(w))
+        Rs.append(np.concatenate(r))
+        Bs.append(np.concatenate(wb + rb))
+        if cell == "lstm_peephole":
+            Ps.append(np.concatenate([p["p_i"], p["p_o"], p["p_f"]]))
+    out = {"W": np.stack(Ws), "R": np.stack(Rs), "B": np.stack(Bs)}
+    if Ps:
+        out["P"] = np.stack(Ps)
+    return out

@@ -14,7 +14,7 @@ from onnx import TensorProto, helper
 from onnx.reference import ReferenceEvaluator
 
 import rnnc
-from rnnc.interop import from_onnx
+from rnnc.interop import from_onnx, to_onnx
 from tests.helpers import spec_text
 
 CASES = {  # rnnc cell -> (ONNX op, attributes, gates)
@@ -80,3 +80,36 @@ def test_numpy_backend_matches_onnx_reference(cell: str, direction: str) -> None
     if direction == "reverse":
         final = [y[:, 0, :H]]
     np.testing.assert_allclose(np.stack(final), Y_h, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("cell", list(CASES))
+@pytest.mark.parametrize("direction", list(DIRECTIONS))
+def test_onnx_round_trip_is_exact(cell: str, direction: str) -> None:
+    spec = rnnc.parse_spec(
+        spec_text(
+            f"""
+            rnnc: 1
+            name: trip
+            inputs:
+              x: {{size: 3}}
+            layers:
+              r: {{cell: {cell}, hidden: 4, input: x, direction: {DIRECTIONS[direction]}}}
+            outputs:
+              y: {{from: r}}
+            """
+        )
+    )
+    params = rnnc.init_params(spec, seed=1)
+    exported = to_onnx(params, cell, "r", direction)
+    gates = CASES[cell][2]
+    dirs = 2 if direction == "bidirectional" else 1
+    assert exported["W"].shape == (dirs, gates * 4, 3) and exported["B"].shape == (
+        dirs,
+        2 * gates * 4,
+    )
+    back = from_onnx(
+        exported["W"], exported["R"], exported["B"], cell, "r", direction, P=exported.get("P")
+    )
+    assert back.keys() == params.keys()
+    for name, value in params.items():
+        np.testing.assert_array_equal(back[name], value)
