@@ -374,7 +374,6 @@ def _emit_step(step: CellStep, fn: str, names: Namespace, named: set[str], saved
     lines.append(f"    new_state = {pack(new)}")
     kept = pack([names(v) for v in saved] + prev)
     lines.append(f"    return new_state, np.where(mask_t, {names(step.output)}, 0.0), {kept}")
-    assert H > 0
     return "\n".join(lines)
 
 
@@ -382,7 +381,6 @@ def _emit_step_backward(
     step: CellStep, fn: str, names: Namespace, saved: list[str], states: list[str]
 ) -> str:
     adjoint: Adjoint = reverse(step)
-    H = step.hidden
     d = {s: names(f"d_{s}") for s in states}
     prev = [names(f"{s}_prev") for s in states]
     lines = [
@@ -444,7 +442,6 @@ def _emit_step_backward(
         lines.append("    d_xp_t = None")
     lines.append(f"    d_x_t = {grad('x') if step.uses_x and grad('x') is not None else 'None'}")
     lines.append(f"    return d_xp_t, d_x_t, {pack(new_d)}")
-    assert H > 0
     return "\n".join(lines)
 
 
@@ -1133,12 +1130,8 @@ class _Program:
         return lines
 
     def loop_finish(self, name: str, layer: RecurrentLayer) -> None:
-        cell = self.analysis.cells[layer.cell]
-        top = layer.depth - 1
-        self.fwd.append(f"    v[{name + ':final'!r}] = state_{name}_l{top}")
-        if layer.attention is not None and layer.attention.score != "additive":
-            pass
-        assert cell
+        """After the loop: the layer's final states are those of its top depth."""
+        self.fwd.append(f"    v[{name + ':final'!r}] = state_{name}_l{layer.depth - 1}")
 
     def loop_backward(self, members: list[str], axis: str) -> list[str]:
         member_set = set(members)
