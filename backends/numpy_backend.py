@@ -14,20 +14,20 @@ recurrent products of all gates stacked into one per state per step.
 from __future__ import annotations
 
 import hashlib
-import keyword
 import linecache
 from collections.abc import Mapping
 from typing import Any
 
-import networkx as nx
 import numpy as np
 
 import rnnc
+from backends.emit import NUMPY, emit_cell, pack
 from rnnc.checks import Analysis, fed_input
 from rnnc.errors import RnncError
 from rnnc.graph import input_edges
-from rnnc.lower import Adjoint, CellStep, Op, lower_cell, reverse
+from rnnc.lower import lower_cell
 from rnnc.params import param_shapes
+from rnnc.program import Piece, Program
 from rnnc.spec import DenseLayer, EmbeddingLayer, RecurrentLayer, TokenInput
 
 PRELUDE = '''\
@@ -133,391 +133,6 @@ def step_mask(lengths, steps, dtype):
     return (np.arange(steps)[:, None] < lengths[None, :])[:, :, None]
 '''
 
-RESERVED = {
-    "np", "sigmoid", "tanh", "relu", "hard_sigmoid", "softsign", "identity", "softmax",
-    "log_softmax", "accumulate", "step_mask", "range", "len", "reversed", "zip",
-    "xs", "mask", "mask_t", "xp", "xp_t", "W_x", "T", "B", "H", "t", "ys", "tape", "saved",
-    "params", "prefix", "init", "finals", "reverse", "order", "d_ys", "d_finals", "d_xs",
-    "d_xp", "grads", "carry", "x_t",
-}  # fmt: skip
-
-ACTIVATIONS = ("identity", "tanh", "relu", "sigmoid", "softmax", "log_softmax")
-
-
-def unpack(names: list[str]) -> str:
-    """Left side of a tuple assignment: ``a, b`` (``a,`` for one name)."""
-    return ", ".join(names) + ("," if len(names) == 1 else "")
-
-
-def pack(items: list[str]) -> str:
-    """A tuple literal: ``(a, b)`` (``(a,)`` for one item)."""
-    return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
-
-
-class Namespace:
-    """Python names for spec names: never a keyword, a builtin we use, or taken twice."""
-
-    def __init__(self, reserved: set[str]):
-        self.taken = set(reserved)
-        self.names: dict[str, str] = {}
-
-    def __call__(self, name: str) -> str:
-        if name not in self.names:
-            candidate = name
-            while candidate in self.taken or keyword.iskeyword(candidate):
-                candidate += "_"
-            self.taken.add(candidate)
-            self.names[name] = candidate
-        return self.names[name]
-
-
-# --- one cell step ---------------------------------------------------------------------
-
-_PRECEDENCE = {"add": 1, "sub": 1, "mul": 2, "neg": 3}
-
-
-class _StepWriter:
-    """Renders the ops of a step (or its reverse) as Python lines, inlining what it can."""
-
-    def __init__(self, step: CellStep, names: Namespace):
-        self.step = step
-        self.names = names
-        self.H = step.hidden
-        self.exprs: dict[str, tuple[str, int]] = {}  # var -> (expression, precedence)
-
-    def var(self, name: str) -> str:
-        return self.names(name)
-
-    def block(self, k: int) -> str:
-        return f"{k * self.H}:{(k + 1) * self.H}"
-
-    def leaf(self, op: Op) -> str | None:
-        if op.kind == "x":
-            return "x_t"
-        if op.kind == "prev":
-            return self.var(f"{op.attr}_prev")
-        if op.kind == "param":
-            return self.var(op.attr)
-        if op.kind == "const":
-            return repr(float(op.attr))
-        if op.kind == "xproj":
-            return f"xp_t[:, {self.block(op.attr)}]"
-        if op.kind == "rproj":
-            return f"rp_{self.var(op.attr[0])}[:, {self.block(op.attr[1])}]"
-        if op.kind == "fused":
-            return f"pre_{self.var(op.attr[0])}[:, {self.block(op.attr[1])}]"
-        return None
-
-    def ref(self, var: str, level: int) -> str:
-        text, precedence = self.exprs[var]
-        return f"({text})" if precedence < level else text
-
-    def render(self, op: Op) -> tuple[str, int]:
-        a = op.args
-        if op.kind == "add":
-            return f"{self.ref(a[0], 1)} + {self.ref(a[1], 2)}", 1
-        if op.kind == "sub":
-            return f"{self.ref(a[0], 1)} - {self.ref(a[1], 2)}", 1
-        if op.kind == "mul":
-            return f"{self.ref(a[0], 2)} * {self.ref(a[1], 3)}", 2
-        if op.kind == "neg":
-            return f"-{self.ref(a[0], 3)}", 3
-        if op.kind == "broadcast":
-            return f"{self.ref(a[0], 1)} + np.zeros_like({self.ref(a[1], 4)})", 1
-        if op.kind == "call":
-            return f"{op.attr}({self.ref(a[0], 0)})", 4
-        if op.kind == "concat":
-            return "np.concatenate([" + ", ".join(self.ref(x, 0) for x in a) + "], axis=-1)", 4
-        if op.kind == "matmul":
-            b = op.attr
-            return f"{self.ref(a[0], 3)} @ {self.var(b.param)}[:, {b.start}:{b.stop}].T", 2
-        if op.kind == "matmul_t":
-            b = op.attr
-            return f"{self.ref(a[0], 3)} @ {self.var(b.param)}[:, {b.start}:{b.stop}]", 2
-        if op.kind == "dcall":
-            y = self.ref(a[0], 3)
-            return {
-                "sigmoid": (f"{y} * (1.0 - {y})", 2),
-                "tanh": (f"1.0 - {y} * {y}", 1),
-                "relu": (f"({y} > 0)", 4),
-                "identity": ("1.0", 4),
-                "softsign": (f"(1.0 - np.abs({y})) ** 2", 2),
-                "hard_sigmoid": (f"0.2 * (({y} > 0) & ({y} < 1))", 2),
-            }[op.attr]
-        if op.kind == "slice":
-            offset, width = op.attr
-            return f"{self.ref(a[0], 4)}[:, {offset}:{offset + width}]", 4
-        if op.kind == "sum_batch":
-            return f"{self.ref(a[0], 4)}.sum(axis=0)", 4
-        raise AssertionError(f"no rendering for {op.kind}")  # pragma: no cover
-
-    def lines(self, ops: tuple[Op, ...], named: set[str], indent: str) -> list[str]:
-        out = []
-        for op in ops:
-            leaf = self.leaf(op)
-            if leaf is not None and op.out not in named:
-                self.exprs[op.out] = (leaf, 4)
-                continue
-            text, precedence = (leaf, 4) if leaf is not None else self.render(op)
-            if op.out in named:
-                name = self.var(op.out)
-                out.append(f"{indent}{name} = {text}")
-                self.exprs[op.out] = (name, 4)
-            else:
-                self.exprs[op.out] = (text, precedence)
-        return out
-
-
-def _uses(ops: tuple[Op, ...]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for op in ops:
-        for arg in op.args:
-            counts[arg] = counts.get(arg, 0) + 1
-    return counts
-
-
-def _forward_named(step: CellStep) -> set[str]:
-    """Vars that get a line of their own: equations, and what the reverse reads."""
-    uses = _uses(step.ops)
-    named = {eq.target for eq in step.cell.equations}
-    for op in step.ops:
-        if op.kind == "call":
-            named.add(op.out)
-        if op.kind in ("mul", "matmul"):
-            named.update(op.args)
-    named.update(v for v, n in uses.items() if n > 1)
-    # x, previous states, parameters and constants are names already; projections
-    # that the reverse reads get a line of their own like any other value.
-    leaves = {op.out for op in step.ops if op.kind in ("x", "prev", "param", "const")}
-    return named - leaves
-
-
-def emit_cell(step: CellStep, fn: str) -> str:
-    """Generated functions for one lowered cell: its parameters, one step and its reverse,
-    and the scan over time and its reverse (see the module docstring)."""
-    names = Namespace(RESERVED)
-    states = list(step.cell.state)
-    named = _forward_named(step)
-    order = [op.out for op in step.ops]
-    saved = sorted(named, key=order.index)
-    parts = [
-        _emit_params(step, fn, names),
-        _emit_step(step, fn, names, named, saved),
-        _emit_step_backward(step, fn, names, saved, states),
-        _emit_scan(step, fn),
-        _emit_grads(step, fn),
-    ]
-    return "\n\n\n".join(parts)
-
-
-def _stack(blocks: tuple[Any, ...]) -> str:
-    joined = ", ".join(f"P[{b.param!r}][:, {b.start}:{b.stop}]" for b in blocks)
-    return f"np.concatenate([{joined}], axis=0)"
-
-
-def _emit_params(step: CellStep, fn: str, names: Namespace) -> str:
-    params = tuple(p.name for p in step.cell.params)
-    lines = [
-        f"def {fn}_params(params, prefix):",
-        f'    """{step.cell.name} parameters of one layer and direction, with W_x (the input\n'
-        "    blocks of every gate, stacked: applied to all steps at once) and R_s (the\n"
-        '    recurrent blocks on each previous state s, stacked: one product per step)."""',
-        f"    P = {{name: params[prefix + name] for name in {params!r}}}",
-    ]
-    if step.x_blocks:
-        lines.append(f"    P['W_x'] = {_stack(step.x_blocks)}")
-    if any(step.x_bias):
-        zeros = f"np.zeros({step.hidden}, dtype=P['W_x'].dtype)"
-        pieces = [f"P[{b!r}]" if b else zeros for b in step.x_bias]
-        lines.append(f"    P['b_x'] = np.concatenate([{', '.join(pieces)}])  # biases, added once")
-    for state, blocks in step.r_blocks.items():
-        lines.append(f"    P['R_{state}'] = {_stack(blocks)}")
-    lines.append("    return P")
-    return "\n".join(lines)
-
-
-def _step_params(step: CellStep, names: Namespace, block_ops: tuple[Op, ...]) -> list[str]:
-    """Lines binding to local names the vector parameters of a step and the matrices
-    whose blocks ``block_ops`` multiply in the step."""
-    used = sorted(
-        {op.attr for op in step.ops if op.kind == "param"}
-        | {op.attr.param for op in block_ops if op.kind in ("matmul", "matmul_t")}
-    )
-    lines = [f"    {names(p)} = P[{p!r}]" for p in used]
-    lines += [f"    R_{names(s)} = P['R_{s}']" for s in step.r_blocks]
-    return lines
-
-
-def _emit_step(step: CellStep, fn: str, names: Namespace, named: set[str], saved: list[str]) -> str:
-    H = step.hidden
-    prev = [names(f"{s}_prev") for s in step.cell.state]
-    lines = [
-        f"def {fn}_step(xp_t, x_t, mask_t, state, P):",
-        f'    """One step of {step.cell.name}: new states (unchanged where mask_t is 0), the\n'
-        '    output, and what the reverse needs."""',
-        *_step_params(step, names, step.ops),
-        f"    {unpack(prev)} = state",
-    ]
-    for state in step.r_blocks:
-        lines.append(f"    rp_{names(state)} = {names(state + '_prev')} @ R_{names(state)}.T")
-    if step.fused is not None:
-        state, n = step.fused
-        whole = n == len(step.x_blocks) == len(step.r_blocks[state])
-        cut = "" if whole else f"[:, :{n * H}]"
-        rp = f"rp_{names(state)}"
-        lines.append(f"    pre_{names(state)} = xp_t{cut} + {rp}{cut}  # {n} gates at once")
-    lines += _StepWriter(step, names).lines(step.ops, named, "    ")
-    new = [
-        f"np.where(mask_t, {names(step.states[s])}, {p})"
-        for s, p in zip(step.cell.state, prev, strict=True)
-    ]
-    lines.append(f"    new_state = {pack(new)}")
-    kept = pack([names(v) for v in saved] + prev)
-    lines.append(f"    return new_state, np.where(mask_t, {names(step.output)}, 0.0), {kept}")
-    return "\n".join(lines)
-
-
-def _emit_step_backward(
-    step: CellStep, fn: str, names: Namespace, saved: list[str], states: list[str]
-) -> str:
-    adjoint: Adjoint = reverse(step)
-    d = {s: names(f"d_{s}") for s in states}
-    prev = [names(f"{s}_prev") for s in states]
-    lines = [
-        f"def {fn}_step_backward(d_state, d_y, saved, x_t, mask_t, P, D):",
-        f'    """Reverse of {fn}_step: gradients of xp_t, x_t and the previous states.\n'
-        '    Parameter gradients are added to D."""',
-        *_step_params(step, names, adjoint.ops),
-        f"    {unpack([names(v) for v in saved] + prev)} = saved",
-        f"    {unpack(list(d.values()))} = d_state",
-        f"    {d[step.cell.output]} = {d[step.cell.output]} + np.where(mask_t, d_y, 0.0)",
-        "    # s = s_new where mask_t, else s_prev: each gets the gradient where it was chosen",
-    ]
-    for s in states:
-        lines.append(f"    carry_{names(s)} = np.where(mask_t, 0.0, {d[s]})")
-        lines.append(f"    {d[s]} = np.where(mask_t, {d[s]}, 0.0)")
-    writer = _StepWriter(step, names)
-    kept = set(saved)
-    for op in step.ops:  # the reverse reads saved values and leaves by name
-        leaf = writer.leaf(op)
-        writer.exprs[op.out] = (names(op.out), 4) if op.out in kept or leaf is None else (leaf, 4)
-    for s in states:
-        writer.exprs[f"d_{s}"] = (d[s], 4)
-    uses = _uses(adjoint.ops)
-    results = set(adjoint.grads.values()) | {g for _, g, _ in adjoint.block_grads}
-    named = {v for v in ({v for v, n in uses.items() if n > 1} | results) if v.startswith("_d")}
-    lines += writer.lines(adjoint.ops, named, "    ")
-
-    def grad(key: str) -> str | None:
-        var = adjoint.grads.get(key)
-        return writer.exprs[var][0] if var is not None else None
-
-    for p in (p.name for p in step.cell.params if p.kind == "vector"):
-        if grad(f"param:{p}") is not None:
-            lines.append(f"    D[{p!r}] += {grad(f'param:{p}')}")
-    for block, g, operand in adjoint.block_grads:
-        grad_text, operand_text = writer.exprs[g][0], writer.exprs[operand][0]
-        product = (
-            f"np.outer({grad_text}, {operand_text})"  # a parameter vector as operand
-            if step.kinds[operand] == "vector"
-            else f"{grad_text}.T @ {operand_text}"
-        )
-        lines.append(f"    D[{block.param!r}][:, {block.start}:{block.stop}] += {product}")
-    zeros = f"np.zeros_like({d[states[0]]})"
-    new_d = []
-    for s in states:
-        terms = [f"carry_{names(s)}"]
-        if grad(f"prev:{s}") is not None:
-            terms.append(str(grad(f"prev:{s}")))
-        if s in step.r_blocks:
-            pieces = [grad(f"rproj:{s}:{i}") or zeros for i in range(len(step.r_blocks[s]))]
-            lines.append(f"    d_rp_{names(s)} = np.concatenate([{', '.join(pieces)}], axis=-1)")
-            lines.append(f"    D['R_{s}'] += d_rp_{names(s)}.T @ {names(s + '_prev')}")
-            terms.append(f"d_rp_{names(s)} @ R_{names(s)}")
-        new_d.append(" + ".join(terms))
-    if step.x_blocks:
-        pieces = [grad(f"xproj:{k}") or zeros for k in range(len(step.x_blocks))]
-        lines.append(f"    d_xp_t = np.concatenate([{', '.join(pieces)}], axis=-1)")
-    else:
-        lines.append("    d_xp_t = None")
-    lines.append(f"    d_x_t = {grad('x') if step.uses_x and grad('x') is not None else 'None'}")
-    lines.append(f"    return d_xp_t, d_x_t, {pack(new_d)}")
-    return "\n".join(lines)
-
-
-def _emit_scan(step: CellStep, fn: str) -> str:
-    H = step.hidden
-    hoisted = bool(step.x_blocks)
-    bias = " + P['b_x']" if any(step.x_bias) else ""
-    xp = (
-        f"(xs.reshape(T * B, -1) @ P['W_x'].T{bias}).reshape(T, B, -1)" if hoisted else "[None] * T"
-    )
-    forward = [
-        f"def {fn}(xs, mask, reverse, P, state):",
-        f'    """{step.cell.name} over time: xs (T, B, {step.input_size}) -> ys (T, B, {H}), final\n'
-        "    states and the tape. Steps past an example's length leave its states as they are."
-        '"""',
-        "    T, B = xs.shape[0], xs.shape[1]",
-        f"    xp = {xp}",
-        f"    ys = np.zeros((T, B, {H}), dtype=xs.dtype)",
-        "    tape = [None] * T",
-        "    for t in (range(T - 1, -1, -1) if reverse else range(T)):",
-        f"        state, ys[t], tape[t] = {fn}_step(xp[t], xs[t], mask[t], state, P)",
-        "    return ys, state, tape",
-    ]
-    backward = [
-        f"def {fn}_backward(d_ys, d_state, tape, xs, mask, reverse, P, D):",
-        f'    """Reverse of {fn}: gradients of xs and of the initial states; parameter\n'
-        '    gradients are added to D."""',
-        "    T, B = xs.shape[0], xs.shape[1]",
-        "    d_xs = np.zeros_like(xs)",
-    ]
-    if hoisted:
-        backward.append(f"    d_xp = np.zeros((T, B, {len(step.x_blocks) * H}), dtype=xs.dtype)")
-    backward += [
-        "    for t in (range(T) if reverse else range(T - 1, -1, -1)):",
-        f"        d_xp_t, d_x_t, d_state = {fn}_step_backward(d_state, d_ys[t], tape[t], xs[t], mask[t], P, D)",
-    ]
-    if hoisted:
-        backward.append("        d_xp[t] = d_xp_t")
-    if step.uses_x:
-        backward.append("        d_xs[t] += d_x_t")
-    if hoisted:
-        backward += [
-            "    d_flat = d_xp.reshape(T * B, -1)",
-            "    d_xs += (d_flat @ P['W_x']).reshape(xs.shape)",
-            "    D['W_x'] += d_flat.T @ xs.reshape(T * B, -1)",
-        ]
-        if any(step.x_bias):
-            backward.append("    D['b_x'] += d_flat.sum(axis=0)")
-    backward.append("    return d_xs, d_state")
-    return "\n".join(forward) + "\n\n\n" + "\n".join(backward)
-
-
-def _emit_grads(step: CellStep, fn: str) -> str:
-    H = step.hidden
-    lines = [
-        f"def {fn}_grads(D, prefix, grads):",
-        '    """Add the gradients in D to grads, with W_x and R_s split back into their blocks."""',
-    ]
-    for k, b in enumerate(step.x_blocks):
-        lines.append(
-            f"    D[{b.param!r}][:, {b.start}:{b.stop}] += D['W_x'][{k * H}:{(k + 1) * H}]"
-        )
-    for k, bias in enumerate(step.x_bias):
-        if bias is not None:
-            lines.append(f"    D[{bias!r}] += D['b_x'][{k * H}:{(k + 1) * H}]")
-    for state, blocks in step.r_blocks.items():
-        for k, b in enumerate(blocks):
-            lines.append(
-                f"    D[{b.param!r}][:, {b.start}:{b.stop}] += D['R_{state}'][{k * H}:{(k + 1) * H}]"
-            )
-    params = tuple(p.name for p in step.cell.params)
-    lines.append(f"    for name in {params!r}:")
-    lines.append("        accumulate(grads, prefix + name, D[name])")
-    return "\n".join(lines)
-
-
 BLOCK_HELPER = '''
 
 def zeros_like_all(arrays):
@@ -529,100 +144,16 @@ def zeros_like_all(arrays):
 # --- the whole program -----------------------------------------------------------------
 
 
-class _Program:
+class _Program(Program):
     """Writes the module-level ``forward`` and ``backward`` of a spec, op by op."""
 
     def __init__(self, analysis: Analysis):
-        self.analysis = analysis
-        self.spec = analysis.spec
-        self.g = analysis.graph
+        super().__init__(analysis)
         self.fwd: list[str] = []
         self.bwd: list[list[str]] = []  # blocks, emitted in reverse order
         self.scans: dict[str, str] = {}  # function name -> source
         self.functions: dict[tuple[str, int], str] = {}  # (layer, depth) -> function name
         self.by_signature: dict[tuple[str, int, int], str] = {}  # (cell, X, H) -> name
-
-    def order(self) -> list[str]:
-        """Inputs and layers so that each comes after everything it reads at step t."""
-        instant = nx.DiGraph()
-        instant.add_nodes_from(n for n, d in self.g.nodes(data=True) if d["kind"] != "output")
-        instant.add_edges_from(
-            (u, v)
-            for u, v, d in self.g.edges(data=True)
-            if d["delay"] == 0 and d["kind"] != "output"
-        )
-        return list(nx.lexicographical_topological_sort(instant, key=list(self.g.nodes).index))
-
-    def schedule(self) -> list[str | tuple[str, ...]]:
-        """The order to emit in, with each step loop as one tuple of its layers."""
-        loops = self.loops()
-        member = {n: i for i, group in enumerate(loops) for n in group}
-        condensed = nx.DiGraph()
-        unit = {n: (("loop", member[n]) if n in member else ("node", n)) for n in self.order()}
-        condensed.add_nodes_from(unit.values())
-        for u, v, d in self.g.edges(data=True):
-            # Every link between units orders them; cycles through delays are inside loops.
-            if u in unit and v in unit and unit[u] != unit[v] and d["kind"] != "output":
-                condensed.add_edge(unit[u], unit[v])
-        first = {n: i for i, n in enumerate(self.order())}
-        rank = {
-            u: min(first[n] for n in (loops[u[1]] if u[0] == "loop" else [u[1]]))
-            for u in condensed.nodes
-        }
-        ordered = nx.lexicographical_topological_sort(condensed, key=rank.__getitem__)
-        return [tuple(loops[u[1]]) if u[0] == "loop" else u[1] for u in ordered]
-
-    def unsupported(self) -> list[str]:
-        """What the backend cannot compile: a layer that runs backward inside a step loop."""
-        problems = []
-        for group in self.loops():
-            for node in group:
-                layer = self.spec.layers.get(node)
-                if isinstance(layer, RecurrentLayer) and layer.direction != "forward":
-                    problems.append(
-                        f"layers.{node}.direction ({layer.direction} inside a step loop)"
-                    )
-        return problems
-
-    def loops(self) -> list[list[str]]:
-        """Groups of layers that must run step by step together.
-
-        Layers whose step t reads each other's earlier steps (feedback, a recurrent edge
-        from what a layer feeds: a cycle through time) form one group; a layer with
-        additive attention (its query is its own previous state) is a group at least.
-        Separate groups run one after the other, so one can start from another's
-        final state.
-        """
-        if hasattr(self, "_loops"):
-            return self._loops  # type: ignore[has-type,no-any-return]
-        timed = nx.DiGraph()
-        timed.add_nodes_from(self.spec.layers)
-        for u, v, d in self.g.edges(data=True):
-            if d["kind"] in ("input", "recurrent", "feedback") and u in self.spec.layers:
-                timed.add_edge(u, v)
-        groups: list[set[str]] = []
-        for component in nx.strongly_connected_components(timed):
-            if len(component) > 1 or any(timed.has_edge(n, n) for n in component):
-                groups.append(set(component))
-        for name, layer in self.spec.recurrent_layers().items():
-            additive = layer.attention is not None and layer.attention.score == "additive"
-            if additive and not any(name in group for group in groups):
-                groups.append({name})
-        order = self.order()
-        ordered = sorted(
-            ([n for n in order if n in group] for group in groups), key=lambda g: order.index(g[0])
-        )
-        self._loops = ordered
-        return self._loops
-
-    def downstream(self, node: str, of: str) -> bool:
-        """Whether ``node`` is ``of`` or reads it at the same step."""
-        instant = nx.DiGraph(
-            (u, v)
-            for u, v, d in self.g.edges(data=True)
-            if d["delay"] == 0 and d["kind"] != "output"
-        )
-        return node == of or (of in instant and node in nx.descendants(instant, of))
 
     def concat_inputs(
         self, name: str, axis: str | None
@@ -754,7 +285,7 @@ class _Program:
             self.fwd += self.init_forward(name, layer)
             start = "(" + ", ".join([f"v[{name + ':h0'!r}]"] * n_states) + ",)"
         top = layer.depth - 1
-        luong = layer.attention is not None  # additive attention is refused in unsupported()
+        luong = layer.attention is not None  # additive attention runs in a step loop
         for k in range(layer.depth):
             function = self.cell_function(name, k, layer, width)
             here = f"{name}.l{k}"
@@ -922,58 +453,12 @@ class _Program:
         if signature not in self.by_signature:
             function = f"cell_{name}_l{k}"
             step = lower_cell(self.analysis.cells[layer.cell], X, layer.hidden)
-            self.scans[function] = emit_cell(step, function)
+            self.scans[function] = emit_cell(step, function, NUMPY)
             self.by_signature[signature] = function
         self.functions[name, k] = self.by_signature[signature]
         return self.functions[name, k]
 
     # --- step loops (feedback, additive attention, recurrent edges from what a layer feeds)
-
-    def fed(self, name: str) -> tuple[str, str, bool] | None:
-        """(fed input, prediction, tokens?) of a layer with feedback."""
-        layer = self.spec.layers[name]
-        if not isinstance(layer, RecurrentLayer) or layer.feedback is None:
-            return None
-        source, _ = fed_input(self.g, name, self.g.nodes[layer.feedback]["width"])
-        assert source is not None
-        data = self.g.nodes[source]
-        tokens = data["kind"] == "embedding" or data.get("vocab") is not None
-        return source, layer.feedback, tokens
-
-    def truth_ids(self, source: str) -> tuple[str, str]:
-        """(ids of the ground truth, the embedding table) of a token input or embedding layer."""
-        data = self.g.nodes[source]
-        if data["kind"] == "embedding":
-            tokens = self.spec.layers[source].inputs[0]
-            return f"v[{tokens + ':ids'!r}]", f"params[{source + '.embedding'!r}]"
-        return f"v[{source + ':ids'!r}]", f"params[{source + '.embedding'!r}]"
-
-    def loop_pieces(self, name: str, members: set[str]) -> list[tuple[str, str, int, int, str]]:
-        """(kind, source, width, delay, expression at step t) of what a member reads."""
-        layer = self.spec.layers[name]
-        fed = self.fed(name)
-        pieces = []
-        for source, _ in input_edges(self.g, name):
-            data = self.g.nodes[source]
-            if fed is not None and source == fed[0]:
-                pieces.append(("fed", source, data["width"], 0, "fed"))
-            elif data.get("axis") is None:
-                pieces.append(("static", source, data["width"], 0, f"v[{source!r}]"))
-            else:
-                pieces.append(("step", source, data["width"], 0, f"v[{source!r}][t]"))
-        if isinstance(layer, RecurrentLayer):
-            for edge in layer.recurrent:
-                ref = f"v[{edge.from_!r}]"
-                text = (
-                    f"({ref}[t - {edge.delay}] if t >= {edge.delay} else np.zeros_like({ref}[0]))"
-                )
-                pieces.append(
-                    ("step", edge.from_, self.g.nodes[edge.from_]["width"], edge.delay, text)
-                )
-            if layer.attention is not None and layer.attention.score == "additive":
-                width = self.g.nodes[layer.attention.memory]["width"]
-                pieces.append(("context", layer.attention.memory, width, 0, "context"))
-        return pieces
 
     def emit_loop(self, members: list[str]) -> None:
         axis = self.g.nodes[members[0]]["axis"]
@@ -987,14 +472,14 @@ class _Program:
         fwd.append(f"    v['truth:{axis}'] = truth")
         for name in members:
             layer = self.spec.layers[name]
-            pieces = self.loop_pieces(name, member_set)
-            width = sum(p[2] for p in pieces)
+            width = sum(p.width for p in self.loop_pieces(name))
             fwd.append(
                 f"    v[{name!r}] = np.zeros((T, B, {self.g.nodes[name]['width']}), dtype=dtype)"
             )
             in_key = f"{name}.l0:in" if isinstance(layer, RecurrentLayer) else f"{name}:in"
             fwd.append(f"    v[{in_key!r}] = np.zeros((T, B, {width}), dtype=dtype)")
-            if self.fed(name) is not None and self.fed(name)[2]:  # type: ignore[index]
+            fed = self.fed(name)
+            if fed is not None and fed.tokens:
                 fwd.append(f"    v[{name + ':fed_ids'!r}] = np.zeros((T, B), dtype=np.int64)")
             if isinstance(layer, RecurrentLayer):
                 self.loop_setup(name, layer, width)
@@ -1008,6 +493,18 @@ class _Program:
             if isinstance(layer, RecurrentLayer):
                 self.loop_finish(name, layer)
         self.bwd.append(self.loop_backward(members, axis))
+
+    @staticmethod
+    def piece_at_t(piece: Piece) -> str:
+        """The expression for what a step-loop member reads from ``piece`` at step t."""
+        if piece.kind in ("fed", "context"):
+            return piece.kind
+        ref = f"v[{piece.source!r}]"
+        if piece.kind == "static":
+            return ref
+        if piece.delay:
+            return f"({ref}[t - {piece.delay}] if t >= {piece.delay} else np.zeros_like({ref}[0]))"
+        return f"{ref}[t]"
 
     def loop_setup(self, name: str, layer: RecurrentLayer, width: int) -> None:
         cell = self.analysis.cells[layer.cell]
@@ -1051,12 +548,12 @@ class _Program:
     def loop_step(self, name: str, layer: Any, members: set[str]) -> list[str]:
         """Forward lines of one member at step t (indented for the loop body)."""
         lines = []
-        pieces = self.loop_pieces(name, members)
+        pieces = self.loop_pieces(name)
         fed = self.fed(name)
         if fed is not None:
-            source, prediction, tokens = fed
-            if tokens:
-                ids, table = self.truth_ids(source)
+            source, prediction = fed.source, fed.prediction
+            if fed.tokens:
+                ids, table = f"v[{fed.ids + ':ids'!r}]", f"params[{fed.table!r}]"
                 lines += [
                     f"    ids = {ids}[t]",
                     "    if t > 0:",
@@ -1088,7 +585,7 @@ class _Program:
                 f"    context = np.einsum('bs,sbm->bm', weights[0], v[{memory!r}])",
                 f"    v[{name + ':context'!r}][t] = context",
             ]
-        parts = [p[4] for p in pieces]
+        parts = [self.piece_at_t(p) for p in pieces]
         joined = parts[0] if len(parts) == 1 else f"np.concatenate([{', '.join(parts)}], axis=-1)"
         if isinstance(layer, RecurrentLayer):
             lines.append(f"    v[{name + '.l0:in'!r}][t] = {joined}")
@@ -1168,9 +665,9 @@ class _Program:
                     b.append(
                         f"        d_memory_{name} = np.zeros_like(v[{layer.attention.memory!r}])"
                     )
-                if self.fed(name) is not None and self.fed(name)[2]:  # type: ignore[index]
-                    _, table = self.truth_ids(self.fed(name)[0])  # type: ignore[index]
-                    b.append(f"        d_table_{name} = np.zeros_like({table})")
+                fed = self.fed(name)
+                if fed is not None and fed.tokens:
+                    b.append(f"        d_table_{name} = np.zeros_like(params[{fed.table!r}])")
         b.append("        for t in reversed(range(T)):")
         b.append(f"            mask_t = v['mask:{axis}'][t]")
         for name in reversed(members):
@@ -1184,7 +681,7 @@ class _Program:
 
     def loop_step_backward(self, name: str, layer: Any, members: set[str]) -> list[str]:
         lines: list[str] = []
-        pieces = self.loop_pieces(name, members)
+        pieces = self.loop_pieces(name)
         if isinstance(layer, RecurrentLayer):
             p = f"{name}.attention."
             lines.append(f"    d_y = g[{name!r}][t]")
@@ -1246,7 +743,7 @@ class _Program:
                 f"    d_in = d_pre @ {W}",
             ]
         offset = 0
-        for kind, source, width, delay, _ in pieces:
+        for kind, source, width, delay in ((p.kind, p.source, p.width, p.delay) for p in pieces):
             part = f"d_in[:, {offset}:{offset + width}]" if len(pieces) > 1 else "d_in"
             offset += width
             if kind == "static":
@@ -1260,8 +757,10 @@ class _Program:
                 else:
                     lines.append(f"    accumulate_at(g, {source!r}, v[{source!r}], t, {part})")
             elif kind == "fed":
-                fed_source, prediction, tokens = self.fed(name)  # type: ignore[misc]
-                if tokens:
+                fed = self.fed(name)
+                assert fed is not None
+                fed_source, prediction = fed.source, fed.prediction
+                if fed.tokens:
                     lines.append(
                         f"    np.add.at(d_table_{name}, v[{name + ':fed_ids'!r}][t], {part})"
                     )
@@ -1319,10 +818,8 @@ class _Program:
                 lines.append(f"        d_memory_{name} += d_keys_{name}")
             lines.append(f"        accumulate(g, {memory!r}, d_memory_{name})")
         fed = self.fed(name)
-        if fed is not None and fed[2]:
-            _, table = self.truth_ids(fed[0])
-            table_name = table.split("[")[1].rstrip("]")
-            lines.append(f"        accumulate(grads, {table_name}, d_table_{name})")
+        if fed is not None and fed.tokens:
+            lines.append(f"        accumulate(grads, {fed.table!r}, d_table_{name})")
         if layer.init is not None:
             lines += self.init_backward(name, layer)
         return lines
@@ -1432,9 +929,7 @@ class _Program:
             )
 
     def module(self, header: str) -> str:
-        problems = self.unsupported()
-        if problems:
-            raise RnncError("the numpy backend does not compile these yet: " + ", ".join(problems))
+        self.check_supported("numpy")
         for node in self.schedule():
             if isinstance(node, tuple):
                 self.emit_loop(list(node))

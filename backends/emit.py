@@ -1,0 +1,422 @@
+"""Source for one lowered cell, shared by the NumPy and PyTorch backends.
+
+:func:`emit_cell` writes, for a :class:`rnnc.lower.CellStep`, the functions a backend
+runs a recurrent layer with: its parameters (input blocks of every gate stacked into
+``W_x``, recurrent blocks into ``R_s``), one step and the step's reverse, the scan over
+time and its reverse. The text is the same for both backends except for a few array
+functions, which a :class:`Dialect` names: NumPy arrays and torch tensors share
+``@``, slicing, ``.T``, ``reshape`` and ``sum(axis=...)``.
+"""
+
+from __future__ import annotations
+
+import keyword
+from dataclasses import dataclass
+from typing import Any
+
+from rnnc.lower import Adjoint, CellStep, Op, reverse
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """How a backend's generated code spells the array functions that differ."""
+
+    lib: str  # the module: np.where, torch.where, ...
+    cat: str  # concatenation along an axis
+
+    def zeros(self, shape: str, like: str) -> str:
+        """Zeros of ``shape`` with the dtype (and device) of the array ``like``."""
+        if self.lib == "np":
+            return f"np.zeros({shape}, dtype={like}.dtype)"
+        return f"{like}.new_zeros({shape})"
+
+
+NUMPY = Dialect("np", "np.concatenate")
+TORCH = Dialect("torch", "torch.cat")
+
+RESERVED = {
+    "np", "torch", "sigmoid", "tanh", "relu", "hard_sigmoid", "softsign", "identity", "softmax",
+    "log_softmax", "accumulate", "step_mask", "range", "len", "reversed", "zip",
+    "xs", "mask", "mask_t", "xp", "xp_t", "W_x", "T", "B", "H", "t", "ys", "tape", "saved",
+    "params", "prefix", "init", "finals", "reverse", "order", "d_ys", "d_finals", "d_xs",
+    "d_xp", "grads", "carry", "x_t",
+}  # fmt: skip
+
+ACTIVATIONS = ("identity", "tanh", "relu", "sigmoid", "softmax", "log_softmax")
+
+
+def unpack(names: list[str]) -> str:
+    """Left side of a tuple assignment: ``a, b`` (``a,`` for one name)."""
+    return ", ".join(names) + ("," if len(names) == 1 else "")
+
+
+def pack(items: list[str]) -> str:
+    """A tuple literal: ``(a, b)`` (``(a,)`` for one item)."""
+    return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
+
+
+class Namespace:
+    """Python names for spec names: never a keyword, a builtin we use, or taken twice."""
+
+    def __init__(self, reserved: set[str]):
+        self.taken = set(reserved)
+        self.names: dict[str, str] = {}
+
+    def __call__(self, name: str) -> str:
+        if name not in self.names:
+            candidate = name
+            while candidate in self.taken or keyword.iskeyword(candidate):
+                candidate += "_"
+            self.taken.add(candidate)
+            self.names[name] = candidate
+        return self.names[name]
+
+
+# --- one cell step ---------------------------------------------------------------------
+
+_PRECEDENCE = {"add": 1, "sub": 1, "mul": 2, "neg": 3}
+
+
+class _StepWriter:
+    """Renders the ops of a step (or its reverse) as Python lines, inlining what it can."""
+
+    def __init__(self, step: CellStep, names: Namespace, xp: Dialect):
+        self.step = step
+        self.xp = xp
+        self.names = names
+        self.H = step.hidden
+        self.exprs: dict[str, tuple[str, int]] = {}  # var -> (expression, precedence)
+
+    def var(self, name: str) -> str:
+        return self.names(name)
+
+    def block(self, k: int) -> str:
+        return f"{k * self.H}:{(k + 1) * self.H}"
+
+    def leaf(self, op: Op) -> str | None:
+        if op.kind == "x":
+            return "x_t"
+        if op.kind == "prev":
+            return self.var(f"{op.attr}_prev")
+        if op.kind == "param":
+            return self.var(op.attr)
+        if op.kind == "const":
+            return repr(float(op.attr))
+        if op.kind == "xproj":
+            return f"xp_t[:, {self.block(op.attr)}]"
+        if op.kind == "rproj":
+            return f"rp_{self.var(op.attr[0])}[:, {self.block(op.attr[1])}]"
+        if op.kind == "fused":
+            return f"pre_{self.var(op.attr[0])}[:, {self.block(op.attr[1])}]"
+        return None
+
+    def ref(self, var: str, level: int) -> str:
+        text, precedence = self.exprs[var]
+        return f"({text})" if precedence < level else text
+
+    def render(self, op: Op) -> tuple[str, int]:
+        a = op.args
+        if op.kind == "add":
+            return f"{self.ref(a[0], 1)} + {self.ref(a[1], 2)}", 1
+        if op.kind == "sub":
+            return f"{self.ref(a[0], 1)} - {self.ref(a[1], 2)}", 1
+        if op.kind == "mul":
+            return f"{self.ref(a[0], 2)} * {self.ref(a[1], 3)}", 2
+        if op.kind == "neg":
+            return f"-{self.ref(a[0], 3)}", 3
+        if op.kind == "broadcast":
+            return f"{self.ref(a[0], 1)} + {self.xp.lib}.zeros_like({self.ref(a[1], 4)})", 1
+        if op.kind == "call":
+            return f"{op.attr}({self.ref(a[0], 0)})", 4
+        if op.kind == "concat":
+            return f"{self.xp.cat}([" + ", ".join(self.ref(x, 0) for x in a) + "], axis=-1)", 4
+        if op.kind == "matmul":
+            b = op.attr
+            return f"{self.ref(a[0], 3)} @ {self.var(b.param)}[:, {b.start}:{b.stop}].T", 2
+        if op.kind == "matmul_t":
+            b = op.attr
+            return f"{self.ref(a[0], 3)} @ {self.var(b.param)}[:, {b.start}:{b.stop}]", 2
+        if op.kind == "dcall":
+            y = self.ref(a[0], 3)
+            return {
+                "sigmoid": (f"{y} * (1.0 - {y})", 2),
+                "tanh": (f"1.0 - {y} * {y}", 1),
+                "relu": (f"({y} > 0)", 4),
+                "identity": ("1.0", 4),
+                "softsign": (f"(1.0 - {self.xp.lib}.abs({y})) ** 2", 2),
+                "hard_sigmoid": (f"0.2 * (({y} > 0) & ({y} < 1))", 2),
+            }[op.attr]
+        if op.kind == "slice":
+            offset, width = op.attr
+            return f"{self.ref(a[0], 4)}[:, {offset}:{offset + width}]", 4
+        if op.kind == "sum_batch":
+            return f"{self.ref(a[0], 4)}.sum(axis=0)", 4
+        raise AssertionError(f"no rendering for {op.kind}")  # pragma: no cover
+
+    def lines(self, ops: tuple[Op, ...], named: set[str], indent: str) -> list[str]:
+        out = []
+        for op in ops:
+            leaf = self.leaf(op)
+            if leaf is not None and op.out not in named:
+                self.exprs[op.out] = (leaf, 4)
+                continue
+            text, precedence = (leaf, 4) if leaf is not None else self.render(op)
+            if op.out in named:
+                name = self.var(op.out)
+                out.append(f"{indent}{name} = {text}")
+                self.exprs[op.out] = (name, 4)
+            else:
+                self.exprs[op.out] = (text, precedence)
+        return out
+
+
+def _uses(ops: tuple[Op, ...]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for op in ops:
+        for arg in op.args:
+            counts[arg] = counts.get(arg, 0) + 1
+    return counts
+
+
+def _forward_named(step: CellStep) -> set[str]:
+    """Vars that get a line of their own: equations, and what the reverse reads."""
+    uses = _uses(step.ops)
+    named = {eq.target for eq in step.cell.equations}
+    for op in step.ops:
+        if op.kind == "call":
+            named.add(op.out)
+        if op.kind in ("mul", "matmul"):
+            named.update(op.args)
+    named.update(v for v, n in uses.items() if n > 1)
+    # x, previous states, parameters and constants are names already; projections
+    # that the reverse reads get a line of their own like any other value.
+    leaves = {op.out for op in step.ops if op.kind in ("x", "prev", "param", "const")}
+    return named - leaves
+
+
+def emit_cell(step: CellStep, fn: str, xp: Dialect = NUMPY) -> str:
+    """Generated functions for one lowered cell: its parameters, one step and its reverse,
+    and the scan over time and its reverse (see the module docstring)."""
+    names = Namespace(RESERVED)
+    states = list(step.cell.state)
+    named = _forward_named(step)
+    order = [op.out for op in step.ops]
+    saved = sorted(named, key=order.index)
+    parts = [
+        _emit_params(step, fn, names, xp),
+        _emit_step(step, fn, names, named, saved, xp),
+        _emit_step_backward(step, fn, names, saved, states, xp),
+        _emit_scan(step, fn, xp),
+        _emit_grads(step, fn),
+    ]
+    return "\n\n\n".join(parts)
+
+
+def _stack(blocks: tuple[Any, ...], xp: Dialect) -> str:
+    joined = ", ".join(f"P[{b.param!r}][:, {b.start}:{b.stop}]" for b in blocks)
+    return f"{xp.cat}([{joined}], axis=0)"
+
+
+def _emit_params(step: CellStep, fn: str, names: Namespace, xp: Dialect) -> str:
+    params = tuple(p.name for p in step.cell.params)
+    lines = [
+        f"def {fn}_params(params, prefix):",
+        f'    """{step.cell.name} parameters of one layer and direction, with W_x (the input\n'
+        "    blocks of every gate, stacked: applied to all steps at once) and R_s (the\n"
+        '    recurrent blocks on each previous state s, stacked: one product per step)."""',
+        f"    P = {{name: params[prefix + name] for name in {params!r}}}",
+    ]
+    if step.x_blocks:
+        lines.append(f"    P['W_x'] = {_stack(step.x_blocks, xp)}")
+    if any(step.x_bias):
+        zeros = xp.zeros(str(step.hidden), "P['W_x']")
+        pieces = [f"P[{b!r}]" if b else zeros for b in step.x_bias]
+        lines.append(f"    P['b_x'] = {xp.cat}([{', '.join(pieces)}])  # biases, added once")
+    for state, blocks in step.r_blocks.items():
+        lines.append(f"    P['R_{state}'] = {_stack(blocks, xp)}")
+    lines.append("    return P")
+    return "\n".join(lines)
+
+
+def _step_params(step: CellStep, names: Namespace, block_ops: tuple[Op, ...]) -> list[str]:
+    """Lines binding to local names the vector parameters of a step and the matrices
+    whose blocks ``block_ops`` multiply in the step."""
+    used = sorted(
+        {op.attr for op in step.ops if op.kind == "param"}
+        | {op.attr.param for op in block_ops if op.kind in ("matmul", "matmul_t")}
+    )
+    lines = [f"    {names(p)} = P[{p!r}]" for p in used]
+    lines += [f"    R_{names(s)} = P['R_{s}']" for s in step.r_blocks]
+    return lines
+
+
+def _emit_step(
+    step: CellStep, fn: str, names: Namespace, named: set[str], saved: list[str], xp: Dialect
+) -> str:
+    H = step.hidden
+    prev = [names(f"{s}_prev") for s in step.cell.state]
+    lines = [
+        f"def {fn}_step(xp_t, x_t, mask_t, state, P):",
+        f'    """One step of {step.cell.name}: new states (unchanged where mask_t is 0), the\n'
+        '    output, and what the reverse needs."""',
+        *_step_params(step, names, step.ops),
+        f"    {unpack(prev)} = state",
+    ]
+    for state in step.r_blocks:
+        lines.append(f"    rp_{names(state)} = {names(state + '_prev')} @ R_{names(state)}.T")
+    if step.fused is not None:
+        state, n = step.fused
+        whole = n == len(step.x_blocks) == len(step.r_blocks[state])
+        cut = "" if whole else f"[:, :{n * H}]"
+        rp = f"rp_{names(state)}"
+        lines.append(f"    pre_{names(state)} = xp_t{cut} + {rp}{cut}  # {n} gates at once")
+    lines += _StepWriter(step, names, xp).lines(step.ops, named, "    ")
+    new = [
+        f"{xp.lib}.where(mask_t, {names(step.states[s])}, {p})"
+        for s, p in zip(step.cell.state, prev, strict=True)
+    ]
+    lines.append(f"    new_state = {pack(new)}")
+    kept = pack([names(v) for v in saved] + prev)
+    lines.append(f"    return new_state, {xp.lib}.where(mask_t, {names(step.output)}, 0.0), {kept}")
+    return "\n".join(lines)
+
+
+def _emit_step_backward(
+    step: CellStep, fn: str, names: Namespace, saved: list[str], states: list[str], xp: Dialect
+) -> str:
+    adjoint: Adjoint = reverse(step)
+    d = {s: names(f"d_{s}") for s in states}
+    prev = [names(f"{s}_prev") for s in states]
+    lines = [
+        f"def {fn}_step_backward(d_state, d_y, saved, x_t, mask_t, P, D):",
+        f'    """Reverse of {fn}_step: gradients of xp_t, x_t and the previous states.\n'
+        '    Parameter gradients are added to D."""',
+        *_step_params(step, names, adjoint.ops),
+        f"    {unpack([names(v) for v in saved] + prev)} = saved",
+        f"    {unpack(list(d.values()))} = d_state",
+        f"    {d[step.cell.output]} = {d[step.cell.output]} + {xp.lib}.where(mask_t, d_y, 0.0)",
+        "    # s = s_new where mask_t, else s_prev: each gets the gradient where it was chosen",
+    ]
+    for s in states:
+        lines.append(f"    carry_{names(s)} = {xp.lib}.where(mask_t, 0.0, {d[s]})")
+        lines.append(f"    {d[s]} = {xp.lib}.where(mask_t, {d[s]}, 0.0)")
+    writer = _StepWriter(step, names, xp)
+    kept = set(saved)
+    for op in step.ops:  # the reverse reads saved values and leaves by name
+        leaf = writer.leaf(op)
+        writer.exprs[op.out] = (names(op.out), 4) if op.out in kept or leaf is None else (leaf, 4)
+    for s in states:
+        writer.exprs[f"d_{s}"] = (d[s], 4)
+    uses = _uses(adjoint.ops)
+    results = set(adjoint.grads.values()) | {g for _, g, _ in adjoint.block_grads}
+    named = {v for v in ({v for v, n in uses.items() if n > 1} | results) if v.startswith("_d")}
+    lines += writer.lines(adjoint.ops, named, "    ")
+
+    def grad(key: str) -> str | None:
+        var = adjoint.grads.get(key)
+        return writer.exprs[var][0] if var is not None else None
+
+    for p in (p.name for p in step.cell.params if p.kind == "vector"):
+        if grad(f"param:{p}") is not None:
+            lines.append(f"    D[{p!r}] += {grad(f'param:{p}')}")
+    for block, g, operand in adjoint.block_grads:
+        grad_text, operand_text = writer.exprs[g][0], writer.exprs[operand][0]
+        product = (
+            f"{xp.lib}.outer({grad_text}, {operand_text})"  # a parameter vector as operand
+            if step.kinds[operand] == "vector"
+            else f"{grad_text}.T @ {operand_text}"
+        )
+        lines.append(f"    D[{block.param!r}][:, {block.start}:{block.stop}] += {product}")
+    zeros = f"{xp.lib}.zeros_like({d[states[0]]})"
+    new_d = []
+    for s in states:
+        terms = [f"carry_{names(s)}"]
+        if grad(f"prev:{s}") is not None:
+            terms.append(str(grad(f"prev:{s}")))
+        if s in step.r_blocks:
+            pieces = [grad(f"rproj:{s}:{i}") or zeros for i in range(len(step.r_blocks[s]))]
+            lines.append(f"    d_rp_{names(s)} = {xp.cat}([{', '.join(pieces)}], axis=-1)")
+            lines.append(f"    D['R_{s}'] += d_rp_{names(s)}.T @ {names(s + '_prev')}")
+            terms.append(f"d_rp_{names(s)} @ R_{names(s)}")
+        new_d.append(" + ".join(terms))
+    if step.x_blocks:
+        pieces = [grad(f"xproj:{k}") or zeros for k in range(len(step.x_blocks))]
+        lines.append(f"    d_xp_t = {xp.cat}([{', '.join(pieces)}], axis=-1)")
+    else:
+        lines.append("    d_xp_t = None")
+    lines.append(f"    d_x_t = {grad('x') if step.uses_x and grad('x') is not None else 'None'}")
+    lines.append(f"    return d_xp_t, d_x_t, {pack(new_d)}")
+    return "\n".join(lines)
+
+
+def _emit_scan(step: CellStep, fn: str, xp: Dialect) -> str:
+    H = step.hidden
+    hoisted = bool(step.x_blocks)
+    bias = " + P['b_x']" if any(step.x_bias) else ""
+    projected = (
+        f"(xs.reshape(T * B, -1) @ P['W_x'].T{bias}).reshape(T, B, -1)" if hoisted else "[None] * T"
+    )
+    forward = [
+        f"def {fn}(xs, mask, reverse, P, state):",
+        f'    """{step.cell.name} over time: xs (T, B, {step.input_size}) -> ys (T, B, {H}), final\n'
+        "    states and the tape. Steps past an example's length leave its states as they are."
+        '"""',
+        "    T, B = xs.shape[0], xs.shape[1]",
+        f"    xp = {projected}",
+        f"    ys = {xp.zeros(f'(T, B, {H})', 'xs')}",
+        "    tape = [None] * T",
+        "    for t in (range(T - 1, -1, -1) if reverse else range(T)):",
+        f"        state, ys[t], tape[t] = {fn}_step(xp[t], xs[t], mask[t], state, P)",
+        "    return ys, state, tape",
+    ]
+    backward = [
+        f"def {fn}_backward(d_ys, d_state, tape, xs, mask, reverse, P, D):",
+        f'    """Reverse of {fn}: gradients of xs and of the initial states; parameter\n'
+        '    gradients are added to D."""',
+        "    T, B = xs.shape[0], xs.shape[1]",
+        f"    d_xs = {xp.lib}.zeros_like(xs)",
+    ]
+    if hoisted:
+        backward.append(f"    d_xp = {xp.zeros(f'(T, B, {len(step.x_blocks) * H})', 'xs')}")
+    backward += [
+        "    for t in (range(T) if reverse else range(T - 1, -1, -1)):",
+        f"        d_xp_t, d_x_t, d_state = {fn}_step_backward(d_state, d_ys[t], tape[t], xs[t], mask[t], P, D)",
+    ]
+    if hoisted:
+        backward.append("        d_xp[t] = d_xp_t")
+    if step.uses_x:
+        backward.append("        d_xs[t] += d_x_t")
+    if hoisted:
+        backward += [
+            "    d_flat = d_xp.reshape(T * B, -1)",
+            "    d_xs += (d_flat @ P['W_x']).reshape(xs.shape)",
+            "    D['W_x'] += d_flat.T @ xs.reshape(T * B, -1)",
+        ]
+        if any(step.x_bias):
+            backward.append("    D['b_x'] += d_flat.sum(axis=0)")
+    backward.append("    return d_xs, d_state")
+    return "\n".join(forward) + "\n\n\n" + "\n".join(backward)
+
+
+def _emit_grads(step: CellStep, fn: str) -> str:
+    H = step.hidden
+    lines = [
+        f"def {fn}_grads(D, prefix, grads):",
+        '    """Add the gradients in D to grads, with W_x and R_s split back into their blocks."""',
+    ]
+    for k, b in enumerate(step.x_blocks):
+        lines.append(
+            f"    D[{b.param!r}][:, {b.start}:{b.stop}] += D['W_x'][{k * H}:{(k + 1) * H}]"
+        )
+    for k, bias in enumerate(step.x_bias):
+        if bias is not None:
+            lines.append(f"    D[{bias!r}] += D['b_x'][{k * H}:{(k + 1) * H}]")
+    for state, blocks in step.r_blocks.items():
+        for k, b in enumerate(blocks):
+            lines.append(
+                f"    D[{b.param!r}][:, {b.start}:{b.stop}] += D['R_{state}'][{k * H}:{(k + 1) * H}]"
+            )
+    params = tuple(p.name for p in step.cell.params)
+    lines.append(f"    for name in {params!r}:")
+    lines.append("        accumulate(grads, prefix + name, D[name])")
+    return "\n".join(lines)

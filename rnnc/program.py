@@ -1,0 +1,170 @@
+"""The program a backend emits: in what order a checked spec's parts run.
+
+Every backend walks the same :class:`Program`: inputs and layers in an order where
+each comes after what it reads at the same step; layers that must run step by step
+together (feedback, additive attention, a recurrent edge back from what a layer
+feeds) grouped into one *step loop*; for each layer with feedback, which input the
+prediction replaces. Cells come from :func:`rnnc.lower.lower_cell`. What a backend
+adds is only how to write each part in its own array library.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import networkx as nx
+
+from rnnc.checks import Analysis, fed_input
+from rnnc.errors import RnncError
+from rnnc.graph import input_edges
+from rnnc.spec import RecurrentLayer
+
+
+@dataclass(frozen=True)
+class Fed:
+    """A layer with feedback reads ``prediction`` at t-1 in place of ``source`` at t."""
+
+    source: str  # the input or embedding layer the prediction replaces
+    prediction: str  # the layer whose previous step is fed back
+    tokens: bool  # argmax of the prediction, through an embedding; else the vector itself
+    ids: str  # tokens: the token input whose ids are the ground truth
+    table: str  # tokens: the embedding parameter the ids go through
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One part of what a layer inside a step loop reads at step t, in feature order.
+
+    kind: ``fed`` (ground truth or own prediction), ``static`` (no time axis),
+    ``step`` (``source`` at t - ``delay``) or ``context`` (additive attention over
+    ``source``).
+    """
+
+    kind: str
+    source: str
+    width: int
+    delay: int = 0
+
+
+class Program:
+    """The backend-neutral schedule of a checked spec."""
+
+    def __init__(self, analysis: Analysis):
+        self.analysis = analysis
+        self.spec = analysis.spec
+        self.g = analysis.graph
+        self._loops: list[list[str]] | None = None
+
+    def order(self) -> list[str]:
+        """Inputs and layers so that each comes after everything it reads at step t."""
+        instant = nx.DiGraph()
+        instant.add_nodes_from(n for n, d in self.g.nodes(data=True) if d["kind"] != "output")
+        instant.add_edges_from(
+            (u, v)
+            for u, v, d in self.g.edges(data=True)
+            if d["delay"] == 0 and d["kind"] != "output"
+        )
+        return list(nx.lexicographical_topological_sort(instant, key=list(self.g.nodes).index))
+
+    def schedule(self) -> list[str | tuple[str, ...]]:
+        """The order to emit in, with each step loop as one tuple of its layers."""
+        loops = self.loops()
+        member = {n: i for i, group in enumerate(loops) for n in group}
+        condensed = nx.DiGraph()
+        unit = {n: (("loop", member[n]) if n in member else ("node", n)) for n in self.order()}
+        condensed.add_nodes_from(unit.values())
+        for u, v, d in self.g.edges(data=True):
+            # Every link between units orders them; cycles through delays are inside loops.
+            if u in unit and v in unit and unit[u] != unit[v] and d["kind"] != "output":
+                condensed.add_edge(unit[u], unit[v])
+        first = {n: i for i, n in enumerate(self.order())}
+        rank = {
+            u: min(first[n] for n in (loops[u[1]] if u[0] == "loop" else [u[1]]))
+            for u in condensed.nodes
+        }
+        ordered = nx.lexicographical_topological_sort(condensed, key=rank.__getitem__)
+        return [tuple(loops[u[1]]) if u[0] == "loop" else u[1] for u in ordered]
+
+    def check_supported(self, backend: str) -> None:
+        """Refuse what no backend compiles yet: a layer that runs backward in a step loop."""
+        problems = []
+        for group in self.loops():
+            for node in group:
+                layer = self.spec.layers.get(node)
+                if isinstance(layer, RecurrentLayer) and layer.direction != "forward":
+                    problems.append(
+                        f"layers.{node}.direction ({layer.direction} inside a step loop)"
+                    )
+        if problems:
+            raise RnncError(
+                f"the {backend} backend does not compile these yet: " + ", ".join(problems)
+            )
+
+    def loops(self) -> list[list[str]]:
+        """Groups of layers that must run step by step together.
+
+        Layers whose step t reads each other's earlier steps (feedback, a recurrent edge
+        from what a layer feeds: a cycle through time) form one group; a layer with
+        additive attention (its query is its own previous state) is a group at least.
+        Separate groups run one after the other, so one can start from another's
+        final state.
+        """
+        if self._loops is not None:
+            return self._loops
+        timed = nx.DiGraph()
+        timed.add_nodes_from(self.spec.layers)
+        for u, v, d in self.g.edges(data=True):
+            if d["kind"] in ("input", "recurrent", "feedback") and u in self.spec.layers:
+                timed.add_edge(u, v)
+        groups: list[set[str]] = []
+        for component in nx.strongly_connected_components(timed):
+            if len(component) > 1 or any(timed.has_edge(n, n) for n in component):
+                groups.append(set(component))
+        for name, layer in self.spec.recurrent_layers().items():
+            additive = layer.attention is not None and layer.attention.score == "additive"
+            if additive and not any(name in group for group in groups):
+                groups.append({name})
+        order = self.order()
+        self._loops = sorted(
+            ([n for n in order if n in group] for group in groups), key=lambda g: order.index(g[0])
+        )
+        return self._loops
+
+    def fed(self, name: str) -> Fed | None:
+        """What a layer with feedback reads in place of its ground truth."""
+        layer = self.spec.layers[name]
+        if not isinstance(layer, RecurrentLayer) or layer.feedback is None:
+            return None
+        source, _ = fed_input(self.g, name, self.g.nodes[layer.feedback]["width"])
+        assert source is not None
+        data = self.g.nodes[source]
+        tokens = data["kind"] == "embedding" or data.get("vocab") is not None
+        ids = self.spec.layers[source].inputs[0] if data["kind"] == "embedding" else source
+        return Fed(source, layer.feedback, tokens, ids, f"{source}.embedding")
+
+    def loop_pieces(self, name: str) -> list[Piece]:
+        """What a member of a step loop reads at step t, in the order it is joined."""
+        layer = self.spec.layers[name]
+        fed = self.fed(name)
+        pieces = []
+        for source, _ in input_edges(self.g, name):
+            data = self.g.nodes[source]
+            if fed is not None and source == fed.source:
+                pieces.append(Piece("fed", source, data["width"]))
+            elif data.get("axis") is None:
+                pieces.append(Piece("static", source, data["width"]))
+            else:
+                pieces.append(Piece("step", source, data["width"]))
+        if isinstance(layer, RecurrentLayer):
+            for edge in layer.recurrent:
+                width = self.g.nodes[edge.from_]["width"]
+                pieces.append(Piece("step", edge.from_, width, edge.delay))
+            if layer.attention is not None and layer.attention.score == "additive":
+                memory = layer.attention.memory
+                pieces.append(Piece("context", memory, self.g.nodes[memory]["width"]))
+        return pieces
+
+    def output_state(self, name: str) -> int:
+        """Index of the output state (h) among a recurrent layer's states."""
+        cell = self.analysis.cells[self.spec.layers[name].cell]  # type: ignore[union-attr]
+        return cell.state.index(cell.output)
