@@ -14,7 +14,10 @@ import keyword
 from dataclasses import dataclass
 from typing import Any
 
+from rnnc.graph import input_edges
 from rnnc.lower import Adjoint, CellStep, Op, reverse
+from rnnc.program import Program
+from rnnc.spec import RecurrentLayer
 
 
 @dataclass(frozen=True)
@@ -23,6 +26,12 @@ class Dialect:
 
     lib: str  # the module: np.where, torch.where, ...
     cat: str  # concatenation along an axis
+
+    def broadcast(self, ref: str, steps: str) -> str:
+        """``ref`` (B, width) repeated for every one of ``steps`` time steps."""
+        if self.lib == "np":
+            return f"np.broadcast_to({ref}, ({steps},) + {ref}.shape)"
+        return f"{ref}.expand(({steps},) + tuple({ref}.shape))"
 
     def zeros(self, shape: str, like: str) -> str:
         """Zeros of ``shape`` with the dtype (and device) of the array ``like``."""
@@ -194,7 +203,7 @@ def _forward_named(step: CellStep) -> set[str]:
     return named - leaves
 
 
-def emit_cell(step: CellStep, fn: str, xp: Dialect = NUMPY) -> str:
+def emit_cell(step: CellStep, fn: str, xp: Dialect = NUMPY, grads: bool = True) -> str:
     """Generated functions for one lowered cell: its parameters, one step and its reverse,
     and the scan over time and its reverse (see the module docstring)."""
     names = Namespace(RESERVED)
@@ -207,8 +216,9 @@ def emit_cell(step: CellStep, fn: str, xp: Dialect = NUMPY) -> str:
         _emit_step(step, fn, names, named, saved, xp),
         _emit_step_backward(step, fn, names, saved, states, xp),
         _emit_scan(step, fn, xp),
-        _emit_grads(step, fn),
     ]
+    if grads:  # the NumPy backend's split of stacked gradients back into parameters
+        parts.append(_emit_grads(step, fn))
     return "\n\n\n".join(parts)
 
 
@@ -420,3 +430,32 @@ def _emit_grads(step: CellStep, fn: str) -> str:
     lines.append(f"    for name in {params!r}:")
     lines.append("        accumulate(grads, prefix + name, D[name])")
     return "\n".join(lines)
+
+
+# --- the inputs of a layer -------------------------------------------------------------
+
+Joined = list[tuple[str, int, bool, int]]  # (source, width, per_step, delay) of each part
+
+
+def joined_inputs(program: Program, name: str, axis: str | None, xp: Dialect) -> tuple[str, Joined]:
+    """An expression joining a node's inputs feature-wise (then its recurrent edges,
+    shifted in time) from the values ``v[source]``, and what each part is."""
+    parts = []
+    pieces = []
+    edges = [(s, 0) for s, _ in input_edges(program.g, name)]
+    spec = program.g.nodes[name]["spec"]
+    if isinstance(spec, RecurrentLayer):
+        edges += [(e.from_, e.delay) for e in spec.recurrent]
+    for source, delay in edges:
+        data = program.g.nodes[source]
+        per_step = data.get("axis") is not None
+        ref = f"v[{source!r}]"
+        if axis is not None and not per_step:
+            ref = xp.broadcast(ref, f"T_{axis}")
+        if delay:
+            ref = f"shift({ref}, {delay})"
+        parts.append(ref)
+        pieces.append((source, data["width"], per_step or axis is None, delay))
+    if len(parts) == 1:
+        return parts[0], pieces
+    return f"{xp.cat}([{', '.join(parts)}], axis=-1)", pieces

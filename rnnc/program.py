@@ -10,14 +10,17 @@ adds is only how to write each part in its own array library.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import networkx as nx
+import numpy as np
 
 from rnnc.checks import Analysis, fed_input
 from rnnc.errors import RnncError
 from rnnc.graph import input_edges
-from rnnc.spec import RecurrentLayer
+from rnnc.spec import EmbeddingLayer, RecurrentLayer, TokenInput
 
 
 @dataclass(frozen=True)
@@ -168,3 +171,131 @@ class Program:
         """Index of the output state (h) among a recurrent layer's states."""
         cell = self.analysis.cells[self.spec.layers[name].cell]  # type: ignore[union-attr]
         return cell.state.index(cell.output)
+
+
+# --- the CompiledModel conventions, shared by every backend -------------------------
+
+
+def time_axes(analysis: Analysis) -> tuple[list[str], dict[str, float], list[str]]:
+    """The sequence inputs that start a time axis; the axes a layer with feedback runs
+    on, with its teacher-forcing probability; the inputs whose steps after the first
+    that feedback replaces (in generate mode only their first step is read)."""
+    g = analysis.graph
+    axes = [n for n, d in g.nodes(data=True) if d["kind"] == "input" and d.get("axis") == n]
+    fed_axes: dict[str, float] = {}
+    truths: list[str] = []
+    for name, layer in analysis.spec.recurrent_layers().items():
+        if layer.feedback is not None:
+            p = 1.0 if layer.teacher_forcing is None else layer.teacher_forcing
+            fed_axes[g.nodes[name]["axis"]] = p
+            source, _ = fed_input(g, name, g.nodes[layer.feedback]["width"])
+            if source is not None:
+                spec = analysis.spec.layers.get(source)
+                truth = spec.inputs[0] if isinstance(spec, EmbeddingLayer) else source
+                if truth not in truths:
+                    truths.append(truth)
+    return axes, fed_axes, truths
+
+
+def _check_inputs(analysis: Analysis, inputs: Mapping[str, np.ndarray]) -> None:
+    """Every input present, with the rank, width, dtype and token range the spec says."""
+    problems = []
+    for name, inp in analysis.spec.inputs.items():
+        if name not in inputs:
+            problems.append(f"{name}: missing")
+            continue
+        value = inputs[name]
+        steps = "(B, T" if inp.sequence else "(B"
+        if isinstance(inp, TokenInput):
+            if value.ndim != (2 if inp.sequence else 1):
+                problems.append(f"{name}: expected shape {steps}), found {value.shape}")
+            elif value.dtype.kind not in "iu":
+                problems.append(f"{name}: expected integer token ids, found dtype {value.dtype}")
+            elif value.size and (value.min() < 0 or value.max() >= inp.vocab):
+                problems.append(f"{name}: token ids must be in 0..{inp.vocab - 1}")
+        elif value.ndim != (3 if inp.sequence else 2) or value.shape[-1] != inp.size:
+            problems.append(f"{name}: expected shape {steps}, {inp.size}), found {value.shape}")
+        elif value.dtype.kind not in "fiu":
+            problems.append(f"{name}: expected real numbers, found dtype {value.dtype}")
+    unknown = [n for n in inputs if n not in analysis.spec.inputs]
+    problems += [f"{n}: not an input of the spec" for n in unknown]
+    if problems:
+        raise RnncError("inputs do not fit the spec: " + "; ".join(problems))
+
+
+def dropout_generator(mode: str, seed: int | None) -> np.random.Generator | None:
+    """Dropout happens in train mode when a seed is given (off by default and in verify)."""
+    return np.random.default_rng(seed) if mode == "train" and seed is not None else None
+
+
+def prepare_inputs(
+    analysis: Analysis,
+    inputs: Mapping[str, Any],
+    lengths: Any,
+    mode: str,
+    steps: int | None,
+    tf_mask: Any,
+    seed: int,
+) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The CompiledModel conventions, turned into what a generated forward takes.
+
+    ``lengths``: (B,) for a spec with one time axis, else a dict by sequence input
+    (default: full length). ``mode="train"``: layers with feedback read the ground truth
+    where ``tf_mask`` (B, T) is true; without a mask one is drawn with each layer's
+    teacher_forcing probability from ``numpy.random.default_rng(seed)``.
+    ``mode="generate"``: a layer with feedback reads the first ground-truth step, then
+    its own predictions, for ``steps`` steps.
+    """
+    if mode not in ("train", "generate"):
+        raise RnncError(f"mode must be 'train' or 'generate', found {mode!r}")
+    g = analysis.graph
+    axes, fed_axes, truths = time_axes(analysis)
+    inputs = {name: np.asarray(value) for name, value in inputs.items()}
+    _check_inputs(analysis, inputs)
+    if mode == "generate":
+        if not fed_axes:
+            raise RnncError("mode='generate' needs a layer with feedback")
+        if steps is None or steps < 1:
+            raise RnncError("mode='generate' needs steps >= 1")
+        for name in analysis.spec.inputs:
+            if g.nodes[name].get("axis") not in fed_axes:
+                continue
+            value = np.asarray(inputs[name])
+            if name in truths:  # only the first step is read; the rest are predictions
+                pad = np.zeros((value.shape[0], steps - 1, *value.shape[2:]), dtype=value.dtype)
+                inputs[name] = np.concatenate([value[:, :1], pad], axis=1)
+            elif value.shape[1] != steps:
+                raise RnncError(
+                    f"mode='generate' with steps={steps} needs input {name!r} with {steps} steps, "
+                    f"found {value.shape[1]}"
+                )
+    out: dict[str, np.ndarray] = {}
+    for axis in axes:
+        value = np.asarray(inputs[axis])
+        batch, total = value.shape[0], value.shape[1]
+        if lengths is None or (mode == "generate" and axis in fed_axes):
+            length = np.full(batch, total)
+        elif isinstance(lengths, Mapping):
+            length = np.asarray(lengths.get(axis, np.full(batch, total)))
+        else:
+            length = np.asarray(lengths)
+        length = length.astype(np.int64)
+        if length.shape != (batch,) or length.min(initial=1) < 1 or length.max(initial=1) > total:
+            raise RnncError(f"lengths[{axis!r}] must be (B,) = ({batch},) integers in 1..{total}")
+        out[axis] = length
+    masks: dict[str, np.ndarray] = {}
+    rng = np.random.default_rng(seed)
+    for axis, p in fed_axes.items():
+        batch, total = np.asarray(inputs[axis]).shape[:2]
+        if mode == "generate":
+            mask = np.zeros((batch, total), dtype=bool)
+            mask[:, 0] = True
+        elif tf_mask is not None:
+            given = tf_mask.get(axis) if isinstance(tf_mask, Mapping) else tf_mask
+            mask = np.asarray(given, dtype=bool)
+            if mask.shape != (batch, total):
+                raise RnncError(f"tf_mask for {axis!r} must be (B, T) = ({batch}, {total})")
+        else:
+            mask = rng.random((batch, total)) < p
+        masks[axis] = mask
+    return inputs, out, masks

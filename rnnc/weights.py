@@ -54,6 +54,30 @@ def _analysis(spec: Spec | Analysis) -> Analysis:
     return analysis
 
 
+def init_rules(spec: Spec | Analysis) -> dict[str, tuple[tuple[int, ...], tuple[str, float]]]:
+    """How :func:`init_params` draws each parameter: (shape, (kind, value)) with kind
+    ``normal`` (N(0, 1)), ``uniform`` (U(-value, value)) or ``constant``."""
+    analysis = _analysis(spec)
+    layers = analysis.spec.layers
+    shapes = param_shapes(analysis)
+    rules: dict[str, tuple[tuple[int, ...], tuple[str, float]]] = {}
+    for name, shape in shapes.items():
+        owner, _, rest = name.partition(".")
+        last = name.rsplit(".", 1)[-1]
+        layer = layers.get(owner)
+        if last == "embedding":
+            rule = ("normal", 1.0)
+        elif isinstance(layer, RecurrentLayer) and rest.split(".")[0] in ("fwd", "bwd"):
+            rule = ("uniform", 1.0 / math.sqrt(layer.hidden))
+            if last in layer.param_init:
+                rule = ("constant", float(layer.param_init[last]))
+        else:  # dense layers, bridges, attention: bounded by the fan-in of their matrix
+            matrix = shapes[name] if len(shape) == 2 else shapes[_matrix_of(name)]
+            rule = ("uniform", 1.0 / math.sqrt(matrix[1]))
+        rules[name] = (shape, rule)
+    return rules
+
+
 def init_params(spec: Spec | Analysis, seed: int = 0) -> Params:
     """Initial float64 parameters, the same on every backend for the same seed.
 
@@ -64,26 +88,16 @@ def init_params(spec: Spec | Analysis, seed: int = 0) -> Params:
     depth and direction (``{b_f: 1.0}``: the forget-gate bias of Jozefowicz et al.).
     Draws happen in canonical order from ``numpy.random.default_rng(seed)``.
     """
-    analysis = _analysis(spec)
-    layers = analysis.spec.layers
-    shapes = param_shapes(analysis)
     rng = np.random.default_rng(seed)
     params: Params = {}
-    for name, shape in shapes.items():
-        owner, _, rest = name.partition(".")
-        last = name.rsplit(".", 1)[-1]
-        layer = layers.get(owner)
-        if last == "embedding":
+    for name, (shape, (kind, value)) in init_rules(spec).items():
+        if kind == "normal":
             params[name] = rng.standard_normal(shape)
-        elif isinstance(layer, RecurrentLayer) and rest.split(".")[0] in ("fwd", "bwd"):
-            bound = 1.0 / math.sqrt(layer.hidden)
-            params[name] = rng.uniform(-bound, bound, shape)
-            if last in layer.param_init:
-                params[name] = np.full(shape, layer.param_init[last])
-        else:  # dense layers, bridges, attention: bounded by the fan-in of their matrix
-            matrix = shapes[name] if len(shape) == 2 else shapes[_matrix_of(name)]
-            bound = 1.0 / math.sqrt(matrix[1])
-            params[name] = rng.uniform(-bound, bound, shape)
+        elif kind == "uniform":
+            params[name] = rng.uniform(-value, value, shape)
+        else:  # drawn anyway (and dropped), so the draws after it do not move
+            rng.uniform(-1.0, 1.0, shape)
+            params[name] = np.full(shape, value)
     return params
 
 
