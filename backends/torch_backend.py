@@ -36,8 +36,6 @@ from rnnc.spec import DenseLayer, EmbeddingLayer, RecurrentLayer, TokenInput
 from rnnc.weights import init_rules
 
 PRELUDE = '''\
-import math
-
 import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 

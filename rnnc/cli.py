@@ -108,6 +108,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.set_defaults(run=run_bench_command)
 
+    verify = sub.add_parser("verify", help="run every backend on the same inputs and compare")
+    verify.add_argument("specs", nargs="+", metavar="SPEC", help="spec files (YAML)")
+    verify.add_argument(
+        "--backends",
+        default=None,
+        help="comma-separated, the first is the reference (default: every installed one)",
+    )
+    verify.add_argument(
+        "--dtype", choices=DTYPES, default="float64", help="float64 (default) or float32"
+    )
+    verify.add_argument(
+        "--lengths", choices=("ragged", "full"), default="ragged", help="ragged (default) or full"
+    )
+    verify.add_argument(
+        "--mode", choices=("train", "generate", "both"), default="both", help="both (default)"
+    )
+    verify.add_argument("--seed", type=int, default=0, help="parameters and inputs (0)")
+    verify.add_argument("--batch", type=_positive, default=3, help="batch size (3)")
+    verify.add_argument("--steps", type=_positive, default=5, help="steps per sequence (5)")
+    verify.add_argument("--quiet", action="store_true", help="one line per spec, no table")
+    verify.set_defaults(run=run_verify)
+
     schema = sub.add_parser("schema", help="print the JSON Schema of the spec language")
     schema.add_argument("-o", "--output", help="write it to this file")
     schema.set_defaults(run=run_schema)
@@ -194,6 +216,56 @@ def run_compile(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(model.source)
     return EXIT_OK
+
+
+def _backend_names(text: str | None) -> list[str]:
+    installed = available_backends()
+    names = [n.strip() for n in text.split(",") if n.strip()] if text else installed
+    for name in names:
+        if name not in installed:
+            raise UsageError(
+                f"unknown backend {name!r}{did_you_mean(name, installed)}; "
+                f"installed: {', '.join(installed) or 'none'}"
+            )
+    if len(names) < 2:
+        raise UsageError(f"verify compares two backends or more; got {', '.join(names) or 'none'}")
+    return names
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    from rnnc.verify import TOLERANCE, format_rows, verify
+
+    backends = _backend_names(args.backends)
+    modes = ("train", "generate") if args.mode == "both" else (args.mode,)
+    failed = []
+    for path in args.specs:
+        analysis = analyze(load_spec(path))
+        if not analysis.ok:
+            raise SpecError(analysis.errors)
+        rows = verify(
+            analysis,
+            backends,
+            dtype=args.dtype,
+            ragged=args.lengths == "ragged",
+            modes=modes,
+            seed=args.seed,
+            batch=args.batch,
+            steps=args.steps,
+        )
+        differ = [r for r in rows if not r.ok]
+        worst = max((r.rel_diff for r in rows), default=0.0)
+        verdict = "agree" if not differ else f"{len(differ)} of {len(rows)} DIFFER"
+        print(
+            f"{path}: {', '.join(backends)} {verdict} ({len(rows)} arrays, {args.dtype}, "
+            f"worst relative difference {worst:.1e}, tolerance {TOLERANCE[args.dtype]:.0e})"
+        )
+        if not args.quiet:
+            print(format_rows(rows, backends[0]))
+        if differ:
+            failed.append(path)
+            names = ", ".join(sorted({f"{r.mode} {r.what} {r.name}" for r in differ})[:10])
+            print(f"rnnc: {path}: backends differ in: {names}", file=sys.stderr)
+    return EXIT_INVALID if failed else EXIT_OK
 
 
 def run_bench_command(args: argparse.Namespace) -> int:

@@ -1,8 +1,10 @@
 """``python -m rnnc.demo``: what ``make demo`` runs over the gallery.
 
-For every spec: check it, compile it to NumPy (the module goes to ``out/``), run it on
-random inputs (train mode, and generate mode where a layer has feedback), and print
-the output shapes; then a table with one row per spec.
+For every spec: check it, compile it to NumPy and PyTorch (the modules go to
+``out/``), run it on random inputs (train mode, and generate mode where a layer has
+feedback), and print the output shapes; then a table with one row per spec, and the
+verification table: both backends on the same parameters and inputs (float64, ragged
+lengths, a random teacher-forcing mask), every output and gradient compared.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from rnnc.checks import analyze
 from rnnc.compiler import compile as compile_spec
 from rnnc.files import write_atomic
 from rnnc.parse import load_spec
+from rnnc.registry import available_backends
 from rnnc.spec import VectorInput
 from rnnc.summary import summarize
+from rnnc.verify import verify
 
 
 def random_inputs(spec, rng, batch: int = 4, steps: int = 7):  # type: ignore[no-untyped-def]
@@ -51,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         model = compile_spec(analysis, backend="numpy", dtype="float64")
         write_atomic(out / f"{path.stem}_numpy.py", model.source)
+        if "torch" in available_backends():
+            torch_source = compile_spec(analysis, backend="torch", dtype="float64").source
+            write_atomic(out / f"{path.stem}_torch.py", torch_source)
         rng = np.random.default_rng(0)
         inputs, lengths = random_inputs(analysis.spec, rng)
         outputs = model.run(inputs, lengths=lengths)
@@ -68,7 +75,29 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'spec':24} {'numpy lines':>11} {'compile+run s':>13}  finite")
     for name, lines, seconds, finite in rows:
         print(f"{name:24} {lines:>11} {seconds:>13.2f}  {'yes' if finite else 'NO'}")
-    return 0 if all(r[3] for r in rows) else 1
+    agree = verify_gallery(specs)
+    return 0 if all(r[3] for r in rows) and agree else 1
+
+
+def verify_gallery(specs: list[Path]) -> bool:
+    """The cross-backend table: one row per spec and mode (``rnnc verify`` in short)."""
+    backends = available_backends()
+    if len(backends) < 2:
+        print(f"\nverification skipped: one backend installed ({', '.join(backends)})")
+        return True
+    print(f"\nverification: {' vs '.join(backends)}, float64, ragged lengths, seed 0")
+    print(f"{'spec':24} {'mode':9} {'arrays':>6} {'worst rel':>9}  verdict")
+    ok = True
+    for path in specs:
+        rows = verify(analyze(load_spec(path)), backends)
+        for mode in dict.fromkeys(r.mode for r in rows):
+            mine = [r for r in rows if r.mode == mode]
+            worst = max(r.rel_diff for r in mine)
+            agree = all(r.ok for r in mine)
+            ok = ok and agree
+            verdict = "agree" if agree else "DIFFER"
+            print(f"{path.stem:24} {mode:9} {len(mine):>6} {worst:>9.1e}  {verdict}")
+    return ok
 
 
 if __name__ == "__main__":
