@@ -121,15 +121,22 @@ def fused_scan(kind, xs, lengths, hx, weights, bidirectional):
 
 
 def register(root, name, parameter):
-    """Put a parameter at a dotted canonical name, so state_dict() keys are the names
-    (containers are plain Modules; any layer name works, even one like 'training')."""
-    *path, leaf = name.split(".")
+    """Put a parameter at a dotted canonical name, so state_dict() keys are the names,
+    and return the key. Containers are plain Modules; a part that nn.Module keeps as
+    an attribute of its own ('training', '_modules', ...) gets a trailing '_'."""
+    taken = vars(torch.nn.Module())
+    path = []
     module = root
-    for part in path:
-        if part not in module._modules:
-            module._modules[part] = torch.nn.Module()
-        module = module._modules[part]
-    module._parameters[leaf] = parameter
+    for part in name.split("."):
+        while part in taken:
+            part += "_"
+        path.append(part)
+        if len(path) < name.count(".") + 1:
+            if part not in module._modules:
+                module._modules[part] = torch.nn.Module()
+            module = module._modules[part]
+    module._parameters[path[-1]] = parameter
+    return ".".join(path)
 '''
 
 FUNCTION = '''
@@ -545,16 +552,17 @@ class Model(torch.nn.Module):
 
     def __init__(self, dtype=torch.float32, device=None):
         super().__init__()
+        self.canonical = {{}}  # state_dict key -> rnnc's name (the same but for clashes)
         for name, shape in PARAM_SHAPES.items():
             empty = torch.empty(shape, dtype=dtype, device=device)
-            register(self, name, torch.nn.Parameter(empty))
+            self.canonical[register(self, name, torch.nn.Parameter(empty))] = name
         self.reset_parameters()
 
     def reset_parameters(self):
         """rnnc's initialisation (rnnc.init_params), drawn from torch's generator."""
         with torch.no_grad():
-            for name, p in self.named_parameters():
-                kind, value = INIT[name]
+            for key, p in self.named_parameters():
+                kind, value = INIT[self.canonical[key]]
                 if kind == "normal":
                     p.normal_()
                 elif kind == "uniform":
@@ -574,7 +582,7 @@ class Model(torch.nn.Module):
         step. uniform: shape -> uniform [0, 1) tensor for dropout masks (default
         torch.rand while training).
         """
-        params = dict(self.named_parameters())
+        params = {{self.canonical[key]: p for key, p in self.named_parameters()}}
         any_param = next(iter(params.values()))
         device = any_param.device
         inputs = dict(inputs)
@@ -665,11 +673,15 @@ class TorchModel:
         checked = rnnc.check_params(params, self._shapes)
         torch = self.torch
         with torch.no_grad():
-            for name, p in self.module.named_parameters():
-                p.copy_(torch.as_tensor(np.asarray(checked[name], dtype=self.dtype)))
+            for key, p in self.module.named_parameters():
+                value = np.asarray(checked[self.module.canonical[key]], dtype=self.dtype)
+                p.copy_(torch.as_tensor(value))
 
     def params(self) -> dict[str, np.ndarray]:
-        return {name: p.detach().cpu().numpy().copy() for name, p in self.module.named_parameters()}
+        return {
+            self.module.canonical[key]: p.detach().cpu().numpy().copy()
+            for key, p in self.module.named_parameters()
+        }
 
     def run(
         self,
@@ -711,7 +723,7 @@ class TorchModel:
             ).sum()
             for k, c in cotangents.items()
         )
-        named = dict(self.module.named_parameters())
+        named = {self.module.canonical[k]: p for k, p in self.module.named_parameters()}
         wrt = {**named, **{k: t for k, t in tensors.items() if t.requires_grad}}
         grads = (
             torch.autograd.grad(total, list(wrt.values()), allow_unused=True)

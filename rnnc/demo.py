@@ -20,22 +20,8 @@ from rnnc.compiler import compile as compile_spec
 from rnnc.files import write_atomic
 from rnnc.parse import load_spec
 from rnnc.registry import available_backends
-from rnnc.spec import VectorInput
 from rnnc.summary import summarize
-from rnnc.verify import verify
-
-
-def random_inputs(spec, rng, batch: int = 4, steps: int = 7):  # type: ignore[no-untyped-def]
-    inputs, lengths = {}, {}
-    for name, inp in spec.inputs.items():
-        shape = (batch, steps) if inp.sequence else (batch,)
-        if isinstance(inp, VectorInput):
-            inputs[name] = rng.standard_normal((*shape, inp.size))
-        else:
-            inputs[name] = rng.integers(0, inp.vocab, shape)
-        if inp.sequence:
-            lengths[name] = np.maximum(1, steps - np.arange(batch) % steps)
-    return inputs, lengths
+from rnnc.verify import random_inputs, verify
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
             torch_source = compile_spec(analysis, backend="torch", dtype="float64").source
             write_atomic(out / f"{path.stem}_torch.py", torch_source)
         rng = np.random.default_rng(0)
-        inputs, lengths = random_inputs(analysis.spec, rng)
+        inputs, lengths = random_inputs(analysis, rng, batch=4, steps=7)
         outputs = model.run(inputs, lengths=lengths)
         shapes = ", ".join(f"{k} {v.shape}" for k, v in outputs.items())
         print(f"  numpy, train mode: {shapes}")

@@ -20,7 +20,7 @@ from rnnc.checks import Analysis
 from rnnc.compiler import compile
 from rnnc.errors import RnncError
 from rnnc.program import time_axes
-from rnnc.spec import TokenInput
+from rnnc.spec import Spec, TokenInput
 from rnnc.weights import init_params
 
 TOLERANCE = {"float64": 1e-9, "float32": 1e-4}
@@ -40,7 +40,7 @@ class Row:
 
 
 def random_inputs(
-    analysis: Analysis,
+    spec: Spec | Analysis,
     rng: np.random.Generator,
     batch: int = 3,
     steps: int = 5,
@@ -50,7 +50,8 @@ def random_inputs(
     the first example is always full length, the others random when ``ragged``."""
     inputs: dict[str, np.ndarray] = {}
     lengths: dict[str, np.ndarray] = {}
-    for name, inp in analysis.spec.inputs.items():
+    spec = spec.spec if isinstance(spec, Analysis) else spec
+    for name, inp in spec.inputs.items():
         shape: tuple[int, ...] = (batch, steps) if inp.sequence else (batch,)
         if isinstance(inp, TokenInput):
             inputs[name] = rng.integers(0, inp.vocab, shape)

@@ -4,29 +4,14 @@ from __future__ import annotations
 
 import textwrap
 
+from rnnc.verify import random_inputs
+
+__all__ = ["directional_errors", "random_inputs", "spec_text"]
+
 
 def spec_text(text: str) -> str:
     """Dedent a spec written inline in a test."""
     return textwrap.dedent(text).lstrip("\n")
-
-
-def random_inputs(spec, rng, batch: int = 3, steps: int = 5, ragged: bool = True):
-    """Random inputs and lengths for every input of a spec (longest example first)."""
-    import numpy as np
-
-    inputs, lengths = {}, {}
-    for name, inp in spec.inputs.items():
-        tokens = hasattr(inp, "vocab")
-        shape: tuple[int, ...] = (batch, steps) if inp.sequence else (batch,)
-        if tokens:
-            inputs[name] = rng.integers(0, inp.vocab, shape)
-        else:
-            inputs[name] = rng.standard_normal((*shape, inp.size))
-        if inp.sequence:
-            length = rng.integers(1, steps + 1, batch) if ragged else np.full(batch, steps)
-            length[0] = steps
-            lengths[name] = length
-    return inputs, lengths
 
 
 def directional_errors(
