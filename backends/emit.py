@@ -33,6 +33,14 @@ class Dialect:
             return f"np.broadcast_to({ref}, ({steps},) + {ref}.shape)"
         return f"{ref}.expand(({steps},) + tuple({ref}.shape))"
 
+    def matmul(self, a: str, b: str) -> str:
+        """``a @ b``; the torch backend calls its prelude's ``mm`` (see there)."""
+        return f"{a} @ {b}" if self.lib == "np" else f"mm({a}, {b})"
+
+    @property
+    def matmul_precedence(self) -> int:
+        return 2 if self.lib == "np" else 4
+
     def zeros(self, shape: str, like: str) -> str:
         """Zeros of ``shape`` with the dtype (and device) of the array ``like``."""
         if self.lib == "np":
@@ -141,10 +149,16 @@ class _StepWriter:
             return f"{self.xp.cat}([" + ", ".join(self.ref(x, 0) for x in a) + "], axis=-1)", 4
         if op.kind == "matmul":
             b = op.attr
-            return f"{self.ref(a[0], 3)} @ {self.var(b.param)}[:, {b.start}:{b.stop}].T", 2
+            product = self.xp.matmul(
+                self.ref(a[0], 3), f"{self.var(b.param)}[:, {b.start}:{b.stop}].T"
+            )
+            return product, self.xp.matmul_precedence
         if op.kind == "matmul_t":
             b = op.attr
-            return f"{self.ref(a[0], 3)} @ {self.var(b.param)}[:, {b.start}:{b.stop}]", 2
+            product = self.xp.matmul(
+                self.ref(a[0], 3), f"{self.var(b.param)}[:, {b.start}:{b.stop}]"
+            )
+            return product, self.xp.matmul_precedence
         if op.kind == "dcall":
             y = self.ref(a[0], 3)
             return {
@@ -215,7 +229,8 @@ def emit_cell(step: CellStep, fn: str, xp: Dialect = NUMPY, grads: bool = True) 
         _emit_params(step, fn, names, xp),
         _emit_step(step, fn, names, named, saved, xp),
         _emit_step_backward(step, fn, names, saved, states, xp),
-        _emit_scan(step, fn, xp),
+        _emit_scan(step, fn, saved, xp),
+        _emit_recurrent_grads(step, fn, saved, xp),
     ]
     if grads:  # the NumPy backend's split of stacked gradients back into parameters
         parts.append(_emit_grads(step, fn))
@@ -273,7 +288,8 @@ def _emit_step(
         f"    {unpack(prev)} = state",
     ]
     for state in step.r_blocks:
-        lines.append(f"    rp_{names(state)} = {names(state + '_prev')} @ R_{names(state)}.T")
+        product = xp.matmul(names(state + "_prev"), f"R_{names(state)}.T")
+        lines.append(f"    rp_{names(state)} = {product}")
     if step.fused is not None:
         state, n = step.fused
         whole = n == len(step.x_blocks) == len(step.r_blocks[state])
@@ -334,37 +350,65 @@ def _emit_step_backward(
         product = (
             f"{xp.lib}.outer({grad_text}, {operand_text})"  # a parameter vector as operand
             if step.kinds[operand] == "vector"
-            else f"{grad_text}.T @ {operand_text}"
+            else xp.matmul(f"{grad_text}.T", operand_text)
         )
         lines.append(f"    D[{block.param!r}][:, {block.start}:{block.stop}] += {product}")
     zeros = f"{xp.lib}.zeros_like({d[states[0]]})"
     new_d = []
+    joined: dict[str, str] = {}  # concatenation -> the name it already has
     for s in states:
         terms = [f"carry_{names(s)}"]
         if grad(f"prev:{s}") is not None:
             terms.append(str(grad(f"prev:{s}")))
         if s in step.r_blocks:
             pieces = [grad(f"rproj:{s}:{i}") or zeros for i in range(len(step.r_blocks[s]))]
-            lines.append(f"    d_rp_{names(s)} = {xp.cat}([{', '.join(pieces)}], axis=-1)")
-            lines.append(f"    D['R_{s}'] += d_rp_{names(s)}.T @ {names(s + '_prev')}")
-            terms.append(f"d_rp_{names(s)} @ R_{names(s)}")
+            text = f"{xp.cat}([{', '.join(pieces)}], axis=-1)"
+            lines.append(f"    d_rp_{names(s)} = {text}")
+            joined.setdefault(text, f"d_rp_{names(s)}")
+            terms.append(xp.matmul(f"d_rp_{names(s)}", f"R_{names(s)}"))
         new_d.append(" + ".join(terms))
     if step.x_blocks:
         pieces = [grad(f"xproj:{k}") or zeros for k in range(len(step.x_blocks))]
-        lines.append(f"    d_xp_t = {xp.cat}([{', '.join(pieces)}], axis=-1)")
+        text = f"{xp.cat}([{', '.join(pieces)}], axis=-1)"
+        lines.append(f"    d_xp_t = {joined.get(text, text)}")
     else:
         lines.append("    d_xp_t = None")
     lines.append(f"    d_x_t = {grad('x') if step.uses_x and grad('x') is not None else 'None'}")
-    lines.append(f"    return d_xp_t, d_x_t, {pack(new_d)}")
+    d_rps = pack([f"d_rp_{names(s)}" for s in step.r_blocks])
+    lines.append(f"    return d_xp_t, d_x_t, {pack(new_d)}, {d_rps}")
     return "\n".join(lines)
 
 
-def _emit_scan(step: CellStep, fn: str, xp: Dialect) -> str:
+def _prev_index(step: CellStep, saved: list[str], state: str) -> int:
+    """Where a step keeps the previous value of ``state`` in what it returns for the
+    reverse (the saved values, then the previous states)."""
+    return len(saved) + list(step.cell.state).index(state)
+
+
+def _emit_recurrent_grads(step: CellStep, fn: str, saved: list[str], xp: Dialect) -> str:
+    """Gradients of the stacked recurrent matrices R_s from one step (the scan adds
+    them for all steps at once instead; step loops call this)."""
+    lines = [
+        f"def {fn}_recurrent_grads(D, d_rps, saved):",
+        '    """D[R_s] += d_rp_s^T s_prev for one step."""',
+    ]
+    for i, s in enumerate(step.r_blocks):
+        product = xp.matmul(f"d_rps[{i}].T", f"saved[{_prev_index(step, saved, s)}]")
+        lines.append(f"    D['R_{s}'] += {product}")
+    if not step.r_blocks:
+        lines.append("    return None")
+    return "\n".join(lines)
+
+
+def _emit_scan(step: CellStep, fn: str, saved: list[str], xp: Dialect) -> str:
     H = step.hidden
     hoisted = bool(step.x_blocks)
     bias = " + P['b_x']" if any(step.x_bias) else ""
+    W_x_T = "P['W_x'].T"
     projected = (
-        f"(xs.reshape(T * B, -1) @ P['W_x'].T{bias}).reshape(T, B, -1)" if hoisted else "[None] * T"
+        f"({xp.matmul('xs.reshape(T * B, -1)', W_x_T)}{bias}).reshape(T, B, -1)"
+        if hoisted
+        else "[None] * T"
     )
     forward = [
         f"def {fn}(xs, mask, reverse, P, state):",
@@ -388,10 +432,15 @@ def _emit_scan(step: CellStep, fn: str, xp: Dialect) -> str:
     ]
     if hoisted:
         backward.append(f"    d_xp = {xp.zeros(f'(T, B, {len(step.x_blocks) * H})', 'xs')}")
+    for s in step.r_blocks:
+        width = len(step.r_blocks[s]) * H
+        backward.append(f"    d_rp_{s} = {xp.zeros(f'(T, B, {width})', 'xs')}")
     backward += [
         "    for t in (range(T) if reverse else range(T - 1, -1, -1)):",
-        f"        d_xp_t, d_x_t, d_state = {fn}_step_backward(d_state, d_ys[t], tape[t], xs[t], mask[t], P, D)",
+        f"        d_xp_t, d_x_t, d_state, d_rps = {fn}_step_backward(d_state, d_ys[t], tape[t], xs[t], mask[t], P, D)",
     ]
+    for i, s in enumerate(step.r_blocks):
+        backward.append(f"        d_rp_{s}[t] = d_rps[{i}]")
     if hoisted:
         backward.append("        d_xp[t] = d_xp_t")
     if step.uses_x:
@@ -399,11 +448,17 @@ def _emit_scan(step: CellStep, fn: str, xp: Dialect) -> str:
     if hoisted:
         backward += [
             "    d_flat = d_xp.reshape(T * B, -1)",
-            "    d_xs += (d_flat @ P['W_x']).reshape(xs.shape)",
-            "    D['W_x'] += d_flat.T @ xs.reshape(T * B, -1)",
+            f"    d_xs += ({xp.matmul('d_flat', W_x_T[:-2])}).reshape(xs.shape)",
+            f"    D['W_x'] += {xp.matmul('d_flat.T', 'xs.reshape(T * B, -1)')}",
         ]
         if any(step.x_bias):
             backward.append("    D['b_x'] += d_flat.sum(axis=0)")
+    for s in step.r_blocks:  # one product for all steps, not one per step
+        index = _prev_index(step, saved, s)
+        backward += [
+            f"    prev_{s} = {xp.lib}.stack([kept[{index}] for kept in tape])",
+            f"    D['R_{s}'] += {xp.matmul(f'd_rp_{s}.reshape(T * B, -1).T', f'prev_{s}.reshape(T * B, -1)')}",
+        ]
     backward.append("    return d_xs, d_state")
     return "\n".join(forward) + "\n\n\n" + "\n".join(backward)
 

@@ -677,10 +677,12 @@ class _Program(Program):
                 run = f"{name}.fwd.l{k}"
                 x_in = f"v[{f'{name}.l{k}:in'!r}][t]"
                 P = f"v[{run + ':P'!r}]"
-                lines.append(
-                    f"    d_xp, d_x, d_state_{name}_l{k} = {self.functions[name, k]}_step_backward("
-                    f"d_state_{name}_l{k}, d_y, v[{run + ':tape'!r}][t], {x_in}, mask_t, {P}, D_{name}_l{k})"
-                )
+                function = self.functions[name, k]
+                lines += [
+                    f"    d_xp, d_x, d_state_{name}_l{k}, d_rps = {function}_step_backward("
+                    f"d_state_{name}_l{k}, d_y, v[{run + ':tape'!r}][t], {x_in}, mask_t, {P}, D_{name}_l{k})",
+                    f"    {function}_recurrent_grads(D_{name}_l{k}, d_rps, v[{run + ':tape'!r}][t])",
+                ]
                 lines.append(f"    d_in = np.zeros_like({x_in})")
                 lines.append("    if d_xp is not None:")
                 lines.append(f"        d_in = d_in + d_xp @ {P}['W_x']")

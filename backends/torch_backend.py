@@ -64,6 +64,27 @@ def log_softmax(a):
     return torch.log_softmax(a, dim=-1)
 
 
+try:
+    ONEDNN = torch.ops.mkldnn._linear_pointwise if torch.backends.mkldnn.is_available() else None
+except (AttributeError, RuntimeError):  # a build without oneDNN
+    ONEDNN = None
+
+
+def mm(a, b):
+    """a @ b for 2-d a and b. Outside autograd (the generated scans and their
+    backward), a float32 product on the CPU with 16 rows or more goes through oneDNN,
+    as torch.nn.LSTM's own kernel does: on some CPUs the BLAS is half as fast."""
+    if (
+        ONEDNN is None
+        or a.dtype != torch.float32
+        or a.shape[0] < 16
+        or a.device.type != "cpu"
+        or torch.is_grad_enabled()
+    ):
+        return a @ b
+    return ONEDNN(a, b.T, None, "none", [], "")
+
+
 def shift(values, delay):
     """values[t - delay] at step t, zeros before (a recurrent edge across time)."""
     T = values.shape[0]
@@ -498,9 +519,24 @@ class _TorchProgram(Program):
         elif out.steps == "last":
             batch = f"torch.arange(v[{source!r}].shape[1], device=device)"
             value = f"v[{source!r}][lengths[{axis!r}] - 1, {batch}]"
+        elif self.zero_past_lengths(source):
+            value = f"v[{source!r}].transpose(0, 1)"
         else:
             value = f"(v[{source!r}] * v['mask:{axis}']).transpose(0, 1)"
         self.fwd.append(f"    outputs[{name!r}] = {value}")
+
+    def zero_past_lengths(self, node: str) -> bool:
+        """Whether a node's steps past each example's length are zero already: those of
+        a recurrent layer are (fused kernels and scans alike) unless attention or a
+        residual connection adds to them afterwards."""
+        layer = self.spec.layers.get(node)
+        loop = any(node in group for group in self.loops())
+        return (
+            isinstance(layer, RecurrentLayer)
+            and layer.attention is None
+            and not (layer.residual and layer.depth > 1)
+            and not loop
+        )
 
     def run_function(self) -> str:
         self.check_supported("torch")

@@ -6,17 +6,20 @@ repeats, in milliseconds; GFLOP/s from the matrix products the spec implies (for
 memory of the NumPy arrays allocated (tracemalloc sees NumPy's allocations, not
 PyTorch's). Where the spec is a plain stack of a built-in cell that PyTorch has
 (rnn, rnn_relu, lstm, gru) on one vector input, ``torch.nn.RNN/LSTM/GRU`` is timed in
-the same run with the same number of threads, and every row gets its ratio to it.
+the same run with the same number of threads, and every row gets its ratio to it;
+a variant PyTorch lacks (lstm_peephole, lstm_cifg, gru_reset_before) is held to its
+nearest PyTorch layer (LSTM, GRU) of the same sizes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import statistics
 import sys
 import time
 import tracemalloc
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +32,9 @@ from rnnc.registry import available_backends
 from rnnc.spec import RecurrentLayer, VectorInput
 
 TORCH_LAYERS = {"rnn": "RNN", "rnn_relu": "RNN", "lstm": "LSTM", "gru": "GRU"}
+# Cells PyTorch has no layer for are timed against their nearest relative: the
+# yardstick a user of torch.nn would hold a variant to.
+NEAREST = {"lstm_peephole": "LSTM", "lstm_cifg": "LSTM", "gru_reset_before": "GRU"}
 
 
 @dataclass(frozen=True)
@@ -61,11 +67,12 @@ def torch_reference(analysis: Analysis) -> tuple[str, RecurrentLayer, int] | Non
     plain = not (
         layer.init or layer.attention or layer.feedback or layer.recurrent or layer.residual
     )
-    if not plain or layer.cell not in TORCH_LAYERS or not isinstance(inp, VectorInput):
+    kind = TORCH_LAYERS.get(layer.cell) or NEAREST.get(layer.cell)
+    if not plain or kind is None or not isinstance(inp, VectorInput):
         return None
     if layer.direction == "backward" or layer.merge != "concat":
         return None
-    return TORCH_LAYERS[layer.cell], layer, inp.size
+    return kind, layer, inp.size
 
 
 def _median_ms(function: Callable[[], Any], repeats: int, progress: Callable[[], None]) -> float:
@@ -123,7 +130,7 @@ def run_bench(
             sys.stderr.flush()
 
     rows = []
-    with threadpool_limits(limits=threads):
+    with threadpool_limits(limits=threads), _torch_threads(threads):
         for backend in available_backends():
             model = compile_spec(analysis, backend=backend, dtype=dtype)
             outputs = model.run(inputs)
@@ -135,7 +142,7 @@ def run_bench(
                 peak = _peak_mib(function) if backend == "numpy" else None
                 rows.append(Row(backend, task, ms, factor * forward_flops / ms / 1e6, peak))
         if reference is not None:
-            rows += _torch_rows(reference, inputs, dtype, threads, repeats, progress, forward_flops)
+            rows += _torch_rows(reference, inputs, dtype, repeats, progress, forward_flops)
     if show_progress:
         sys.stderr.write("\r" + " " * 60 + "\r")
     baseline = {r.task: r.ms for r in rows if r.name.startswith("torch.nn.")}
@@ -152,11 +159,27 @@ def run_bench(
     ]
 
 
+@contextlib.contextmanager
+def _torch_threads(threads: int) -> Iterator[None]:
+    """PyTorch's intra-op threads (which threadpoolctl does not reach) set to ``threads``
+    for everything timed: the torch backend and torch.nn's layers alike."""
+    try:
+        import torch
+    except ImportError:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _torch_rows(
     reference: tuple[str, RecurrentLayer, int],
     inputs: dict[str, np.ndarray],
     dtype: str,
-    threads: int,
     repeats: int,
     progress: Callable[[], None],
     forward_flops: float,
@@ -164,7 +187,6 @@ def _torch_rows(
     import torch
 
     kind, layer, size = reference
-    torch.set_num_threads(threads)
     options: dict[str, Any] = {"nonlinearity": "relu"} if layer.cell == "rnn_relu" else {}
     module = getattr(torch.nn, kind)(
         size,
