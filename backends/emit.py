@@ -33,6 +33,9 @@ class Dialect:
             return f"np.broadcast_to({ref}, ({steps},) + {ref}.shape)"
         return f"{ref}.expand(({steps},) + tuple({ref}.shape))"
 
+    def zeros_like(self, a: str) -> str:
+        return f"{self.lib}.zeros_like({a})"
+
     def matmul(self, a: str, b: str) -> str:
         """``a @ b``; the torch backend calls its prelude's ``mm`` (see there)."""
         return f"{a} @ {b}" if self.lib == "np" else f"mm({a}, {b})"
@@ -40,6 +43,12 @@ class Dialect:
     @property
     def matmul_precedence(self) -> int:
         return 2 if self.lib == "np" else 4
+
+    def empty(self, shape: str, like: str) -> str:
+        """An uninitialised array, for buffers whose every entry is written."""
+        if self.lib == "np":
+            return f"np.empty({shape}, dtype={like}.dtype)"
+        return f"{like}.new_empty({shape})"
 
     def zeros(self, shape: str, like: str) -> str:
         """Zeros of ``shape`` with the dtype (and device) of the array ``like``."""
@@ -301,9 +310,14 @@ def _emit_step(
         f"{xp.lib}.where(mask_t, {names(step.states[s])}, {p})"
         for s, p in zip(step.cell.state, prev, strict=True)
     ]
-    lines.append(f"    new_state = {pack(new)}")
     kept = pack([names(v) for v in saved] + prev)
-    lines.append(f"    return new_state, {xp.lib}.where(mask_t, {names(step.output)}, 0.0), {kept}")
+    unmasked = pack([names(step.states[s]) for s in step.cell.state])
+    lines += [
+        "    if mask_t is None:  # every example is within its length",
+        f"        return {unmasked}, {names(step.output)}, {kept}",
+        f"    new_state = {pack(new)}",
+        f"    return new_state, {xp.lib}.where(mask_t, {names(step.output)}, 0.0), {kept}",
+    ]
     return "\n".join(lines)
 
 
@@ -320,12 +334,15 @@ def _emit_step_backward(
         *_step_params(step, names, adjoint.ops),
         f"    {unpack([names(v) for v in saved] + prev)} = saved",
         f"    {unpack(list(d.values()))} = d_state",
-        f"    {d[step.cell.output]} = {d[step.cell.output]} + {xp.lib}.where(mask_t, d_y, 0.0)",
-        "    # s = s_new where mask_t, else s_prev: each gets the gradient where it was chosen",
+        "    if mask_t is None:  # every example is within its length",
+        f"        {d[step.cell.output]} = {d[step.cell.output]} + d_y",
+        "    else:",
+        f"        {d[step.cell.output]} = {d[step.cell.output]} + {xp.lib}.where(mask_t, d_y, 0.0)",
+        "        # s = s_new where mask_t, else s_prev: each gets the gradient where it was chosen",
     ]
     for s in states:
-        lines.append(f"    carry_{names(s)} = {xp.lib}.where(mask_t, 0.0, {d[s]})")
-        lines.append(f"    {d[s]} = {xp.lib}.where(mask_t, {d[s]}, 0.0)")
+        lines.append(f"        carry_{names(s)} = {xp.lib}.where(mask_t, 0.0, {d[s]})")
+        lines.append(f"        {d[s]} = {xp.lib}.where(mask_t, {d[s]}, 0.0)")
     writer = _StepWriter(step, names, xp)
     kept = set(saved)
     for op in step.ops:  # the reverse reads saved values and leaves by name
@@ -355,6 +372,7 @@ def _emit_step_backward(
         lines.append(f"    D[{block.param!r}][:, {block.start}:{block.stop}] += {product}")
     zeros = f"{xp.lib}.zeros_like({d[states[0]]})"
     new_d = []
+    new_terms = []
     joined: dict[str, str] = {}  # concatenation -> the name it already has
     for s in states:
         terms = [f"carry_{names(s)}"]
@@ -367,6 +385,7 @@ def _emit_step_backward(
             joined.setdefault(text, f"d_rp_{names(s)}")
             terms.append(xp.matmul(f"d_rp_{names(s)}", f"R_{names(s)}"))
         new_d.append(" + ".join(terms))
+        new_terms.append(terms)
     if step.x_blocks:
         pieces = [grad(f"xproj:{k}") or zeros for k in range(len(step.x_blocks))]
         text = f"{xp.cat}([{', '.join(pieces)}], axis=-1)"
@@ -375,7 +394,15 @@ def _emit_step_backward(
         lines.append("    d_xp_t = None")
     lines.append(f"    d_x_t = {grad('x') if step.uses_x and grad('x') is not None else 'None'}")
     d_rps = pack([f"d_rp_{names(s)}" for s in step.r_blocks])
-    lines.append(f"    return d_xp_t, d_x_t, {pack(new_d)}, {d_rps}")
+    uncarried = [
+        " + ".join(terms[1:]) or xp.zeros_like(d[s])
+        for s, terms in zip(states, new_terms, strict=True)
+    ]
+    lines += [
+        "    if mask_t is None:",
+        f"        return d_xp_t, d_x_t, {pack(uncarried)}, {d_rps}",
+        f"    return d_xp_t, d_x_t, {pack(new_d)}, {d_rps}",
+    ]
     return "\n".join(lines)
 
 
@@ -417,10 +444,11 @@ def _emit_scan(step: CellStep, fn: str, saved: list[str], xp: Dialect) -> str:
         '"""',
         "    T, B = xs.shape[0], xs.shape[1]",
         f"    xp = {projected}",
-        f"    ys = {xp.zeros(f'(T, B, {H})', 'xs')}",
+        f"    ys = {xp.empty(f'(T, B, {H})', 'xs')}  # every step is written",
         "    tape = [None] * T",
+        "    masks = [None] * T if mask.all() else mask  # None: no example has ended",
         "    for t in (range(T - 1, -1, -1) if reverse else range(T)):",
-        f"        state, ys[t], tape[t] = {fn}_step(xp[t], xs[t], mask[t], state, P)",
+        f"        state, ys[t], tape[t] = {fn}_step(xp[t], xs[t], masks[t], state, P)",
         "    return ys, state, tape",
     ]
     backward = [
@@ -430,37 +458,65 @@ def _emit_scan(step: CellStep, fn: str, saved: list[str], xp: Dialect) -> str:
         "    T, B = xs.shape[0], xs.shape[1]",
         f"    d_xs = {xp.lib}.zeros_like(xs)",
     ]
-    if hoisted:
-        backward.append(f"    d_xp = {xp.zeros(f'(T, B, {len(step.x_blocks) * H})', 'xs')}")
+    shared = _shared_projection(step)  # the state whose d_rp is d_xp, if any
+    if hoisted and shared is None:
+        backward.append(f"    d_xp = {xp.empty(f'(T, B, {len(step.x_blocks) * H})', 'xs')}")
     for s in step.r_blocks:
         width = len(step.r_blocks[s]) * H
-        backward.append(f"    d_rp_{s} = {xp.zeros(f'(T, B, {width})', 'xs')}")
+        backward.append(f"    d_rp_{s} = {xp.empty(f'(T, B, {width})', 'xs')}")
     backward += [
+        "    masks = [None] * T if mask.all() else mask",
         "    for t in (range(T) if reverse else range(T - 1, -1, -1)):",
-        f"        d_xp_t, d_x_t, d_state, d_rps = {fn}_step_backward(d_state, d_ys[t], tape[t], xs[t], mask[t], P, D)",
+        f"        d_xp_t, d_x_t, d_state, d_rps = {fn}_step_backward(d_state, d_ys[t], tape[t], xs[t], masks[t], P, D)",
     ]
     for i, s in enumerate(step.r_blocks):
         backward.append(f"        d_rp_{s}[t] = d_rps[{i}]")
-    if hoisted:
+    if hoisted and shared is None:
         backward.append("        d_xp[t] = d_xp_t")
     if step.uses_x:
         backward.append("        d_xs[t] += d_x_t")
+    xs_flat = "xs.reshape(T * B, -1)"
+    for s in step.r_blocks:
+        backward.append(
+            f"    prev_{s} = {xp.lib}.stack([kept[{_prev_index(step, saved, s)}] for kept in tape])"
+        )
     if hoisted:
-        backward += [
-            "    d_flat = d_xp.reshape(T * B, -1)",
-            f"    d_xs += ({xp.matmul('d_flat', W_x_T[:-2])}).reshape(xs.shape)",
-            f"    D['W_x'] += {xp.matmul('d_flat.T', 'xs.reshape(T * B, -1)')}",
-        ]
+        backward.append(f"    d_flat = {f'd_rp_{shared}' if shared else 'd_xp'}.reshape(T * B, -1)")
+        backward.append(f"    d_xs += ({xp.matmul('d_flat', W_x_T[:-2])}).reshape(xs.shape)")
+        if shared:  # W_x and R_s get their gradients from one product
+            both = f"{xp.cat}([{xs_flat}, prev_{shared}.reshape(T * B, -1)], axis=1)"
+            backward += [
+                f"    D_both = {xp.matmul('d_flat.T', both)}",
+                f"    D['W_x'] += D_both[:, :{step.input_size}]",
+                f"    D['R_{shared}'] += D_both[:, {step.input_size}:]",
+            ]
+        else:
+            backward.append(f"    D['W_x'] += {xp.matmul('d_flat.T', xs_flat)}")
         if any(step.x_bias):
             backward.append("    D['b_x'] += d_flat.sum(axis=0)")
     for s in step.r_blocks:  # one product for all steps, not one per step
-        index = _prev_index(step, saved, s)
-        backward += [
-            f"    prev_{s} = {xp.lib}.stack([kept[{index}] for kept in tape])",
-            f"    D['R_{s}'] += {xp.matmul(f'd_rp_{s}.reshape(T * B, -1).T', f'prev_{s}.reshape(T * B, -1)')}",
-        ]
+        if s != shared:
+            product = xp.matmul(f"d_rp_{s}.reshape(T * B, -1).T", f"prev_{s}.reshape(T * B, -1)")
+            backward.append(f"    D['R_{s}'] += {product}")
     backward.append("    return d_xs, d_state")
     return "\n".join(forward) + "\n\n\n" + "\n".join(backward)
+
+
+def _shared_projection(step: CellStep) -> str | None:
+    """The state s whose recurrent gate gradients are exactly the input ones (every
+    gate reads x and s through one fused sum, as in an LSTM): then the backward keeps
+    one buffer for both and gets the gradients of W_x and R_s from one product."""
+    if step.fused is None:
+        return None
+    state, n = step.fused
+    if not n == len(step.x_blocks) == len(step.r_blocks[state]):
+        return None
+    adjoint = reverse(step)
+    for k in range(n):
+        x, r = adjoint.grads.get(f"xproj:{k}"), adjoint.grads.get(f"rproj:{state}:{k}")
+        if x is None or x != r:
+            return None
+    return state
 
 
 def _emit_grads(step: CellStep, fn: str) -> str:
