@@ -44,6 +44,20 @@ class Dialect:
     def matmul_precedence(self) -> int:
         return 2 if self.lib == "np" else 4
 
+    def steps(self, array: str) -> str:
+        """Something indexed by step (t) giving array[t]: torch's unbind makes every
+        step's view at once, which indexing in the loop would do one by one."""
+        return array if self.lib == "np" else f"{array}.unbind(0)"
+
+    def buffer(self, shape: str, like: str) -> str:
+        """Where a loop writes one step at a time (``buf[t] = value``): an array in
+        NumPy; a list in torch (stacked at the end by :meth:`buffer_done`), as a
+        tensor written step by step costs a kernel launch per write."""
+        return self.empty(shape, like) if self.lib == "np" else "[None] * T"
+
+    def buffer_done(self, name: str) -> list[str]:
+        return [] if self.lib == "np" else [f"    {name} = torch.stack({name})"]
+
     def empty(self, shape: str, like: str) -> str:
         """An uninitialised array, for buffers whose every entry is written."""
         if self.lib == "np":
@@ -443,12 +457,14 @@ def _emit_scan(step: CellStep, fn: str, saved: list[str], xp: Dialect) -> str:
         "    states and the tape. Steps past an example's length leave its states as they are."
         '"""',
         "    T, B = xs.shape[0], xs.shape[1]",
-        f"    xp = {projected}",
-        f"    ys = {xp.empty(f'(T, B, {H})', 'xs')}  # every step is written",
+        f"    xp = {xp.steps(projected) if hoisted else projected}",
+        f"    x_steps = {xp.steps('xs')}",
+        f"    ys = {xp.buffer(f'(T, B, {H})', 'xs')}  # every step is written",
         "    tape = [None] * T",
-        "    masks = [None] * T if mask.all() else mask  # None: no example has ended",
+        f"    masks = [None] * T if mask.all() else {xp.steps('mask')}  # None: no example has ended",
         "    for t in (range(T - 1, -1, -1) if reverse else range(T)):",
-        f"        state, ys[t], tape[t] = {fn}_step(xp[t], xs[t], masks[t], state, P)",
+        f"        state, ys[t], tape[t] = {fn}_step(xp[t], x_steps[t], masks[t], state, P)",
+        *xp.buffer_done("ys"),
         "    return ys, state, tape",
     ]
     backward = [
@@ -460,14 +476,15 @@ def _emit_scan(step: CellStep, fn: str, saved: list[str], xp: Dialect) -> str:
     ]
     shared = _shared_projection(step)  # the state whose d_rp is d_xp, if any
     if hoisted and shared is None:
-        backward.append(f"    d_xp = {xp.empty(f'(T, B, {len(step.x_blocks) * H})', 'xs')}")
+        backward.append(f"    d_xp = {xp.buffer(f'(T, B, {len(step.x_blocks) * H})', 'xs')}")
     for s in step.r_blocks:
         width = len(step.r_blocks[s]) * H
-        backward.append(f"    d_rp_{s} = {xp.empty(f'(T, B, {width})', 'xs')}")
+        backward.append(f"    d_rp_{s} = {xp.buffer(f'(T, B, {width})', 'xs')}")
     backward += [
-        "    masks = [None] * T if mask.all() else mask",
+        f"    masks = [None] * T if mask.all() else {xp.steps('mask')}",
+        f"    x_steps, d_y_steps = {xp.steps('xs')}, {xp.steps('d_ys')}",
         "    for t in (range(T) if reverse else range(T - 1, -1, -1)):",
-        f"        d_xp_t, d_x_t, d_state, d_rps = {fn}_step_backward(d_state, d_ys[t], tape[t], xs[t], masks[t], P, D)",
+        f"        d_xp_t, d_x_t, d_state, d_rps = {fn}_step_backward(d_state, d_y_steps[t], tape[t], x_steps[t], masks[t], P, D)",
     ]
     for i, s in enumerate(step.r_blocks):
         backward.append(f"        d_rp_{s}[t] = d_rps[{i}]")
@@ -475,6 +492,10 @@ def _emit_scan(step: CellStep, fn: str, saved: list[str], xp: Dialect) -> str:
         backward.append("        d_xp[t] = d_xp_t")
     if step.uses_x:
         backward.append("        d_xs[t] += d_x_t")
+    for s in step.r_blocks:
+        backward += xp.buffer_done(f"d_rp_{s}")
+    if hoisted and shared is None:
+        backward += xp.buffer_done("d_xp")
     xs_flat = "xs.reshape(T * B, -1)"
     for s in step.r_blocks:
         backward.append(
