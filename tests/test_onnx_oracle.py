@@ -1,4 +1,4 @@
-"""The NumPy backend against ONNX's reference RNN, LSTM (with peepholes) and GRU
+"""Both backends against ONNX's reference RNN, LSTM (with peepholes) and GRU
 (linear_before_reset 0 and 1) operators, in every direction ONNX has.
 
 onnx.reference ignores the sequence_lens input (it runs every example to the full
@@ -15,6 +15,7 @@ from onnx.reference import ReferenceEvaluator
 
 import rnnc
 from rnnc.interop import from_onnx, to_onnx
+from rnnc.registry import available_backends
 from tests.helpers import spec_text
 
 CASES = {  # rnnc cell -> (ONNX op, attributes, gates)
@@ -27,9 +28,13 @@ CASES = {  # rnnc cell -> (ONNX op, attributes, gates)
 DIRECTIONS = {"forward": "forward", "reverse": "backward", "bidirectional": "bidirectional"}
 
 
+BACKENDS = ["numpy", *(["torch"] if "torch" in available_backends() else [])]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("cell", list(CASES))
 @pytest.mark.parametrize("direction", list(DIRECTIONS))
-def test_numpy_backend_matches_onnx_reference(cell: str, direction: str) -> None:
+def test_backends_match_onnx_reference(backend: str, cell: str, direction: str) -> None:
     op, attributes, gates = CASES[cell]
     T, B, size, H = 5, 3, 4, 6
     dirs = 2 if direction == "bidirectional" else 1
@@ -70,7 +75,7 @@ def test_numpy_backend_matches_onnx_reference(cell: str, direction: str) -> None
             """
         )
     )
-    model = rnnc.compile(spec, backend="numpy", dtype="float64")
+    model = rnnc.compile(spec, backend=backend, dtype="float64")
     model.load_params(from_onnx(W, R, Bias, cell, "r", direction, P=P))
     y = model.run({"x": X.transpose(1, 0, 2)})["y"]  # (B, T, dirs * H)
     expected = Y.transpose(2, 0, 1, 3).reshape(B, T, dirs * H)  # (T, dirs, B, H) -> (B, T, dirs H)

@@ -292,3 +292,31 @@ def test_verify_fails_and_names_what_differs(cli, monkeypatch: pytest.MonkeyPatc
     assert result.code == 1
     assert "DIFFER" in result.out
     assert "train grad hidden.fwd.l0.b" in result.err
+
+
+# --- generated specs -------------------------------------------------------------------
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from tests.test_properties import BASE_EXAMPLES, Generated, _settings, dump, valid_specs  # noqa: E402
+
+
+@pytest.mark.slow
+@_settings(max(1, BASE_EXAMPLES // 2))
+@given(
+    st.one_of(
+        valid_specs(),
+        valid_specs(user_cell=True),
+        valid_specs(decoder=True, attention=True),
+        valid_specs(feedback=True, static=True),
+    ),
+    st.integers(0, 2**16),
+)
+def test_generated_specs_agree_across_backends(gen: Generated, seed: int) -> None:
+    """Random valid specs (random cells, depths, directions, merges, attention,
+    feedback): outputs and gradients agree in float64, ragged, in every mode."""
+    analysis = rnnc.analyze(rnnc.parse_spec(dump(gen.spec)))
+    rows = verify(analysis, ("numpy", "torch"), dtype="float64", seed=seed, batch=2, steps=4)
+    bad = [(r.mode, r.what, r.name, r.rel_diff) for r in rows if not r.ok]
+    assert not bad, (bad, dump(gen.spec))
