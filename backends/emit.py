@@ -44,6 +44,12 @@ class Dialect:
     def matmul_precedence(self) -> int:
         return 2 if self.lib == "np" else 4
 
+    @property
+    def transposed_recurrent(self) -> bool:
+        """Whether a step multiplies by a contiguous copy of R_s.T (faster in OpenBLAS
+        than R_s.T as a view; the backward multiplies by R_s itself)."""
+        return self.lib == "np"
+
     def steps(self, array: str) -> str:
         """Something indexed by step (t) giving array[t]: torch's unbind makes every
         step's view at once, which indexing in the loop would do one by one."""
@@ -199,14 +205,41 @@ class _StepWriter:
             return f"{self.ref(a[0], 4)}.sum(axis=0)", 4
         raise AssertionError(f"no rendering for {op.kind}")  # pragma: no cover
 
-    def lines(self, ops: tuple[Op, ...], named: set[str], indent: str) -> list[str]:
-        out = []
+    def grouped(self, op: Op, by_out: dict[str, Op], out: list[str], indent: str) -> str | None:
+        """A gate's value as its slice of one activation over its group (see
+        CellStep.groups), writing that activation's line the first time."""
+        if op.kind != "call" or self.step.fused is None:
+            return None
+        arg = by_out.get(op.args[0])
+        if arg is None or arg.kind != "fused":
+            return None
+        state, k = arg.attr
+        for fn, start, count in self.step.groups:
+            if fn == op.attr and start <= k < start + count:
+                name = f"act_{self.var(state)}_{start}"
+                if name not in self.exprs:
+                    H = self.H
+                    pre = f"pre_{self.var(state)}[:, {start * H}:{(start + count) * H}]"
+                    out.append(f"{indent}{name} = {fn}({pre})  # {count} gates at once")
+                    self.exprs[name] = (name, 4)
+                return f"{name}[:, {(k - start) * self.H}:{(k - start + 1) * self.H}]"
+        return None
+
+    def lines(
+        self, ops: tuple[Op, ...], named: set[str], indent: str, group: bool = False
+    ) -> list[str]:
+        out: list[str] = []
+        by_out = {op.out: op for op in ops}
         for op in ops:
             leaf = self.leaf(op)
             if leaf is not None and op.out not in named:
                 self.exprs[op.out] = (leaf, 4)
                 continue
-            text, precedence = (leaf, 4) if leaf is not None else self.render(op)
+            sliced = self.grouped(op, by_out, out, indent) if group else None
+            if sliced is not None:
+                text, precedence = sliced, 4
+            else:
+                text, precedence = (leaf, 4) if leaf is not None else self.render(op)
             if op.out in named:
                 name = self.var(op.out)
                 out.append(f"{indent}{name} = {text}")
@@ -282,19 +315,24 @@ def _emit_params(step: CellStep, fn: str, names: Namespace, xp: Dialect) -> str:
         lines.append(f"    P['b_x'] = {xp.cat}([{', '.join(pieces)}])  # biases, added once")
     for state, blocks in step.r_blocks.items():
         lines.append(f"    P['R_{state}'] = {_stack(blocks, xp)}")
+        if xp.transposed_recurrent:
+            lines.append(f"    P['R_{state}_T'] = np.ascontiguousarray(P['R_{state}'].T)")
     lines.append("    return P")
     return "\n".join(lines)
 
 
-def _step_params(step: CellStep, names: Namespace, block_ops: tuple[Op, ...]) -> list[str]:
+def _step_params(
+    step: CellStep, names: Namespace, block_ops: tuple[Op, ...], transposed: bool = False
+) -> list[str]:
     """Lines binding to local names the vector parameters of a step and the matrices
-    whose blocks ``block_ops`` multiply in the step."""
+    whose blocks ``block_ops`` multiply in the step (``transposed``: R_s_T for R_s)."""
     used = sorted(
         {op.attr for op in step.ops if op.kind == "param"}
         | {op.attr.param for op in block_ops if op.kind in ("matmul", "matmul_t")}
     )
     lines = [f"    {names(p)} = P[{p!r}]" for p in used]
-    lines += [f"    R_{names(s)} = P['R_{s}']" for s in step.r_blocks]
+    suffix = "_T" if transposed else ""
+    lines += [f"    R_{names(s)}{suffix} = P['R_{s}{suffix}']" for s in step.r_blocks]
     return lines
 
 
@@ -307,11 +345,12 @@ def _emit_step(
         f"def {fn}_step(xp_t, x_t, mask_t, state, P):",
         f'    """One step of {step.cell.name}: new states (unchanged where mask_t is 0), the\n'
         '    output, and what the reverse needs."""',
-        *_step_params(step, names, step.ops),
+        *_step_params(step, names, step.ops, transposed=xp.transposed_recurrent),
         f"    {unpack(prev)} = state",
     ]
     for state in step.r_blocks:
-        product = xp.matmul(names(state + "_prev"), f"R_{names(state)}.T")
+        R = f"R_{names(state)}" + ("_T" if xp.transposed_recurrent else ".T")
+        product = xp.matmul(names(state + "_prev"), R)
         lines.append(f"    rp_{names(state)} = {product}")
     if step.fused is not None:
         state, n = step.fused
@@ -319,7 +358,7 @@ def _emit_step(
         cut = "" if whole else f"[:, :{n * H}]"
         rp = f"rp_{names(state)}"
         lines.append(f"    pre_{names(state)} = xp_t{cut} + {rp}{cut}  # {n} gates at once")
-    lines += _StepWriter(step, names, xp).lines(step.ops, named, "    ")
+    lines += _StepWriter(step, names, xp).lines(step.ops, named, "    ", group=True)
     new = [
         f"{xp.lib}.where(mask_t, {names(step.states[s])}, {p})"
         for s, p in zip(step.cell.state, prev, strict=True)

@@ -35,7 +35,10 @@ import numpy as np
 
 def sigmoid(a):
     """1 / (1 + exp(-a)), as 0.5 (1 + tanh(a / 2)): one transcendental call, no overflow."""
-    return 0.5 * (1.0 + np.tanh(0.5 * a))
+    y = np.tanh(0.5 * a)
+    y += 1.0  # in place: no more temporaries
+    y *= 0.5
+    return y
 
 
 def tanh(a):
@@ -135,8 +138,9 @@ def step_mask(lengths, steps, dtype):
 BLOCK_HELPER = '''
 
 def zeros_like_all(arrays):
-    """A dict of zero arrays shaped like the given ones (gradients to add into)."""
-    return {name: np.zeros_like(value) for name, value in arrays.items()}
+    """A dict of zero arrays shaped like the given ones (gradients to add into); the
+    R_s_T are transposed copies for the forward, whose gradients go to R_s."""
+    return {name: np.zeros_like(value) for name, value in arrays.items() if name[-2:] != "_T"}
 '''
 
 

@@ -214,7 +214,7 @@ def test_generated_source_reads_like_the_equations() -> None:
     assert "P['b_x'] = np.concatenate([P['b_i'], P['b_f'], P['b_g'], P['b_o']])" in source
     assert "xp = (xs.reshape(T * B, -1) @ P['W_x'].T + P['b_x']).reshape(T, B, -1)" in source
     # One product and one add per step for the four gates.
-    assert "    rp_h = h_prev @ R_h.T\n    pre_h = xp_t + rp_h  # 4 gates at once\n" in source
+    assert "    rp_h = h_prev @ R_h_T\n    pre_h = xp_t + rp_h  # 4 gates at once\n" in source
     assert "    c = f * c_prev + i * g\n" in source
     assert "    o = sigmoid(pre_h[:, 96:128] + p_o * c)\n" in source
 

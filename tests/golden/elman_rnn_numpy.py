@@ -9,7 +9,10 @@ import numpy as np
 
 def sigmoid(a):
     """1 / (1 + exp(-a)), as 0.5 (1 + tanh(a / 2)): one transcendental call, no overflow."""
-    return 0.5 * (1.0 + np.tanh(0.5 * a))
+    y = np.tanh(0.5 * a)
+    y += 1.0  # in place: no more temporaries
+    y *= 0.5
+    return y
 
 
 def tanh(a):
@@ -107,8 +110,9 @@ def step_mask(lengths, steps, dtype):
 
 
 def zeros_like_all(arrays):
-    """A dict of zero arrays shaped like the given ones (gradients to add into)."""
-    return {name: np.zeros_like(value) for name, value in arrays.items()}
+    """A dict of zero arrays shaped like the given ones (gradients to add into); the
+    R_s_T are transposed copies for the forward, whose gradients go to R_s."""
+    return {name: np.zeros_like(value) for name, value in arrays.items() if name[-2:] != "_T"}
 
 
 def or_zeros(value, zeros):
@@ -139,15 +143,16 @@ def cell_hidden_l0_params(params, prefix):
     P['W_x'] = np.concatenate([P['W'][:, 0:10]], axis=0)
     P['b_x'] = np.concatenate([P['b']])  # biases, added once
     P['R_h'] = np.concatenate([P['W'][:, 10:42]], axis=0)
+    P['R_h_T'] = np.ascontiguousarray(P['R_h'].T)
     return P
 
 
 def cell_hidden_l0_step(xp_t, x_t, mask_t, state, P):
     """One step of rnn: new states (unchanged where mask_t is 0), the
     output, and what the reverse needs."""
-    R_h = P['R_h']
+    R_h_T = P['R_h_T']
     h_prev, = state
-    rp_h = h_prev @ R_h.T
+    rp_h = h_prev @ R_h_T
     h = tanh(xp_t[:, 0:32] + rp_h[:, 0:32])
     if mask_t is None:  # every example is within its length
         return (h,), h, (h, h_prev)

@@ -9,7 +9,10 @@ import numpy as np
 
 def sigmoid(a):
     """1 / (1 + exp(-a)), as 0.5 (1 + tanh(a / 2)): one transcendental call, no overflow."""
-    return 0.5 * (1.0 + np.tanh(0.5 * a))
+    y = np.tanh(0.5 * a)
+    y += 1.0  # in place: no more temporaries
+    y *= 0.5
+    return y
 
 
 def tanh(a):
@@ -107,8 +110,9 @@ def step_mask(lengths, steps, dtype):
 
 
 def zeros_like_all(arrays):
-    """A dict of zero arrays shaped like the given ones (gradients to add into)."""
-    return {name: np.zeros_like(value) for name, value in arrays.items()}
+    """A dict of zero arrays shaped like the given ones (gradients to add into); the
+    R_s_T are transposed copies for the forward, whose gradients go to R_s."""
+    return {name: np.zeros_like(value) for name, value in arrays.items() if name[-2:] != "_T"}
 
 
 def or_zeros(value, zeros):
@@ -139,6 +143,7 @@ def cell_lstm_l0_params(params, prefix):
     P['W_x'] = np.concatenate([P['W_i'][:, 0:8], P['W_f'][:, 0:8], P['W_g'][:, 0:8], P['W_o'][:, 0:8]], axis=0)
     P['b_x'] = np.concatenate([P['b_i'], P['b_f'], P['b_g'], P['b_o']])  # biases, added once
     P['R_h'] = np.concatenate([P['W_i'][:, 8:40], P['W_f'][:, 8:40], P['W_g'][:, 8:40], P['W_o'][:, 8:40]], axis=0)
+    P['R_h_T'] = np.ascontiguousarray(P['R_h'].T)
     return P
 
 
@@ -148,9 +153,9 @@ def cell_lstm_l0_step(xp_t, x_t, mask_t, state, P):
     p_f = P['p_f']
     p_i = P['p_i']
     p_o = P['p_o']
-    R_h = P['R_h']
+    R_h_T = P['R_h_T']
     h_prev, c_prev = state
-    rp_h = h_prev @ R_h.T
+    rp_h = h_prev @ R_h_T
     pre_h = xp_t + rp_h  # 4 gates at once
     i = sigmoid(pre_h[:, 0:32] + p_i * c_prev)
     f = sigmoid(pre_h[:, 32:64] + p_f * c_prev)
