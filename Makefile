@@ -4,13 +4,17 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint check-specs setup graphviz clean
+.PHONY: demo test lint gallery setup graphviz clean
 
 demo: setup
 	$(BIN)/python -m rnnc.demo specs out
 
 test: setup lint
 	$(BIN)/python -m pytest -q
+
+# Redraw docs/gallery (a test fails when a picture there is out of date).
+gallery: setup
+	$(BIN)/python -m rnnc.gallery_pictures specs docs
 
 lint: setup
 	$(BIN)/ruff check rnnc backends tests

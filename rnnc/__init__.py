@@ -10,6 +10,7 @@ See docs/spec.md for the spec language and docs/cells.md for cell equations.
 from rnnc.cells import builtin_cells
 from rnnc.checks import Analysis, analyze, check
 from rnnc.compiler import compile
+from rnnc.drawing import render
 from rnnc.equations import Cell, parse_cell
 from rnnc.errors import Diagnostic, RnncError, SpecError
 from rnnc.graph import build_graph, unroll
@@ -39,6 +40,7 @@ __all__ = [
     "load_weights",
     "parse_cell",
     "parse_spec",
+    "render",
     "save_weights",
     "unroll",
 ]

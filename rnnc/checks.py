@@ -43,6 +43,14 @@ class Analysis:
     def ok(self) -> bool:
         return not self.errors
 
+    def _repr_mimebundle_(
+        self, include: Any = None, exclude: Any = None, **_: Any
+    ) -> dict[str, Any]:
+        """Jupyter shows an analysis as the spec's rolled graph, problems in red."""
+        from rnnc.drawing import show
+
+        return show(self, view="rolled")
+
 
 def analyze(spec: Spec) -> Analysis:
     """Parse the spec's cells, build its graph and collect every diagnostic."""

@@ -108,6 +108,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.set_defaults(run=run_bench_command)
 
+    render = sub.add_parser(
+        "render", help="draw a spec (rolled, unrolled, or a cell) with Graphviz"
+    )
+    render.add_argument(
+        "spec", nargs="?", metavar="SPEC", help="a spec file (YAML); optional with --cell"
+    )
+    render.add_argument(
+        "-o", "--output", help="write here; the suffix picks the format (default: DOT to stdout)"
+    )
+    render.add_argument(
+        "--view",
+        choices=("rolled", "unrolled", "cell"),
+        default="unrolled",
+        help="unrolled (default)",
+    )
+    render.add_argument(
+        "--steps", type=_positive, default=None, help="steps drawn per time axis (4)"
+    )
+    render.add_argument(
+        "--cell", help="with --view cell: the cell to draw (a built-in or the spec's)"
+    )
+    render.add_argument(
+        "--format", choices=("svg", "png", "pdf", "dot"), default=None, help="overrides the suffix"
+    )
+    render.add_argument(
+        "--attention",
+        choices=("auto", "each", "bundled"),
+        default="auto",
+        help="attention edges: each memory step to each query step, or one per query step",
+    )
+    render.set_defaults(run=run_render)
+
     verify = sub.add_parser("verify", help="run every backend on the same inputs and compare")
     verify.add_argument("specs", nargs="+", metavar="SPEC", help="spec files (YAML)")
     verify.add_argument(
@@ -215,6 +247,30 @@ def run_compile(args: argparse.Namespace) -> int:
         print(f"wrote {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(model.source)
+    return EXIT_OK
+
+
+def run_render(args: argparse.Namespace) -> int:
+    from rnnc.drawing import encode, output_format, render
+
+    if args.spec is None and not (args.view == "cell" and args.cell):
+        raise UsageError("render needs a SPEC (or --view cell --cell NAME for a built-in cell)")
+    fmt = output_format(args.output, args.format)
+    analysis = analyze(load_spec(args.spec)) if args.spec else None
+    if analysis is not None:
+        for diagnostic in analysis.diagnostics:  # drawn in red too; said here as well
+            print(diagnostic.format(), file=sys.stderr)
+    drawing = render(
+        analysis, view=args.view, steps=args.steps, cell=args.cell, attention=args.attention
+    )
+    data = encode(drawing, fmt)
+    if args.output:
+        write_atomic(args.output, data)
+        print(f"wrote {args.output} ({args.view}, {fmt})", file=sys.stderr)
+    elif fmt == "dot":
+        sys.stdout.write(data.decode("utf-8"))
+    else:
+        sys.stdout.buffer.write(data)
     return EXIT_OK
 
 

@@ -1,7 +1,7 @@
 """``python -m rnnc.demo``: what ``make demo`` runs over the gallery.
 
-For every spec: check it, compile it to NumPy and PyTorch (the modules go to
-``out/``), run it on random inputs (train mode, and generate mode where a layer has
+For every spec: check it, draw it in every view (``out/NAME_VIEW.svg``, or ``.dot``
+without Graphviz), compile it to NumPy and PyTorch (the modules go to ``out/``), run it on random inputs (train mode, and generate mode where a layer has
 feedback), and print the output shapes; then a table with one row per spec, and the
 verification table: both backends on the same parameters and inputs (float64, ragged
 lengths, a random teacher-forcing mask), every output and gradient compared.
@@ -17,6 +17,7 @@ import numpy as np
 
 from rnnc.checks import analyze
 from rnnc.compiler import compile as compile_spec
+from rnnc.drawing import VIEWS, encode, has_dot, render
 from rnnc.files import write_atomic
 from rnnc.parse import load_spec
 from rnnc.registry import available_backends
@@ -41,6 +42,11 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         model = compile_spec(analysis, backend="numpy", dtype="float64")
         write_atomic(out / f"{path.stem}_numpy.py", model.source)
+        fmt = "svg" if has_dot() else "dot"
+        for view in VIEWS:
+            write_atomic(
+                out / f"{path.stem}_{view}.{fmt}", encode(render(analysis, view=view), fmt)
+            )
         if "torch" in available_backends():
             torch_source = compile_spec(analysis, backend="torch", dtype="float64").source
             write_atomic(out / f"{path.stem}_torch.py", torch_source)

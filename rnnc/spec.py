@@ -313,6 +313,14 @@ class Spec(_Model):
     def recurrent_layers(self) -> dict[str, RecurrentLayer]:
         return {n: x for n, x in self.layers.items() if isinstance(x, RecurrentLayer)}
 
+    def _repr_mimebundle_(
+        self, include: Any = None, exclude: Any = None, **_: Any
+    ) -> dict[str, Any]:
+        """Jupyter shows a spec as its unrolled diagram (its DOT text without Graphviz)."""
+        from rnnc.drawing import show
+
+        return show(self)
+
 
 def strip_union_tags(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
     """Drop the discriminator tag Pydantic puts after ``inputs.NAME`` and ``layers.NAME``."""
