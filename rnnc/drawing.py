@@ -377,6 +377,7 @@ class _Drawer:
         self.values: dict[tuple[str, Any], str] = {}  # (node, step) -> drawn node id
         self.rows: list[list[str]] = []  # each row's node ids, left to right
         self.free: list[tuple[str, dict[str, str]]] = []  # nodes outside every cluster
+        self.pending_invisible: list[tuple[str, str]] = []  # layout-only edges
         roles = self.axis_roles()
         bundle = attention == "bundled"
         if attention == "auto":
@@ -416,6 +417,8 @@ class _Drawer:
             for a, b in itertools.pairwise(row):
                 d.edge(a, b, style="invis", weight="10")
         self.order_axes(d, axes)
+        for a, b in self.pending_invisible:
+            d.edge(a, b, style="invis")
         for a, b, attrs in edges:
             source = self.at(*a) if isinstance(a, tuple) else a
             if source is not None:
@@ -445,12 +448,21 @@ class _Drawer:
         """The drawn node holding ``node``'s value at step t ('final' for final states)."""
         return self.values.get((node, t))
 
-    def add_row(self, axis: str | None, ids: list[str]) -> None:
+    def add_row(self, axis: str | None, ids: list[str], stack: bool = False) -> None:
+        """A row of one time axis; ``stack``: above the axis's previous input row (two
+        sequence inputs on one axis, one above the other, each step in its column)."""
         self.rows.append(ids)
         if not hasattr(self, "first_row"):
             self.first_row: dict[str, list[str]] = {}
-        if axis is not None and axis not in self.first_row:
-            self.first_row[axis] = ids
+            self.input_rows: dict[str, list[str]] = {}
+        if axis is None:
+            return
+        self.first_row.setdefault(axis, ids)
+        if stack:
+            below = self.input_rows.get(axis)
+            if below is not None:
+                self.pending_invisible += list(zip(below, ids, strict=True))
+            self.input_rows[axis] = ids
 
     def unrolled_node(self, node: str, bucket: list[Any], edges: list[Any], bundle: bool) -> None:
         data = self.g.nodes[node]
@@ -491,7 +503,7 @@ class _Drawer:
 
         row = self.row(node, shown, bucket, step)
         self.values[(node, "final")] = row[-1]
-        self.add_row(axis, row)
+        self.add_row(axis, row, stack=kind == "input")
 
     def all_steps(self) -> list[int]:
         return sorted({t for shown in self.shown.values() for t in shown if t is not None})
