@@ -40,6 +40,15 @@ class Dialect:
         """``a @ b``; the torch backend calls its prelude's ``mm`` (see there)."""
         return f"{a} @ {b}" if self.lib == "np" else f"mm({a}, {b})"
 
+    def matmul_bias(self, a: str, b: str, bias: str | None) -> str:
+        """``(a @ b + bias)``; in torch, one call (oneDNN adds the bias in the product's
+        own pass, instead of another pass over a (T B, 4 H) array)."""
+        if bias is None:
+            return f"({self.matmul(a, b)})"
+        if self.lib == "np":
+            return f"({a} @ {b} + {bias})"
+        return f"mm({a}, {b}, {bias})"
+
     @property
     def matmul_precedence(self) -> int:
         return 2 if self.lib == "np" else 4
@@ -82,7 +91,8 @@ TORCH = Dialect("torch", "torch.cat")
 
 RESERVED = {
     "np", "torch", "sigmoid", "tanh", "relu", "hard_sigmoid", "softsign", "identity", "softmax",
-    "log_softmax", "accumulate", "step_mask", "range", "len", "reversed", "zip",
+    "log_softmax", "accumulate", "step_mask", "range", "len", "reversed", "zip", "add_in_place",
+    "mm", "shift", "attend", "flip_within", "fused_scan", "register", "ONEDNN", "FUSED",
     "xs", "mask", "mask_t", "xp", "xp_t", "W_x", "T", "B", "H", "t", "ys", "tape", "saved",
     "params", "prefix", "init", "finals", "reverse", "order", "d_ys", "d_finals", "d_xs",
     "d_xp", "grads", "carry", "x_t",
@@ -483,10 +493,10 @@ def _emit_recurrent_grads(step: CellStep, fn: str, saved: list[str], xp: Dialect
 def _emit_scan(step: CellStep, fn: str, saved: list[str], xp: Dialect) -> str:
     H = step.hidden
     hoisted = bool(step.x_blocks)
-    bias = " + P['b_x']" if any(step.x_bias) else ""
+    bias = "P['b_x']" if any(step.x_bias) else None
     W_x_T = "P['W_x'].T"
     projected = (
-        f"({xp.matmul('xs.reshape(T * B, -1)', W_x_T)}{bias}).reshape(T, B, -1)"
+        f"{xp.matmul_bias('xs.reshape(T * B, -1)', W_x_T, bias)}.reshape(T, B, -1)"
         if hoisted
         else "[None] * T"
     )

@@ -70,8 +70,8 @@ except (AttributeError, RuntimeError):  # a build without oneDNN
     ONEDNN = None
 
 
-def mm(a, b):
-    """a @ b for 2-d a and b. Outside autograd (the generated scans and their
+def mm(a, b, bias=None):
+    """a @ b (+ bias) for 2-d a and b. Outside autograd (the generated scans and their
     backward), a float32 product on the CPU with 16 rows or more goes through oneDNN,
     as torch.nn.LSTM's own kernel does: on some CPUs the BLAS is half as fast."""
     if (
@@ -81,8 +81,8 @@ def mm(a, b):
         or a.device.type != "cpu"
         or torch.is_grad_enabled()
     ):
-        return a @ b
-    return ONEDNN(a, b.T, None, "none", [], "")
+        return a @ b if bias is None else torch.addmm(bias, a, b)
+    return ONEDNN(a, b.T, bias, "none", [], "")
 
 
 def shift(values, delay):

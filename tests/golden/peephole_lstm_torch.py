@@ -38,8 +38,8 @@ except (AttributeError, RuntimeError):  # a build without oneDNN
     ONEDNN = None
 
 
-def mm(a, b):
-    """a @ b for 2-d a and b. Outside autograd (the generated scans and their
+def mm(a, b, bias=None):
+    """a @ b (+ bias) for 2-d a and b. Outside autograd (the generated scans and their
     backward), a float32 product on the CPU with 16 rows or more goes through oneDNN,
     as torch.nn.LSTM's own kernel does: on some CPUs the BLAS is half as fast."""
     if (
@@ -49,8 +49,8 @@ def mm(a, b):
         or a.device.type != "cpu"
         or torch.is_grad_enabled()
     ):
-        return a @ b
-    return ONEDNN(a, b.T, None, "none", [], "")
+        return a @ b if bias is None else torch.addmm(bias, a, b)
+    return ONEDNN(a, b.T, bias, "none", [], "")
 
 
 def shift(values, delay):
@@ -204,7 +204,7 @@ def cell_lstm_l0(xs, mask, reverse, P, state):
     """lstm_peephole over time: xs (T, B, 8) -> ys (T, B, 32), final
     states and the tape. Steps past an example's length leave its states as they are."""
     T, B = xs.shape[0], xs.shape[1]
-    xp = (mm(xs.reshape(T * B, -1), P['W_x'].T) + P['b_x']).reshape(T, B, -1).unbind(0)
+    xp = mm(xs.reshape(T * B, -1), P['W_x'].T, P['b_x']).reshape(T, B, -1).unbind(0)
     x_steps = xs.unbind(0)
     ys = [None] * T  # every step is written
     tape = [None] * T
