@@ -33,6 +33,11 @@ class Dialect:
             return f"np.broadcast_to({ref}, ({steps},) + {ref}.shape)"
         return f"{ref}.expand(({steps},) + tuple({ref}.shape))"
 
+    def like(self, mask: str, array: str) -> str:
+        """A boolean ``mask`` as numbers of ``array``'s dtype: torch would make 0.2 * mask
+        a float32 tensor (its default dtype), rounding 0.2 in a float64 model."""
+        return mask if self.lib == "np" else f"{mask}.to({array}.dtype)"
+
     def zeros_like(self, a: str) -> str:
         return f"{self.lib}.zeros_like({a})"
 
@@ -206,7 +211,7 @@ class _StepWriter:
                 "relu": (f"({y} > 0)", 4),
                 "identity": ("1.0", 4),
                 "softsign": (f"(1.0 - {self.xp.lib}.abs({y})) ** 2", 2),
-                "hard_sigmoid": (f"0.2 * (({y} > 0) & ({y} < 1))", 2),
+                "hard_sigmoid": (f"0.2 * {self.xp.like(f'(({y} > 0) & ({y} < 1))', y)}", 2),
             }[op.attr]
         if op.kind == "slice":
             offset, width = op.attr

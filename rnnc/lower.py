@@ -269,17 +269,23 @@ def _fold_biases(step: CellStep) -> CellStep:
         if op.kind == "param":
             param_uses[op.attr] = param_uses.get(op.attr, 0) + uses.get(op.out, 0)
 
+    targets = {eq.target for eq in step.cell.equations}
+
+    def inner(arg: str) -> bool:
+        """Whether an add's argument is part of the same sum: an add used only there,
+        and not a value the equations name (h in s = h + b must keep its own value)."""
+        return by_out[arg].kind == "add" and uses.get(arg, 0) == 1 and arg not in targets
+
     def terms(var: str) -> list[str]:
         op = by_out[var]
         if op.kind == "add":
             found = []
             for arg in op.args:
-                inner = by_out[arg]
-                found += terms(arg) if inner.kind == "add" and uses.get(arg, 0) == 1 else [arg]
+                found += terms(arg) if inner(arg) else [arg]
             return found
         return [var]
 
-    consumed_by_add = {a for op in ops if op.kind == "add" for a in op.args if uses.get(a, 0) == 1}
+    consumed_by_add = {a for op in ops if op.kind == "add" for a in op.args if inner(a)}
     roots = [op for op in ops if op.kind == "add" and op.out not in consumed_by_add]
     replaced: dict[str, list[Op]] = {}
     dropped: set[str] = set()
@@ -303,7 +309,7 @@ def _fold_biases(step: CellStep) -> CellStep:
         while stack:
             var = stack.pop()
             for arg in by_out[var].args:
-                if by_out[arg].kind == "add" and uses.get(arg, 0) == 1:
+                if inner(arg):
                     dropped.add(arg)
                     stack.append(arg)
         new: list[Op] = []

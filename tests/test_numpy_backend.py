@@ -116,6 +116,46 @@ def test_every_cell_and_layer_option_against_finite_differences(
     assert not bad, bad
 
 
+def test_a_bias_added_to_a_named_sum_stays_out_of_it() -> None:
+    """s = h + b2 with h = W1 @ [h, x, s]: b2 belongs to s, not to h's hoisted
+    projection (hypothesis found the lowering folding it into h, and dropping h)."""
+    spec = rnnc.parse_spec(
+        spec_text(
+            """
+            rnnc: 1
+            name: fold
+            cells:
+              mine:
+                state: [h, s]
+                equations:
+                  h: 0.5 * tanh(W1 @ [h, x, s])
+                  s: h + b2
+                output: s
+            inputs:
+              x: {size: 3}
+            layers:
+              r: {cell: mine, hidden: 2, input: x}
+            outputs:
+              y: {from: r}
+            """
+        )
+    )
+    model = compiled(spec)
+    rng = np.random.default_rng(0)
+    inputs, lengths = random_inputs(spec, rng, batch=3, steps=4)
+    params = model.params()
+    y = model.run(inputs, lengths=lengths)["y"]
+    # By hand, for the first example (full length): h_t, then s_t = h_t + b2.
+    W1, b2 = params["r.fwd.l0.W1"], params["r.fwd.l0.b2"]
+    h, s = np.zeros(2), np.zeros(2)
+    for t in range(4):
+        h = 0.5 * np.tanh(W1 @ np.concatenate([h, inputs["x"][0, t], s]))
+        s = h + b2
+        np.testing.assert_allclose(y[0, t], s, rtol=1e-12)
+    errors = directional_errors(model, inputs, lengths, rng)
+    assert not {k: v for k, v in errors.items() if v > FD_TOLERANCE}
+
+
 def test_ragged_batches_match_running_each_example_alone() -> None:
     spec = rnnc.parse_spec(
         spec_text(

@@ -315,8 +315,17 @@ from tests.test_properties import BASE_EXAMPLES, Generated, _settings, dump, val
 )
 def test_generated_specs_agree_across_backends(gen: Generated, seed: int) -> None:
     """Random valid specs (random cells, depths, directions, merges, attention,
-    feedback): outputs and gradients agree in float64, ragged, in every mode."""
-    analysis = rnnc.analyze(rnnc.parse_spec(dump(gen.spec)))
+    feedback): outputs and gradients agree in float64, ragged, in every mode.
+
+    Without the specs' param_init: constants like W = 1 on a relu layer make the
+    activations grow a hundredfold per step, and then rounding, not the backends,
+    decides the last digits. (Both backends take param_init from the same
+    rnnc.init_params, so nothing backend-specific goes untested.)"""
+    spec = {**gen.spec, "layers": {
+        name: {k: v for k, v in layer.items() if k != "param_init"}
+        for name, layer in gen.spec["layers"].items()
+    }}  # fmt: skip
+    analysis = rnnc.analyze(rnnc.parse_spec(dump(spec)))
     rows = verify(analysis, ("numpy", "torch"), dtype="float64", seed=seed, batch=2, steps=4)
     bad = [(r.mode, r.what, r.name, r.rel_diff) for r in rows if not r.ok]
-    assert not bad, (bad, dump(gen.spec))
+    assert not bad, (bad, dump(spec))
