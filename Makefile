@@ -27,7 +27,7 @@ setup: $(STAMP) graphviz
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,torch]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,torch,plot]'
 	@touch $@
 
 # Graphviz's `dot` draws svg/png/pdf; `rnnc render --format dot` works without it.

@@ -140,6 +140,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     render.set_defaults(run=run_render)
 
+    train = sub.add_parser("train", help="train a spec on a synthetic sequence task")
+    train.add_argument("spec", metavar="SPEC", help="a spec file (YAML)")
+    train.add_argument(
+        "--task",
+        required=True,
+        help="copy, reverse, sort, sum, parity or echo (see docs/training.md)",
+    )
+    train.add_argument("--backend", default="torch", help="torch (default) or numpy")
+    train.add_argument("--steps", type=_positive, default=1500, help="optimiser steps (1500)")
+    train.add_argument("--batch", type=_positive, default=64, help="examples per step (64)")
+    train.add_argument("--lr", type=float, default=3e-3, help="Adam's learning rate (3e-3)")
+    train.add_argument("--clip", type=float, default=1.0, help="gradient norm clip (1.0)")
+    train.add_argument("--seed", type=int, default=0, help="parameters and data (0)")
+    train.add_argument("--vocab", type=_positive, default=10, help="task symbols (10)")
+    train.add_argument("--lengths", default="3-12", help="sequence lengths, MIN-MAX (3-12)")
+    train.add_argument("-o", "--output", help="save the weights (.safetensors or .npz)")
+    train.add_argument("--quiet", action="store_true", help="no progress, only the result")
+    train.set_defaults(run=run_train)
+
+    gradflow = sub.add_parser(
+        "gradflow", help="plot how far back gradients reach through each recurrent layer"
+    )
+    gradflow.add_argument("spec", metavar="SPEC", help="a spec file (YAML)")
+    gradflow.add_argument(
+        "-o", "--output", required=True, help="the picture (.png; the CSV goes beside it) or a .csv"
+    )
+    gradflow.add_argument("--steps", type=_positive, default=100, help="sequence length (100)")
+    gradflow.add_argument("--batch", type=_positive, default=16, help="random examples (16)")
+    gradflow.add_argument("--seed", type=int, default=0, help="parameters and inputs (0)")
+    gradflow.set_defaults(run=run_gradflow)
+
     verify = sub.add_parser("verify", help="run every backend on the same inputs and compare")
     verify.add_argument("specs", nargs="+", metavar="SPEC", help="spec files (YAML)")
     verify.add_argument(
@@ -271,6 +302,98 @@ def run_render(args: argparse.Namespace) -> int:
         sys.stdout.write(data.decode("utf-8"))
     else:
         sys.stdout.buffer.write(data)
+    return EXIT_OK
+
+
+def run_gradflow(args: argparse.Namespace) -> int:
+    from rnnc.gradflow import csv_text, describe, gradient_flow, plot_png
+
+    if not args.output.endswith((".png", ".csv")):
+        raise UsageError("-o takes a .png (with the CSV beside it) or a .csv")
+    analysis = analyze(load_spec(args.spec))
+    if not analysis.ok:
+        raise SpecError(analysis.errors)
+    flows = gradient_flow(analysis, steps=args.steps, batch=args.batch, seed=args.seed)
+    cells = {name: analysis.spec.layers[name].cell for name in flows}  # type: ignore[union-attr]
+    table = csv_text(flows)
+    if args.output.endswith(".png"):
+        title = f"{analysis.spec.name}: gradient of a loss at step {args.steps - 1}"
+        picture = plot_png(flows, title, cells)  # made before anything is written
+        csv_path = args.output[: -len(".png")] + ".csv"
+        write_atomic(args.output, picture)
+        write_atomic(csv_path, table)
+        print(f"wrote {args.output} and {csv_path}", file=sys.stderr)
+    else:
+        write_atomic(args.output, table)
+        print(f"wrote {args.output}", file=sys.stderr)
+    print(describe(flows, cells))
+    return EXIT_OK
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from rnnc.train import TASKS, Task, train
+    from rnnc.weights import save_weights
+
+    if args.task not in TASKS:
+        raise UsageError(
+            f"unknown task {args.task!r}{did_you_mean(args.task, TASKS)}; tasks: {', '.join(TASKS)}"
+        )
+    if args.backend not in available_backends():
+        raise UsageError(
+            f"unknown backend {args.backend!r}; installed: {', '.join(available_backends())}"
+        )
+    if args.output and not args.output.endswith((".safetensors", ".npz")):
+        raise UsageError("-o takes a .safetensors or .npz file")
+    try:
+        low, high = (int(n) for n in args.lengths.split("-"))
+        assert 1 <= low <= high
+    except (ValueError, AssertionError):
+        raise UsageError(
+            f"--lengths takes MIN-MAX with 1 <= MIN <= MAX, found {args.lengths!r}"
+        ) from None
+    analysis = analyze(load_spec(args.spec))
+    if not analysis.ok:
+        raise SpecError(analysis.errors)
+    task = Task(args.task, vocab=args.vocab, min_len=low, max_len=high)
+    task.bind(analysis)  # a task that does not fit is refused before anything runs
+    tty = sys.stderr.isatty()
+
+    def report(step: int, loss: float, accuracy: float | None) -> None:
+        if args.quiet:
+            return
+        acc = f"  held-out accuracy {accuracy:.1%}" if accuracy is not None else ""
+        if tty:
+            filled = int(30 * step / args.steps)
+            bar = "#" * filled + "." * (30 - filled)
+            sys.stderr.write(f"\r  [{bar}] step {step}/{args.steps}  loss {loss:.4f}{acc}  ")
+            if step == args.steps:
+                sys.stderr.write("\n")
+        else:
+            sys.stderr.write(f"step {step}/{args.steps}  loss {loss:.4f}{acc}\n")
+        sys.stderr.flush()
+
+    result = train(
+        analysis,
+        task,
+        backend=args.backend,
+        steps=args.steps,
+        batch=args.batch,
+        lr=args.lr,
+        seed=args.seed,
+        clip=args.clip,
+        report=report,
+        report_every=10 if tty else max(1, args.steps // 10),
+    )
+    print(
+        f"{analysis.spec.name} on {args.task} ({args.backend}): held-out accuracy "
+        f"{result.accuracy:.1%} after {args.steps} steps in {result.seconds:.1f} s"
+    )
+    for source, target, guess in result.examples:
+        mark = "ok" if guess == target else "WRONG"
+        print(f"  {source} -> {guess}  (target {target}) {mark}")
+    if args.output:
+        save_weights(args.output, result.params)
+        print(f"wrote {args.output}", file=sys.stderr)
     return EXIT_OK
 
 

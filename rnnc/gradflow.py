@@ -1,0 +1,132 @@
+"""``rnnc gradflow``: how far back a gradient reaches through each recurrent layer.
+
+For a loss at the last step, ``L = sum(h_T)`` of a layer's output state, the norm of
+``dL/dh_t`` for every earlier step t, averaged over a batch of random inputs, with
+the spec's own initialisation (``rnnc.init_params``). It is computed by the NumPy
+backend's generated BPTT: the layer's step reverse applied from the last step back
+to the first, exactly what training does. A simple ``rnn`` shows the vanishing
+gradient courses teach; an ``lstm`` with a forget-gate bias of 1 (``param_init:
+{b_f: 1.0}``; Jozefowicz et al. 2015) keeps it far longer.
+
+Each layer is followed from its first depth in its first direction, on the steps
+before it in that direction. Layers inside a step loop (feedback, additive attention)
+are left out: their states also flow through what they feed back.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from rnnc.checks import Analysis
+from rnnc.compiler import compile as compile_spec
+from rnnc.errors import RnncError
+from rnnc.program import Program
+from rnnc.verify import random_inputs
+from rnnc.weights import init_params
+
+
+def gradient_flow(
+    analysis: Analysis, steps: int = 100, batch: int = 16, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """For every recurrent layer outside step loops: ``norms[t]``, the mean over the
+    batch of ``||d sum(h_T) / d h_t||``, for t = 0 .. steps - 1 (T the last step)."""
+    if not analysis.ok:
+        raise RnncError("gradflow needs a spec without errors (rnnc check shows them)")
+    model = compile_spec(analysis, backend="numpy", dtype="float64")
+    model.load_params(init_params(analysis, seed=seed))
+    inputs, lengths = random_inputs(analysis, np.random.default_rng(seed), batch, steps, False)
+    _, v, _, _ = model._run(inputs, lengths, "train", None, None, seed, None)
+    looped = {n for group in Program(analysis).loops() for n in group}
+    flows = {}
+    for name, layer in analysis.spec.recurrent_layers().items():
+        if name in looped:
+            continue
+        cell = analysis.cells[layer.cell]
+        d = layer.directions[0]
+        run = f"{name}.{d}.l0"
+        function = model.functions[name, 0]
+        step_backward = model.namespace[f"{function}_step_backward"]
+        tape, P, xs = v[run + ":tape"], v[run + ":P"], v[f"{name}.l0:in"]
+        D = model.namespace["zeros_like_all"](P)
+        T, B = xs.shape[0], xs.shape[1]
+        out = cell.state.index(cell.output)
+        H = layer.hidden
+        d_state = tuple(np.full((B, H), 1.0 if i == out else 0.0) for i in range(len(cell.state)))
+        norms = np.zeros(T)
+        order = range(T - 1, -1, -1) if d == "fwd" else range(T)  # from the last step back
+        for t in order:
+            norms[t] = float(np.mean(np.linalg.norm(d_state[out], axis=1)))
+            _, _, d_state, _ = step_backward(d_state, np.zeros((B, H)), tape[t], xs[t], None, P, D)
+        flows[name] = norms if d == "fwd" else norms[::-1].copy()
+    if not flows:
+        raise RnncError("gradflow found no recurrent layer outside a step loop to follow")
+    return flows
+
+
+def slope(norms: np.ndarray) -> float:
+    """Decades per step of the norm, fitted by least squares over the steps back from
+    the last (negative: the gradient shrinks going back)."""
+    back = np.arange(len(norms))[::-1]  # steps back from the last
+    logs = np.log10(np.maximum(norms, 1e-300))
+    return float(np.polyfit(back, logs, 1)[0])
+
+
+def csv_text(flows: Mapping[str, np.ndarray]) -> str:
+    """layer, step, steps_back, grad_norm: one row per layer and step."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["layer", "step", "steps_back", "grad_norm"])
+    for name, norms in flows.items():
+        T = len(norms)
+        for t, value in enumerate(norms):
+            writer.writerow([name, t, T - 1 - t, f"{value:.6e}"])
+    return out.getvalue()
+
+
+def plot_png(flows: Mapping[str, np.ndarray], title: str, cells: Mapping[str, str]) -> bytes:
+    """The gradient norms against steps back from the loss, log scale, one line per
+    layer (labelled with its cell and fitted decades per step)."""
+    try:
+        import matplotlib
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise RnncError(
+            "the gradflow picture needs matplotlib: pip install 'rnnc[plot]' "
+            "(or write the numbers alone with -o FILE.csv)"
+        ) from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4.2), dpi=120)
+    for name, norms in flows.items():
+        back = np.arange(len(norms))[::-1]
+        label = f"{name} ({cells[name]}): {slope(norms):+.3f} decades/step"
+        axes.semilogy(back, np.maximum(norms, 1e-300), label=label, linewidth=1.8)
+    axes.set_xlabel("steps back from the loss at the last step")
+    axes.set_ylabel("||dL / dh_t||")
+    axes.set_title(title)
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", metadata={"Software": None})
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def describe(flows: Mapping[str, np.ndarray], cells: Mapping[str, Any]) -> str:
+    """A table: per layer, the norm at the last step, 10, 50 and T-1 steps back."""
+    lines = [
+        f"{'layer':16} {'cell':14} {'last':>9} {'-10':>9} {'-50':>9} {'first':>9} {'decades/step':>13}"
+    ]
+    for name, norms in flows.items():
+        T = len(norms)
+        at = [norms[T - 1 - k] if T - 1 - k >= 0 else float("nan") for k in (0, 10, 50)]
+        lines.append(
+            f"{name:16} {cells[name]:14} {at[0]:9.2e} {at[1]:9.2e} {at[2]:9.2e} {norms[0]:9.2e} {slope(norms):13.4f}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,446 @@
+"""``rnnc train``: teach a spec a synthetic sequence task, on either backend.
+
+Tasks are generated on the fly from a seed; each says which specs it fits:
+
+- ``copy``, ``reverse``, ``sort``: token seq2seq (an encoder input and a decoder whose
+  prediction is fed back); variable lengths; scored by exact match of the greedy,
+  free-running decoding;
+- ``sum``: many-to-one regression, the sum of a sequence of numbers in [0, 1];
+- ``parity``: many-to-one classification, the parity of a bit sequence (long-range
+  memory);
+- ``echo``: a many-to-many tagger, the token from ``k`` steps earlier at every step.
+
+Token conventions for the seq2seq tasks: 0 pads, 1 begins (BOS), 2 ends (EOS), and the
+task's symbols are 3, 4, ... The decoder input is BOS followed by the target; its
+output is the target followed by EOS.
+
+Optimiser: Adam with the gradient's global norm clipped, on both backends: the PyTorch
+backend trains its ``nn.Module`` with ``torch.optim.Adam``; the NumPy backend trains
+with its own generated BPTT and the Adam below, no torch involved.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from rnnc.checks import Analysis
+from rnnc.compiler import compile as compile_spec
+from rnnc.errors import RnncError
+from rnnc.program import Program
+from rnnc.spec import TokenInput
+
+PAD, BOS, EOS, FIRST = 0, 1, 2, 3
+SEQ2SEQ = ("copy", "reverse", "sort")
+TASKS = (*SEQ2SEQ, "sum", "parity", "echo")
+
+
+# --- tasks -------------------------------------------------------------------------------
+
+
+@dataclass
+class Binding:
+    """Which inputs and output of a spec a task uses."""
+
+    task: str
+    source: str  # the input the sequence goes into
+    target: str | None  # seq2seq: the decoder's ground-truth input
+    output: str  # the output the loss is on
+    kind: str  # "seq2seq" | "last" (one value per example) | "tag" (every step)
+    tokens: bool  # the source is token ids (else real numbers of size 1)
+
+
+@dataclass
+class Batch:
+    inputs: dict[str, np.ndarray]
+    lengths: dict[str, np.ndarray]
+    targets: np.ndarray  # token ids (B, T) / (B,), or reals (B,)
+    mask: np.ndarray | None  # (B, T) where the targets count
+
+
+@dataclass
+class Task:
+    name: str
+    vocab: int = 10  # symbols of the seq2seq and echo tasks
+    min_len: int = 3
+    max_len: int = 12
+    delay: int = 2  # echo: how many steps back
+
+    def bind(self, analysis: Analysis) -> Binding:
+        """The spec's inputs and output this task uses, or an error naming the tasks
+        that fit the spec."""
+        found = _bind(self, analysis)
+        if isinstance(found, Binding):
+            return found
+        fitting = [t for t in TASKS if isinstance(_bind(Task(t, self.vocab), analysis), Binding)]
+        what = f"tasks that fit: {', '.join(fitting)}" if fitting else "no task fits it"
+        raise RnncError(f"task {self.name!r} does not fit {analysis.spec.name}: {found}; {what}")
+
+    def batch(self, binding: Binding, rng: np.random.Generator, size: int) -> Batch:
+        lengths = rng.integers(self.min_len, self.max_len + 1, size)
+        T = int(lengths.max())
+        steps = np.arange(T)[None, :] < lengths[:, None]
+        if binding.kind == "seq2seq":
+            symbols = rng.integers(FIRST, FIRST + self.vocab, (size, T))
+            src = np.where(steps, symbols, PAD)
+            if self.name == "copy":
+                out = src.copy()
+            elif self.name == "reverse":
+                out = np.array(
+                    [
+                        np.concatenate([s[:n][::-1], s[n:]])
+                        for s, n in zip(src, lengths, strict=True)
+                    ]
+                )
+            else:
+                out = np.array(
+                    [
+                        np.concatenate([np.sort(s[:n]), s[n:]])
+                        for s, n in zip(src, lengths, strict=True)
+                    ]
+                )
+            targets = np.full((size, T + 1), PAD)
+            targets[:, :T] = out
+            targets[np.arange(size), lengths] = EOS
+            tgt = np.concatenate([np.full((size, 1), BOS), targets[:, :T]], axis=1)
+            tgt = np.where(np.arange(T + 1)[None, :] <= lengths[:, None], tgt, PAD)
+            mask = np.arange(T + 1)[None, :] <= lengths[:, None]
+            assert binding.target is not None
+            return Batch(
+                {binding.source: src, binding.target: tgt},
+                {binding.source: lengths, binding.target: lengths + 1},
+                targets,
+                mask,
+            )
+        if self.name == "echo":
+            symbols = rng.integers(FIRST, FIRST + self.vocab, (size, T))
+            src = np.where(steps, symbols, PAD)
+            targets = np.full((size, T), PAD)
+            targets[:, self.delay :] = src[:, : T - self.delay]
+            return Batch({binding.source: src}, {binding.source: lengths}, targets, steps)
+        bits = rng.integers(0, 2, (size, T))
+        values = rng.random((size, T)) if self.name == "sum" else bits.astype(float)
+        values = np.where(steps, values, 0.0)
+        if self.name == "sum":
+            targets = values.sum(axis=1)
+        else:
+            targets = (values.sum(axis=1).astype(int) % 2).astype(np.int64)
+        source = np.where(steps, bits, 0) if binding.tokens else values[:, :, None]
+        if binding.tokens and self.name == "sum":
+            source = np.where(steps, rng.integers(0, 10, (size, T)), 0)
+            targets = source.sum(axis=1) / 10.0
+        return Batch({binding.source: source}, {binding.source: lengths}, targets, None)
+
+
+def _bind(task: Task, analysis: Analysis) -> Binding | str:
+    spec, g = analysis.spec, analysis.graph
+    program = Program(analysis)
+    outputs = spec.outputs
+    sequences = {n: i for n, i in spec.inputs.items() if i.sequence}
+    if task.name in SEQ2SEQ:
+        for name, layer in spec.recurrent_layers().items():
+            fed = program.fed(name) if layer.feedback is not None and analysis.ok else None
+            if fed is None or not fed.tokens:
+                continue
+            target = spec.inputs[fed.ids]
+            sources = [
+                n
+                for n, i in sequences.items()
+                if n != fed.ids
+                and isinstance(i, TokenInput)
+                and g.nodes[n]["axis"] != g.nodes[fed.ids]["axis"]
+            ]
+            logits = [
+                o
+                for o, out in outputs.items()
+                if out.from_ == fed.prediction and out.steps != "last" and out.state is None
+            ]
+            if not sources or not logits:
+                continue
+            need = FIRST + task.vocab
+            if target.vocab < need or spec.inputs[sources[0]].vocab < need:  # type: ignore[union-attr]
+                return f"its vocabularies hold fewer than the {need} tokens the task needs (3 special + {task.vocab})"
+            return Binding(task.name, sources[0], fed.ids, logits[0], "seq2seq", True)
+        return "it needs a token encoder input and a decoder whose token prediction is fed back"
+    if any(layer.feedback is not None for layer in spec.recurrent_layers().values()):
+        return "its decoder feeds back predictions; this task has no target sequence to decode"
+    if len(sequences) != 1:
+        return "it needs exactly one sequence input"
+    ((source, inp),) = sequences.items()
+    tokens = isinstance(inp, TokenInput)
+    if not tokens and inp.size != 1:  # type: ignore[union-attr]
+        return f"its input {source!r} is a vector of size {inp.size}; the task feeds one number per step"  # type: ignore[union-attr]
+    for name, out in outputs.items():
+        axis = g.nodes[out.from_].get("axis")
+        width = g.nodes[output_node_name(name)].get("width")
+        per_example = out.state is not None or out.steps == "last" or axis is None
+        if task.name == "sum" and per_example and width == 1:
+            return Binding(task.name, source, None, name, "last", tokens)
+        if task.name == "parity" and per_example and width == 2 and (not tokens or inp.vocab >= 2):  # type: ignore[union-attr]
+            return Binding(task.name, source, None, name, "last", tokens)
+        if task.name == "echo" and tokens and not per_example and width == inp.vocab:  # type: ignore[union-attr]
+            if inp.vocab < FIRST + task.vocab:  # type: ignore[union-attr]
+                return f"its vocabulary holds fewer than the {FIRST + task.vocab} tokens the task needs"
+            return Binding(task.name, source, None, name, "tag", tokens)
+    wants = {
+        "sum": "an output of width 1 once per example (steps: last or a state)",
+        "parity": "an output of width 2 (two logits) once per example",
+        "echo": "a token input and an output at every step as wide as its vocabulary",
+    }[task.name]
+    return f"it needs {wants}"
+
+
+def output_node_name(name: str) -> str:
+    from rnnc.graph import output_node
+
+    return output_node(name)
+
+
+# --- losses and scores (NumPy; the torch trainer mirrors them) ------------------------------
+
+
+def log_softmax(z: np.ndarray) -> np.ndarray:
+    shifted = z - z.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def loss_and_cotangent(binding: Binding, batch: Batch, out: np.ndarray) -> tuple[float, np.ndarray]:
+    """Mean loss and its gradient with respect to the output (cross-entropy for
+    tokens and classes, half squared error for the sum)."""
+    if binding.task == "sum":
+        pred = out.reshape(len(out), -1)[:, 0]
+        err = pred - batch.targets
+        grad = np.zeros_like(out).reshape(len(out), -1)
+        grad[:, 0] = err / len(out)
+        return float(0.5 * np.mean(err**2)), grad.reshape(out.shape)
+    logp = log_softmax(out)
+    targets = batch.targets
+    onehot = np.zeros_like(out)
+    np.put_along_axis(onehot, targets[..., None], 1.0, axis=-1)
+    weight = np.ones(targets.shape) if batch.mask is None else batch.mask.astype(float)
+    count = max(weight.sum(), 1.0)
+    loss = -float((np.take_along_axis(logp, targets[..., None], -1)[..., 0] * weight).sum() / count)
+    grad = (np.exp(logp) - onehot) * weight[..., None] / count
+    return loss, grad
+
+
+def score(binding: Binding, batch: Batch, out: np.ndarray) -> float:
+    """Held-out accuracy: exact match of the decoded sequences (seq2seq), every valid
+    step right (echo), the right class (parity), or within 0.05 of the sum."""
+    if binding.task == "sum":
+        return float(np.mean(np.abs(out.reshape(len(out), -1)[:, 0] - batch.targets) < 0.05))
+    pred = out.argmax(axis=-1)
+    if binding.kind == "last":
+        return float(np.mean(pred == batch.targets))
+    assert batch.mask is not None
+    right = (pred[:, : batch.targets.shape[1]] == batch.targets) | ~batch.mask
+    return float(np.mean(right.all(axis=1)))
+
+
+# --- Adam -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Adam:
+    """Adam (Kingma & Ba) on a dict of arrays, updated in place, with the gradient's
+    global norm clipped to ``clip`` first."""
+
+    lr: float = 3e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    clip: float = 1.0
+    t: int = 0
+    m: dict[str, np.ndarray] = field(default_factory=dict)
+    v: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def step(self, params: dict[str, np.ndarray], grads: Mapping[str, np.ndarray]) -> float:
+        norm = math.sqrt(sum(float(np.sum(g * g)) for g in grads.values()))
+        scale = min(1.0, self.clip / (norm + 1e-12))
+        self.t += 1
+        b1, b2 = self.betas
+        for name, p in params.items():
+            g = grads[name] * scale
+            m = self.m[name] = b1 * self.m.get(name, np.zeros_like(p)) + (1 - b1) * g
+            v = self.v[name] = b2 * self.v.get(name, np.zeros_like(p)) + (1 - b2) * g * g
+            m_hat, v_hat = m / (1 - b1**self.t), v / (1 - b2**self.t)
+            p -= self.lr * m_hat / (np.sqrt(v_hat) + self.eps)
+        return norm
+
+
+# --- the loop -------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    params: dict[str, np.ndarray]
+    accuracy: float
+    seconds: float
+    losses: list[float]
+    examples: list[tuple[list[int], list[int], list[int]]]  # (input, target, prediction)
+
+
+def train(
+    analysis: Analysis,
+    task: Task,
+    backend: str = "torch",
+    steps: int = 1000,
+    batch: int = 64,
+    lr: float = 3e-3,
+    seed: int = 0,
+    clip: float = 1.0,
+    eval_size: int = 500,
+    report: Callable[[int, float, float | None], None] | None = None,
+    report_every: int = 50,
+) -> Result:
+    """Train ``analysis``'s spec on ``task``; return the parameters and the held-out
+    accuracy (greedy, free-running decoding for seq2seq)."""
+    binding = task.bind(analysis)
+    model = compile_spec(analysis, backend=backend, dtype="float32")
+    import rnnc
+
+    model.load_params(rnnc.init_params(analysis, seed=seed))
+    rng = np.random.default_rng(seed)
+    held_out = task.batch(binding, np.random.default_rng(seed + 10_000), eval_size)
+    start = time.perf_counter()
+    losses = []
+    step_fn = (
+        _torch_stepper(model, binding, lr, clip, seed)
+        if backend == "torch"
+        else _numpy_stepper(model, binding, lr, clip)
+    )
+    for i in range(1, steps + 1):
+        loss = step_fn(task.batch(binding, rng, batch), i)
+        losses.append(loss)
+        if report is not None and (i % report_every == 0 or i == steps):
+            accuracy = (
+                evaluate(model, binding, task, held_out)
+                if i == steps or i % (report_every * 10) == 0
+                else None
+            )
+            report(i, loss, accuracy)
+    accuracy = evaluate(model, binding, task, held_out)
+    seconds = time.perf_counter() - start
+    return Result(
+        model.params(), accuracy, seconds, losses, examples(model, binding, task, held_out)
+    )
+
+
+def predict(model: Any, binding: Binding, task: Task, batch: Batch) -> np.ndarray:
+    """The model's outputs on a batch: free-running from BOS for seq2seq."""
+    _eval_mode(model)
+    if binding.kind == "seq2seq":
+        return model.run(
+            batch.inputs, lengths=batch.lengths, mode="generate", steps=batch.targets.shape[1]
+        )[binding.output]
+    return model.run(batch.inputs, lengths=batch.lengths)[binding.output]
+
+
+def evaluate(model: Any, binding: Binding, task: Task, batch: Batch) -> float:
+    return score(binding, batch, predict(model, binding, task, batch))
+
+
+def _eval_mode(model: Any) -> None:
+    """Evaluation without dropout: a torch module leaves training mode."""
+    if hasattr(model, "module"):
+        model.module.eval()
+
+
+def examples(
+    model: Any, binding: Binding, task: Task, batch: Batch, n: int = 5
+) -> list[tuple[list[int], list[int], list[int]]]:
+    """A few held-out examples: input symbols, target and prediction (seq2seq: up to EOS)."""
+    if binding.kind != "seq2seq":
+        return []
+    pred = predict(model, binding, task, batch).argmax(axis=-1)
+    out = []
+    for b in range(n):
+        length = int(batch.lengths[binding.source][b])
+        source = batch.inputs[binding.source][b, :length].tolist()
+        target = batch.targets[b, :length].tolist()
+        guess = pred[b].tolist()
+        guess = guess[: guess.index(EOS)] if EOS in guess else guess
+        out.append(
+            ([s - FIRST for s in source], [t - FIRST for t in target], [p - FIRST for p in guess])
+        )
+    return out
+
+
+def _numpy_stepper(
+    model: Any, binding: Binding, lr: float, clip: float
+) -> Callable[[Batch, int], float]:
+    adam = Adam(lr=lr, clip=clip)
+
+    def step(batch: Batch, i: int) -> float:
+        outputs, saved, inputs, lengths = model._run(
+            batch.inputs, batch.lengths, "train", None, None, i, None
+        )
+        loss, grad = loss_and_cotangent(binding, batch, outputs[binding.output])
+        grads = model._backward(
+            model._params, inputs, lengths, saved, {binding.output: grad}, model.dtype
+        )
+        adam.step(model._params, {k: grads[k] for k in model._params})
+        return loss
+
+    return step
+
+
+def _torch_stepper(
+    model: Any, binding: Binding, lr: float, clip: float, seed: int
+) -> Callable[[Batch, int], float]:
+    import torch
+
+    torch.manual_seed(seed)
+    net = model.module
+    net.train()
+    optimiser = torch.optim.Adam(net.parameters(), lr=lr)
+
+    def step(batch: Batch, i: int) -> float:
+        net.train()
+        inputs = {
+            k: torch.as_tensor(v)
+            if isinstance(analysis_input(model, k), TokenInput)
+            else torch.as_tensor(v, dtype=torch.float32)
+            for k, v in batch.inputs.items()
+        }
+        lengths = {k: torch.as_tensor(v) for k, v in batch.lengths.items()}
+        out = net(inputs, lengths=lengths)[binding.output]
+        if binding.task == "sum":
+            loss = (
+                0.5
+                * (
+                    (
+                        out.reshape(len(out), -1)[:, 0]
+                        - torch.as_tensor(batch.targets, dtype=out.dtype)
+                    )
+                    ** 2
+                ).mean()
+            )
+        else:
+            targets = torch.as_tensor(batch.targets)
+            logp = torch.log_softmax(out, dim=-1)
+            picked = logp.gather(-1, targets[..., None])[..., 0]
+            weight = (
+                torch.ones_like(picked)
+                if batch.mask is None
+                else torch.as_tensor(batch.mask, dtype=out.dtype)
+            )
+            loss = -(picked * weight).sum() / weight.sum().clamp(min=1.0)
+        optimiser.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
+        optimiser.step()
+        return float(loss.detach())
+
+    return step
+
+
+def analysis_input(model: Any, name: str) -> Any:
+    return model.analysis.spec.inputs[name]
+
+
+__all__ = ["TASKS", "Adam", "Task", "train"]
