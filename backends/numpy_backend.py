@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import linecache
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -1064,11 +1064,31 @@ class NumpyModel:
         dropout_seed: int | None = None,
     ) -> dict[str, np.ndarray]:
         """Gradients of sum(output * cotangent) for every parameter and real input."""
-        _, saved, inputs_, lengths_ = self._run(
+        options = {"lengths": lengths, "mode": mode, "steps": steps, "tf_mask": tf_mask}
+        return self.value_and_grad(
+            inputs, lambda _: (0.0, cotangents), seed=seed, dropout_seed=dropout_seed, **options
+        )[1]
+
+    def value_and_grad(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        loss: Callable[[dict[str, np.ndarray]], tuple[float, Mapping[str, np.ndarray]]],
+        *,
+        lengths: Any = None,
+        mode: str = "train",
+        steps: int | None = None,
+        tf_mask: Any = None,
+        seed: int = 0,
+        dropout_seed: int | None = None,
+    ) -> tuple[float, dict[str, np.ndarray]]:
+        """``loss(outputs) -> (value, cotangents)``; returns the value and the gradients
+        of every parameter and real input, from one forward and one backward pass."""
+        outputs, saved, inputs_, lengths_ = self._run(
             inputs, lengths, mode, steps, tf_mask, seed, dropout_seed
         )
+        value, cotangents = loss(outputs)
         grads = self._backward(self._params, inputs_, lengths_, saved, cotangents, self.dtype)
-        return {k: v for k, v in grads.items() if k in self._shapes or k in inputs}
+        return value, {k: v for k, v in grads.items() if k in self._shapes or k in inputs}
 
     def _run(
         self,

@@ -18,7 +18,7 @@ same :class:`rnnc.program.Program` as the NumPy backend:
 from __future__ import annotations
 
 import linecache
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -749,10 +749,30 @@ class TorchModel:
         dropout_seed: int | None = None,
     ) -> dict[str, np.ndarray]:
         """Gradients of sum(output * cotangent) for every parameter and real input."""
+        options = {"lengths": lengths, "mode": mode, "steps": steps, "tf_mask": tf_mask}
+        return self.value_and_grad(
+            inputs, lambda _: (0.0, cotangents), seed=seed, dropout_seed=dropout_seed, **options
+        )[1]
+
+    def value_and_grad(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        loss: Callable[[dict[str, np.ndarray]], tuple[float, Mapping[str, np.ndarray]]],
+        *,
+        lengths: Any = None,
+        mode: str = "train",
+        steps: int | None = None,
+        tf_mask: Any = None,
+        seed: int = 0,
+        dropout_seed: int | None = None,
+    ) -> tuple[float, dict[str, np.ndarray]]:
+        """``loss(outputs) -> (value, cotangents)`` on NumPy outputs; returns the value
+        and the gradients of every parameter and real input (one forward, one backward)."""
         torch = self.torch
         outputs, tensors = self._forward(
             inputs, lengths, mode, steps, tf_mask, seed, dropout_seed, grad=True
         )
+        value, cotangents = loss({k: v.detach().cpu().numpy() for k, v in outputs.items()})
         total = sum(
             (
                 outputs[k]
@@ -767,9 +787,9 @@ class TorchModel:
             if torch.is_tensor(total) and total.requires_grad
             else [None] * len(wrt)
         )
-        return {
-            name: (torch.zeros_like(value) if grad is None else grad).detach().cpu().numpy()
-            for (name, value), grad in zip(wrt.items(), grads, strict=True)
+        return value, {
+            name: (torch.zeros_like(p) if grad is None else grad).detach().cpu().numpy()
+            for (name, p), grad in zip(wrt.items(), grads, strict=True)
         }
 
     def _forward(

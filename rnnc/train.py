@@ -14,9 +14,11 @@ Token conventions for the seq2seq tasks: 0 pads, 1 begins (BOS), 2 ends (EOS), a
 task's symbols are 3, 4, ... The decoder input is BOS followed by the target; its
 output is the target followed by EOS.
 
-Optimiser: Adam with the gradient's global norm clipped, on both backends: the PyTorch
-backend trains its ``nn.Module`` with ``torch.optim.Adam``; the NumPy backend trains
-with its own generated BPTT and the Adam below, no torch involved.
+Optimiser: Adam with the gradient's global norm clipped (:class:`Adam`, below), the same
+on both backends: each backend gives a loss's value and gradients through the
+CompiledModel's ``value_and_grad`` (the NumPy backend with its own generated BPTT, no
+torch involved; the PyTorch backend with autograd), and Adam updates the parameters.
+rnnc itself never imports torch.
 """
 
 from __future__ import annotations
@@ -201,7 +203,7 @@ def output_node_name(name: str) -> str:
     return output_node(name)
 
 
-# --- losses and scores (NumPy; the torch trainer mirrors them) ------------------------------
+# --- losses and scores -------------------------------------------------------------------------
 
 
 def log_softmax(z: np.ndarray) -> np.ndarray:
@@ -308,11 +310,7 @@ def train(
     held_out = task.batch(binding, np.random.default_rng(seed + 10_000), eval_size)
     start = time.perf_counter()
     losses = []
-    step_fn = (
-        _torch_stepper(model, binding, lr, clip, seed)
-        if backend == "torch"
-        else _numpy_stepper(model, binding, lr, clip)
-    )
+    step_fn = _stepper(model, binding, lr, clip)
     for i in range(1, steps + 1):
         loss = step_fn(task.batch(binding, rng, batch), i)
         losses.append(loss)
@@ -332,7 +330,6 @@ def train(
 
 def predict(model: Any, binding: Binding, task: Task, batch: Batch) -> np.ndarray:
     """The model's outputs on a batch: free-running from BOS for seq2seq."""
-    _eval_mode(model)
     if binding.kind == "seq2seq":
         return model.run(
             batch.inputs, lengths=batch.lengths, mode="generate", steps=batch.targets.shape[1]
@@ -342,12 +339,6 @@ def predict(model: Any, binding: Binding, task: Task, batch: Batch) -> np.ndarra
 
 def evaluate(model: Any, binding: Binding, task: Task, batch: Batch) -> float:
     return score(binding, batch, predict(model, binding, task, batch))
-
-
-def _eval_mode(model: Any) -> None:
-    """Evaluation without dropout: a torch module leaves training mode."""
-    if hasattr(model, "module"):
-        model.module.eval()
 
 
 def examples(
@@ -370,77 +361,26 @@ def examples(
     return out
 
 
-def _numpy_stepper(
-    model: Any, binding: Binding, lr: float, clip: float
-) -> Callable[[Batch, int], float]:
+def _stepper(model: Any, binding: Binding, lr: float, clip: float) -> Callable[[Batch, int], float]:
+    """One optimiser step on a batch: the backend's forward and backward
+    (``value_and_grad``), then Adam on the parameters. Teacher-forcing coin flips and
+    dropout masks are drawn from the step number, on either backend alike."""
     adam = Adam(lr=lr, clip=clip)
+    params = model.params()
 
     def step(batch: Batch, i: int) -> float:
-        outputs, saved, inputs, lengths = model._run(
-            batch.inputs, batch.lengths, "train", None, None, i, None
+        def loss(outputs: dict[str, np.ndarray]) -> tuple[float, dict[str, np.ndarray]]:
+            value, grad = loss_and_cotangent(binding, batch, outputs[binding.output])
+            return value, {binding.output: grad}
+
+        value, grads = model.value_and_grad(
+            batch.inputs, loss, lengths=batch.lengths, seed=i, dropout_seed=i
         )
-        loss, grad = loss_and_cotangent(binding, batch, outputs[binding.output])
-        grads = model._backward(
-            model._params, inputs, lengths, saved, {binding.output: grad}, model.dtype
-        )
-        adam.step(model._params, {k: grads[k] for k in model._params})
-        return loss
+        adam.step(params, {k: grads[k] for k in params})
+        model.load_params(params)
+        return value
 
     return step
-
-
-def _torch_stepper(
-    model: Any, binding: Binding, lr: float, clip: float, seed: int
-) -> Callable[[Batch, int], float]:
-    import torch
-
-    torch.manual_seed(seed)
-    net = model.module
-    net.train()
-    optimiser = torch.optim.Adam(net.parameters(), lr=lr)
-
-    def step(batch: Batch, i: int) -> float:
-        net.train()
-        inputs = {
-            k: torch.as_tensor(v)
-            if isinstance(analysis_input(model, k), TokenInput)
-            else torch.as_tensor(v, dtype=torch.float32)
-            for k, v in batch.inputs.items()
-        }
-        lengths = {k: torch.as_tensor(v) for k, v in batch.lengths.items()}
-        out = net(inputs, lengths=lengths)[binding.output]
-        if binding.task == "sum":
-            loss = (
-                0.5
-                * (
-                    (
-                        out.reshape(len(out), -1)[:, 0]
-                        - torch.as_tensor(batch.targets, dtype=out.dtype)
-                    )
-                    ** 2
-                ).mean()
-            )
-        else:
-            targets = torch.as_tensor(batch.targets)
-            logp = torch.log_softmax(out, dim=-1)
-            picked = logp.gather(-1, targets[..., None])[..., 0]
-            weight = (
-                torch.ones_like(picked)
-                if batch.mask is None
-                else torch.as_tensor(batch.mask, dtype=out.dtype)
-            )
-            loss = -(picked * weight).sum() / weight.sum().clamp(min=1.0)
-        optimiser.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
-        optimiser.step()
-        return float(loss.detach())
-
-    return step
-
-
-def analysis_input(model: Any, name: str) -> Any:
-    return model.analysis.spec.inputs[name]
 
 
 __all__ = ["TASKS", "Adam", "Task", "train"]

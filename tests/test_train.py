@@ -92,7 +92,7 @@ def test_both_backends_learn_to_reverse(backend: str) -> None:
 @pytest.mark.parametrize(
     ("spec", "name", "steps", "options"),
     [
-        ("sum_lstm", "sum", 600, {}),
+        ("sum_lstm", "sum", 1500, {}),
         ("echo_lstm", "echo", 300, {}),
         ("parity_gru", "parity", 400, {"min_len": 2, "max_len": 4}),
     ],
