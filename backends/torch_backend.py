@@ -17,8 +17,9 @@ same :class:`rnnc.program.Program` as the NumPy backend:
 
 from __future__ import annotations
 
+import contextlib
 import linecache
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -834,9 +835,49 @@ class TorchModel:
 
 
 class TorchBackend:
-    """The entry point ``rnnc.backends: torch``."""
+    """The entry point ``rnnc.backends: torch``; it also times PyTorch's own layers for
+    ``rnnc bench`` (rnnc itself never imports torch)."""
 
     name = "torch"
+
+    @contextlib.contextmanager
+    def threads(self, n: int) -> Iterator[None]:
+        """PyTorch's intra-op thread count set to ``n`` for the duration."""
+        torch = _torch()
+        before = torch.get_num_threads()
+        torch.set_num_threads(n)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+
+    def reference_layer(
+        self, kind: str, layer: RecurrentLayer, size: int, x: np.ndarray, dtype: str
+    ) -> tuple[Callable[[], None], Callable[[], None]]:
+        """Forward and forward+backward of ``torch.nn.<kind>`` (RNN, LSTM, GRU) shaped
+        like ``layer``, on the batch-first input ``x``: what rnnc bench times."""
+        torch = _torch()
+        options: dict[str, Any] = {"nonlinearity": "relu"} if layer.cell == "rnn_relu" else {}
+        module = getattr(torch.nn, kind)(
+            size,
+            layer.hidden,
+            num_layers=layer.depth,
+            bidirectional=layer.direction == "bidirectional",
+            batch_first=True,
+            **options,
+        ).to(getattr(torch, dtype))
+        tensor = torch.from_numpy(x)
+
+        def forward() -> None:
+            with torch.no_grad():
+                module(tensor)
+
+        def both() -> None:
+            leaf = tensor.clone().requires_grad_(True)
+            out, _ = module(leaf)
+            out.sum().backward()
+
+        return forward, both
 
     def compile(
         self, analysis: Analysis, dtype: str = "float32", device: str = "cpu", **options: Any

@@ -19,7 +19,7 @@ import statistics
 import sys
 import time
 import tracemalloc
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +28,7 @@ import numpy as np
 from rnnc.checks import Analysis
 from rnnc.compiler import compile as compile_spec
 from rnnc.params import param_shapes
-from rnnc.registry import available_backends
+from rnnc.registry import available_backends, load_backend
 from rnnc.spec import RecurrentLayer, VectorInput
 
 TORCH_LAYERS = {"rnn": "RNN", "rnn_relu": "RNN", "lstm": "LSTM", "gru": "GRU"}
@@ -159,21 +159,16 @@ def run_bench(
     ]
 
 
-@contextlib.contextmanager
-def _torch_threads(threads: int) -> Iterator[None]:
+def _torch_backend() -> Any:
+    """The installed torch backend, which times PyTorch for us (rnnc never imports it)."""
+    return load_backend("torch") if "torch" in available_backends() else None
+
+
+def _torch_threads(threads: int) -> contextlib.AbstractContextManager[Any]:
     """PyTorch's intra-op threads (which threadpoolctl does not reach) set to ``threads``
     for everything timed: the torch backend and torch.nn's layers alike."""
-    try:
-        import torch
-    except ImportError:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    backend = _torch_backend()
+    return backend.threads(threads) if backend is not None else contextlib.nullcontext()
 
 
 def _torch_rows(
@@ -184,29 +179,12 @@ def _torch_rows(
     progress: Callable[[], None],
     forward_flops: float,
 ) -> list[Row]:
-    import torch
-
+    backend = _torch_backend()
+    if backend is None:
+        return []
     kind, layer, size = reference
-    options: dict[str, Any] = {"nonlinearity": "relu"} if layer.cell == "rnn_relu" else {}
-    module = getattr(torch.nn, kind)(
-        size,
-        layer.hidden,
-        num_layers=layer.depth,
-        bidirectional=layer.direction == "bidirectional",
-        batch_first=True,
-        **options,
-    ).to(getattr(torch, dtype))
-    (x,) = (torch.from_numpy(v) for v in inputs.values())
-
-    def forward() -> None:
-        with torch.no_grad():
-            module(x)
-
-    def both() -> None:
-        leaf = x.clone().requires_grad_(True)
-        out, _ = module(leaf)
-        out.sum().backward()
-
+    (x,) = inputs.values()
+    forward, both = backend.reference_layer(kind, layer, size, x, dtype)
     name = f"torch.nn.{kind}"
     return [
         Row(
