@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args[1] if len(args) > 1 else "out")
     out.mkdir(exist_ok=True)
     rows = []
+    fmt = "svg" if has_dot() else "dot"
+    backends = available_backends()
     for path in specs:
         print(f"== {path}")
         analysis = analyze(load_spec(path))
@@ -47,16 +49,16 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(summarize(analysis))
         start = time.perf_counter()
-        model = compile_spec(analysis, backend="numpy", dtype="float64")
-        write_atomic(out / f"{path.stem}_numpy.py", model.source)
-        fmt = "svg" if has_dot() else "dot"
         for view in VIEWS:
             write_atomic(
                 out / f"{path.stem}_{view}.{fmt}", encode(render(analysis, view=view), fmt)
             )
-        if "torch" in available_backends():
-            torch_source = compile_spec(analysis, backend="torch", dtype="float64").source
-            write_atomic(out / f"{path.stem}_torch.py", torch_source)
+        lines = {}
+        for backend in backends:
+            model = compile_spec(analysis, backend=backend, dtype="float64")
+            write_atomic(out / f"{path.stem}_{backend}.py", model.source)
+            lines[backend] = len(model.source.splitlines())
+        model = compile_spec(analysis, backend="numpy", dtype="float64")
         rng = np.random.default_rng(0)
         inputs, lengths = random_inputs(analysis, rng, batch=4, steps=7)
         outputs = model.run(inputs, lengths=lengths)
@@ -67,17 +69,22 @@ def main(argv: list[str] | None = None) -> int:
             shapes = ", ".join(f"{k} {v.shape}" for k, v in generated.items())
             print(f"  numpy, generate mode: {shapes}")
         finite = all(np.all(np.isfinite(v)) for v in outputs.values())
-        rows.append(
-            (path.stem, len(model.source.splitlines()), time.perf_counter() - start, finite)
-        )
+        warnings = len(analysis.warnings)
+        rows.append((path.stem, warnings, lines, time.perf_counter() - start, finite))
         print()
-    print(f"{'spec':24} {'numpy lines':>11} {'compile+run s':>13}  finite")
-    for name, lines, seconds, finite in rows:
-        print(f"{name:24} {lines:>11} {seconds:>13.2f}  {'yes' if finite else 'NO'}")
+    header = "".join(f" {b + ' lines':>12}" for b in backends)
+    print(f"{'spec':24} {'check':>8} {'drawn':>14}{header} {'seconds':>8}  runs")
+    for name, warnings, lines, seconds, finite in rows:
+        check = "ok" if not warnings else f"{warnings} warn"
+        counts = "".join(f" {lines[b]:>12}" for b in backends)
+        drawn = f"{len(VIEWS)} views ({fmt})"
+        print(
+            f"{name:24} {check:>8} {drawn:>14}{counts} {seconds:>8.2f}  {'yes' if finite else 'NO'}"
+        )
     agree = verify_gallery(specs)
     learned = train_demo(Path(args[0] if args else "specs"), out)
     flow_demo(Path(args[0] if args else "specs").parent / "bench" / "gradflow.yaml", out)
-    return 0 if all(r[3] for r in rows) and agree and learned else 1
+    return 0 if all(r[4] for r in rows) and agree and learned else 1
 
 
 def train_demo(specs: Path, out: Path) -> bool:
