@@ -18,6 +18,7 @@ same :class:`rnnc.program.Program` as the NumPy backend:
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import linecache
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -839,6 +840,11 @@ class TorchBackend:
     ``rnnc bench`` (rnnc itself never imports torch)."""
 
     name = "torch"
+
+    @staticmethod
+    def ready() -> bool:
+        """Whether PyTorch is installed (``pip install 'rnnc[torch]'``)."""
+        return importlib.util.find_spec("torch") is not None
 
     @contextlib.contextmanager
     def threads(self, n: int) -> Iterator[None]:

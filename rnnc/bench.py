@@ -28,7 +28,7 @@ import numpy as np
 from rnnc.checks import Analysis
 from rnnc.compiler import compile as compile_spec
 from rnnc.params import param_shapes
-from rnnc.registry import available_backends, load_backend
+from rnnc.registry import load_backend, usable_backends
 from rnnc.spec import RecurrentLayer, VectorInput
 
 TORCH_LAYERS = {"rnn": "RNN", "rnn_relu": "RNN", "lstm": "LSTM", "gru": "GRU"}
@@ -117,7 +117,7 @@ def run_bench(
             inputs[name] = rng.integers(0, inp.vocab, shape)
     forward_flops = flops(analysis, batch, steps)
     reference = torch_reference(analysis)
-    jobs = len(available_backends()) * 2 + (2 if reference else 0)
+    jobs = len(usable_backends()) * 2 + (2 if reference else 0)
     done = [0]
 
     def progress() -> None:
@@ -131,7 +131,7 @@ def run_bench(
 
     rows = []
     with threadpool_limits(limits=threads), _torch_threads(threads):
-        for backend in available_backends():
+        for backend in usable_backends():
             model = compile_spec(analysis, backend=backend, dtype=dtype)
             outputs = model.run(inputs)
             cotangents = {k: np.ones_like(v) for k, v in outputs.items()}
@@ -161,7 +161,7 @@ def run_bench(
 
 def _torch_backend() -> Any:
     """The installed torch backend, which times PyTorch for us (rnnc never imports it)."""
-    return load_backend("torch") if "torch" in available_backends() else None
+    return load_backend("torch") if "torch" in usable_backends() else None
 
 
 def _torch_threads(threads: int) -> contextlib.AbstractContextManager[Any]:

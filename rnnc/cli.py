@@ -22,7 +22,7 @@ from rnnc.equations import Cell
 from rnnc.errors import Diagnostic, RnncError, SpecError, did_you_mean
 from rnnc.files import write_atomic
 from rnnc.parse import load_spec
-from rnnc.registry import available_backends
+from rnnc.registry import available_backends, usable_backends
 from rnnc.spec import Spec
 from rnnc.summary import summarize
 
@@ -399,13 +399,18 @@ def run_train(args: argparse.Namespace) -> int:
 
 def _backend_names(text: str | None) -> list[str]:
     installed = available_backends()
-    names = [n.strip() for n in text.split(",") if n.strip()] if text else installed
+    names = [n.strip() for n in text.split(",") if n.strip()] if text else usable_backends()
     for name in names:
         if name not in installed:
             raise UsageError(
                 f"unknown backend {name!r}{did_you_mean(name, installed)}; "
                 f"installed: {', '.join(installed) or 'none'}"
             )
+    if len(names) < 2 and not text:  # only one is usable here: say how to get another
+        raise RnncError(
+            f"verify compares two backends or more, and only {', '.join(names) or 'none'} can "
+            "run here: install PyTorch for the torch backend (pip install 'rnnc[torch]')"
+        )
     if len(names) < 2:
         raise UsageError(f"verify compares two backends or more; got {', '.join(names) or 'none'}")
     return names

@@ -25,7 +25,7 @@ from rnnc.errors import RnncError
 from rnnc.files import write_atomic
 from rnnc.gradflow import csv_text, describe, gradient_flow, plot_png
 from rnnc.parse import load_spec
-from rnnc.registry import available_backends
+from rnnc.registry import usable_backends
 from rnnc.summary import summarize
 from rnnc.train import Task, train
 from rnnc.verify import random_inputs, verify
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(exist_ok=True)
     rows = []
     fmt = "svg" if has_dot() else "dot"
-    backends = available_backends()
+    backends = usable_backends()
     for path in specs:
         print(f"== {path}")
         analysis = analyze(load_spec(path))
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def train_demo(specs: Path, out: Path) -> bool:
     """A short run of the attention seq2seq on `reverse`, with a few decoded examples."""
-    backend = "torch" if "torch" in available_backends() else "numpy"
+    backend = "torch" if "torch" in usable_backends() else "numpy"
     analysis = analyze(load_spec(specs / "seq2seq_attention.yaml"))
     print(f"\ntraining seq2seq_attention on reverse (lengths 3-12, 10 symbols, {backend}) ...")
     result = train(analysis, Task("reverse"), backend=backend, steps=600, batch=64)
@@ -122,7 +122,7 @@ def flow_demo(spec: Path, out: Path) -> None:
 
 def verify_gallery(specs: list[Path]) -> bool:
     """The cross-backend table: one row per spec and mode (``rnnc verify`` in short)."""
-    backends = available_backends()
+    backends = usable_backends()
     if len(backends) < 2:
         print(f"\nverification skipped: one backend installed ({', '.join(backends)})")
         return True

@@ -19,6 +19,17 @@ def available_backends() -> list[str]:
     return sorted(ep.name for ep in entry_points(group=GROUP))
 
 
+def usable_backends() -> list[str]:
+    """The installed backends whose own requirements are met (the torch backend needs
+    PyTorch, an optional extra): the ones verify, bench and the demo run by default."""
+    usable = []
+    for name in available_backends():
+        ready = getattr(load_backend(name), "ready", None)
+        if ready is None or ready():
+            usable.append(name)
+    return usable
+
+
 def load_backend(name: str) -> Any:
     """The backend object registered under ``name`` (imported only now)."""
     for ep in entry_points(group=GROUP):

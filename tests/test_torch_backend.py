@@ -329,3 +329,12 @@ def test_generated_specs_agree_across_backends(gen: Generated, seed: int) -> Non
     rows = verify(analysis, ("numpy", "torch"), dtype="float64", seed=seed, batch=2, steps=4)
     bad = [(r.mode, r.what, r.name, r.rel_diff) for r in rows if not r.ok]
     assert not bad, (bad, dump(spec))
+
+
+def test_without_pytorch_verify_says_how_to_get_a_second_backend(cli, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from backends.torch_backend import TorchBackend
+
+    monkeypatch.setattr(TorchBackend, "ready", staticmethod(lambda: False))
+    result = cli("verify", str(GALLERY[0]))
+    assert result.code == 1
+    assert "pip install 'rnnc[torch]'" in result.err and "Traceback" not in result.err
