@@ -58,6 +58,10 @@ EDGE_STYLES: dict[str, tuple[dict[str, str], str]] = {
         {"color": "#9467bd", "style": "dotted", "penwidth": "1.8", "fontcolor": "#9467bd"},
         "feedback (own prediction, t-1)",
     ),
+    "residual": (
+        {"color": "#7f7f7f", "style": "dashed", "arrowhead": "empty"},
+        "residual (added to the output)",
+    ),
     "output": ({"color": "#333333", "arrowhead": "normal"}, "output"),
 }
 
@@ -548,6 +552,7 @@ class _Drawer:
                 start = bridge
         for k in range(layer.depth):
             merged: dict[Any, list[str]] = {}  # step -> this depth's cells at that step
+            inputs = below  # what depth k reads (depth k-1's output), for the residual
             for d in layer.directions:
                 first = steps[0] if d == "fwd" else last
                 where = _Row(node, layer, k, d, shown, start, first, init_path)
@@ -558,6 +563,7 @@ class _Drawer:
                 self.add_row(axis, row)
             if len(layer.directions) == 1:
                 below = merged
+                self.residual_edges(layer, k, inputs, below, edges)
                 continue
             below = {}
             for t in steps:
@@ -571,11 +577,28 @@ class _Drawer:
             self.add_row(
                 axis, self.row(f"{node}.merge.l{k}", shown, bucket, lambda t, ids=ids: next(ids))
             )
+            self.residual_edges(layer, k, inputs, below, edges)
         for t in steps:
             self.values[(node, t)] = below[t][0]
         if steps:
             self.values[(node, "final")] = self.final_state(node, layer, steps, bucket, edges)
         self.attention_edges(node, layer, steps, edges, bundle, bucket)
+
+    def residual_edges(
+        self,
+        layer: RecurrentLayer,
+        k: int,
+        inputs: dict[Any, list[str]],
+        outputs: dict[Any, list[str]],
+        edges: list[Any],
+    ) -> None:
+        """A residual layer adds what depth k reads to what it gives (k > 0)."""
+        if not layer.residual or k == 0:
+            return
+        for t, sources in inputs.items():
+            for source in sources[:1]:
+                target = outputs[t][0]
+                edges.append((source, target, self.edge_attrs("residual", constraint="false")))
 
     def cell_row(
         self,
