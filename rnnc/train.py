@@ -34,8 +34,10 @@ import numpy as np
 from rnnc.checks import Analysis
 from rnnc.compiler import compile as compile_spec
 from rnnc.errors import RnncError
+from rnnc.graph import output_node
 from rnnc.program import Program
 from rnnc.spec import TokenInput
+from rnnc.weights import init_params
 
 PAD, BOS, EOS, FIRST = 0, 1, 2, 3
 SEQ2SEQ = ("copy", "reverse", "sort")
@@ -179,7 +181,7 @@ def _bind(task: Task, analysis: Analysis) -> Binding | str:
         return f"its input {source!r} is a vector of size {inp.size}; the task feeds one number per step"  # type: ignore[union-attr]
     for name, out in outputs.items():
         axis = g.nodes[out.from_].get("axis")
-        width = g.nodes[output_node_name(name)].get("width")
+        width = g.nodes[output_node(name)].get("width")
         per_example = out.state is not None or out.steps == "last" or axis is None
         if task.name == "sum" and per_example and width == 1:
             return Binding(task.name, source, None, name, "last", tokens)
@@ -195,12 +197,6 @@ def _bind(task: Task, analysis: Analysis) -> Binding | str:
         "echo": "a token input and an output at every step as wide as its vocabulary",
     }[task.name]
     return f"it needs {wants}"
-
-
-def output_node_name(name: str) -> str:
-    from rnnc.graph import output_node
-
-    return output_node(name)
 
 
 # --- losses and scores -------------------------------------------------------------------------
@@ -303,9 +299,7 @@ def train(
     accuracy (greedy, free-running decoding for seq2seq)."""
     binding = task.bind(analysis)
     model = compile_spec(analysis, backend=backend, dtype="float32")
-    import rnnc
-
-    model.load_params(rnnc.init_params(analysis, seed=seed))
+    model.load_params(init_params(analysis, seed=seed))
     rng = np.random.default_rng(seed)
     held_out = task.batch(binding, np.random.default_rng(seed + 10_000), eval_size)
     start = time.perf_counter()
