@@ -15,7 +15,7 @@ from importlib import resources
 
 from rnnc import __version__
 from rnnc.cells import builtin_cells
-from rnnc.checks import analyze
+from rnnc.checks import Analysis, analyze
 from rnnc.compiler import DTYPES
 from rnnc.compiler import compile as compile_spec
 from rnnc.equations import Cell
@@ -265,13 +265,27 @@ def _print_diagnostics(diagnostics: Sequence[Diagnostic], path: str) -> None:
 # --- compile -----------------------------------------------------------------------------
 
 
-def run_compile(args: argparse.Namespace) -> int:
-    if args.backend not in available_backends():
-        names = available_backends()
+def _installed(backend: str) -> str:
+    """``backend``, if it is installed; a usage error naming the installed ones if not."""
+    names = available_backends()
+    if backend not in names:
         raise UsageError(
-            f"unknown backend {args.backend!r}{did_you_mean(args.backend, names)}; "
+            f"unknown backend {backend!r}{did_you_mean(backend, names)}; "
             f"installed: {', '.join(names) or 'none'}"
         )
+    return backend
+
+
+def _checked(path: str) -> Analysis:
+    """The analysis of a spec file that passes its checks (else SpecError: exit 1)."""
+    analysis = analyze(load_spec(path))
+    if not analysis.ok:
+        raise SpecError(analysis.errors)
+    return analysis
+
+
+def run_compile(args: argparse.Namespace) -> int:
+    _installed(args.backend)
     model = compile_spec(load_spec(args.spec), backend=args.backend, dtype=args.dtype)
     if args.output:
         write_atomic(args.output, model.source)
@@ -310,9 +324,7 @@ def run_gradflow(args: argparse.Namespace) -> int:
 
     if not args.output.endswith((".png", ".csv")):
         raise UsageError("-o takes a .png (with the CSV beside it) or a .csv")
-    analysis = analyze(load_spec(args.spec))
-    if not analysis.ok:
-        raise SpecError(analysis.errors)
+    analysis = _checked(args.spec)
     flows = gradient_flow(analysis, steps=args.steps, batch=args.batch, seed=args.seed)
     cells = {name: analysis.spec.layers[name].cell for name in flows}  # type: ignore[union-attr]
     table = csv_text(flows)
@@ -338,10 +350,7 @@ def run_train(args: argparse.Namespace) -> int:
         raise UsageError(
             f"unknown task {args.task!r}{did_you_mean(args.task, TASKS)}; tasks: {', '.join(TASKS)}"
         )
-    if args.backend not in available_backends():
-        raise UsageError(
-            f"unknown backend {args.backend!r}; installed: {', '.join(available_backends())}"
-        )
+    _installed(args.backend)
     if args.output and not args.output.endswith((".safetensors", ".npz")):
         raise UsageError("-o takes a .safetensors or .npz file")
     try:
@@ -351,9 +360,7 @@ def run_train(args: argparse.Namespace) -> int:
         raise UsageError(
             f"--lengths takes MIN-MAX with 1 <= MIN <= MAX, found {args.lengths!r}"
         ) from None
-    analysis = analyze(load_spec(args.spec))
-    if not analysis.ok:
-        raise SpecError(analysis.errors)
+    analysis = _checked(args.spec)
     task = Task(args.task, vocab=args.vocab, min_len=low, max_len=high)
     task.bind(analysis)  # a task that does not fit is refused before anything runs
     tty = sys.stderr.isatty()
@@ -398,14 +405,9 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def _backend_names(text: str | None) -> list[str]:
-    installed = available_backends()
     names = [n.strip() for n in text.split(",") if n.strip()] if text else usable_backends()
     for name in names:
-        if name not in installed:
-            raise UsageError(
-                f"unknown backend {name!r}{did_you_mean(name, installed)}; "
-                f"installed: {', '.join(installed) or 'none'}"
-            )
+        _installed(name)
     if len(names) < 2 and not text:  # only one is usable here: say how to get another
         raise RnncError(
             f"verify compares two backends or more, and only {', '.join(names) or 'none'} can "
@@ -423,9 +425,7 @@ def run_verify(args: argparse.Namespace) -> int:
     modes = ("train", "generate") if args.mode == "both" else (args.mode,)
     failed = []
     for path in args.specs:
-        analysis = analyze(load_spec(path))
-        if not analysis.ok:
-            raise SpecError(analysis.errors)
+        analysis = _checked(path)
         rows = verify(
             analysis,
             backends,
@@ -455,9 +455,7 @@ def run_verify(args: argparse.Namespace) -> int:
 def run_bench_command(args: argparse.Namespace) -> int:
     from rnnc.bench import blas_description, format_rows, run_bench
 
-    analysis = analyze(load_spec(args.spec))
-    if not analysis.ok:
-        raise SpecError(analysis.errors)
+    analysis = _checked(args.spec)
     rows = run_bench(
         analysis,
         batch=args.batch,

@@ -25,7 +25,7 @@ import numpy as np
 from rnnc.checks import Analysis
 from rnnc.compiler import compile as compile_spec
 from rnnc.errors import RnncError
-from rnnc.program import Program
+from rnnc.program import Program, RunOptions
 from rnnc.verify import random_inputs
 from rnnc.weights import init_params
 
@@ -40,7 +40,7 @@ def gradient_flow(
     model = compile_spec(analysis, backend="numpy", dtype="float64")
     model.load_params(init_params(analysis, seed=seed))
     inputs, lengths = random_inputs(analysis, np.random.default_rng(seed), batch, steps, False)
-    _, v, _, _ = model._run(inputs, lengths, "train", None, None, seed, None)
+    _, v, _, _ = model._run(inputs, RunOptions(lengths=lengths, seed=seed))
     looped = {n for group in Program(analysis).loops() for n in group}
     flows = {}
     for name, layer in analysis.spec.recurrent_layers().items():
