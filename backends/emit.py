@@ -11,11 +11,12 @@ functions, which a :class:`Dialect` names: NumPy arrays and torch tensors share
 from __future__ import annotations
 
 import keyword
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from rnnc.graph import input_edges
-from rnnc.lower import Adjoint, CellStep, Op, reverse
+from rnnc.lower import Adjoint, CellStep, Op, lower_cell, reverse
 from rnnc.program import Program
 from rnnc.spec import RecurrentLayer
 
@@ -645,3 +646,55 @@ def joined_inputs(program: Program, name: str, axis: str | None, xp: Dialect) ->
     if len(parts) == 1:
         return parts[0], pieces
     return f"{xp.cat}([{', '.join(parts)}], axis=-1)", pieces
+
+
+def merge(layer: RecurrentLayer, parts: list[str], xp: Dialect) -> str:
+    """The expression combining a layer's two directions (one part: itself)."""
+    if len(parts) == 1:
+        return parts[0]
+    a, b = parts
+    return {
+        "concat": f"{xp.cat}([{a}, {b}], axis=-1)",
+        "sum": f"{a} + {b}",
+        "mean": f"0.5 * ({a} + {b})",
+        "mul": f"{a} * {b}",
+    }[layer.merge]
+
+
+class CellFunctions:
+    """A program's generated cell functions: one family per (cell, input size, hidden
+    size), shared by every layer and depth that lowers the same cell at those sizes.
+    ``suffix(function, cell)`` adds backend-specific source after each family."""
+
+    def __init__(
+        self,
+        program: Program,
+        xp: Dialect,
+        grads: bool = True,
+        suffix: Callable[[str, str], str] | None = None,
+    ):
+        self.program, self.xp, self.grads, self.suffix = program, xp, grads, suffix
+        self.sources: dict[str, str] = {}  # function name -> source
+        self.steps: dict[str, CellStep] = {}  # function name -> the lowered step
+        self.of: dict[tuple[str, int], str] = {}  # (layer, depth) -> function name
+        self._by_signature: dict[tuple[str, int, int], str] = {}
+
+    def __call__(self, name: str, k: int, layer: RecurrentLayer, width: int) -> str:
+        """The function family for depth k of a layer whose depth 0 reads ``width``."""
+        X = width if k == 0 else layer.output_width
+        signature = (layer.cell, X, layer.hidden)
+        if signature not in self._by_signature:
+            function = f"cell_{name}_l{k}"
+            step = lower_cell(self.program.analysis.cells[layer.cell], X, layer.hidden)
+            source = emit_cell(step, function, self.xp, grads=self.grads)
+            if self.suffix is not None:
+                source += self.suffix(function, layer.cell)
+            self.sources[function] = source
+            self.steps[function] = step
+            self._by_signature[signature] = function
+        self.of[name, k] = self._by_signature[signature]
+        return self.of[name, k]
+
+    def step(self, name: str, k: int) -> CellStep:
+        """The lowered step of depth k of a layer (after it was asked for)."""
+        return self.steps[self.of[name, k]]

@@ -19,10 +19,9 @@ from typing import Any
 import numpy as np
 
 import rnnc
-from backends.emit import NUMPY, Joined, emit_cell, joined_inputs, pack
+from backends.emit import NUMPY, CellFunctions, Joined, joined_inputs, merge, pack
 from rnnc.checks import Analysis
 from rnnc.errors import RnncError
-from rnnc.lower import lower_cell
 from rnnc.params import param_shapes
 from rnnc.program import (
     CompiledModelBase,
@@ -161,9 +160,8 @@ class _Program(Program):
         super().__init__(analysis)
         self.fwd: list[str] = []
         self.bwd: list[list[str]] = []  # blocks, emitted in reverse order
-        self.scans: dict[str, str] = {}  # function name -> source
-        self.functions: dict[tuple[str, int], str] = {}  # (layer, depth) -> function name
-        self.by_signature: dict[tuple[str, int, int], str] = {}  # (cell, X, H) -> name
+        self.cell_function = CellFunctions(self, NUMPY)
+        self.functions = self.cell_function.of  # (layer, depth) -> function name
 
     def split_grad(self, grad: str, pieces: Joined, axis: str | None) -> list[str]:
         """Lines sending a gradient of joined inputs back to each input."""
@@ -279,7 +277,7 @@ class _Program(Program):
                     f"    v[{run!r}], v[{run + ':final'!r}], v[{run + ':tape'!r}] = {function}("
                     f"v[{here + ':in'!r}], v['mask:{axis}'], {d == 'bwd'}, v[{run + ':P'!r}], {start})"
                 )
-            merged = self.merge(layer, [f"v[{f'{name}.{d}.l{k}'!r}]" for d in layer.directions])
+            merged = merge(layer, [f"v[{f'{name}.{d}.l{k}'!r}]" for d in layer.directions], NUMPY)
             if k > 0 and layer.residual:
                 merged = f"{merged} + v[{here + ':in'!r}]"
             if k < top:
@@ -291,7 +289,7 @@ class _Program(Program):
                 self.fwd += self.dropout_forward(target, layer.dropout)
         finals = [f"v[{f'{name}.{d}.l{top}:final'!r}]" for d in layer.directions]
         final_states = ", ".join(
-            self.merge(layer, [f"{f}[{i}]" for f in finals]) for i in range(n_states)
+            merge(layer, [f"{f}[{i}]" for f in finals], NUMPY) for i in range(n_states)
         )
         self.fwd.append(f"    v[{name + ':final'!r}] = ({final_states},)")
         if luong:
@@ -428,19 +426,6 @@ class _Program(Program):
         lines.append(f"        accumulate(g, {memory!r}, d_memory)")
         return lines
 
-    def cell_function(self, name: str, k: int, layer: RecurrentLayer, width: int) -> str:
-        """The generated functions for depth k of a layer, shared by every layer and
-        depth that lowers the same cell at the same sizes."""
-        X = width if k == 0 else layer.output_width
-        signature = (layer.cell, X, layer.hidden)
-        if signature not in self.by_signature:
-            function = f"cell_{name}_l{k}"
-            step = lower_cell(self.analysis.cells[layer.cell], X, layer.hidden)
-            self.scans[function] = emit_cell(step, function, NUMPY)
-            self.by_signature[signature] = function
-        self.functions[name, k] = self.by_signature[signature]
-        return self.functions[name, k]
-
     # --- step loops (feedback, additive attention, recurrent edges from what a layer feeds)
 
     def emit_loop(self, members: list[str]) -> None:
@@ -576,9 +561,9 @@ class _Program(Program):
                 run = f"{name}.fwd.l{k}"
                 x_in = f"v[{f'{name}.l{k}:in'!r}][t]"
                 P = f"v[{run + ':P'!r}]"
-                source = self.scans[self.functions[name, k]]
-                bias = f" + {P}['b_x']" if "P['b_x']" in source else ""
-                xp = f"{x_in} @ {P}['W_x'].T{bias}" if "P['W_x']" in source else "None"
+                step = self.cell_function.step(name, k)
+                bias = f" + {P}['b_x']" if any(step.x_bias) else ""
+                xp = f"{x_in} @ {P}['W_x'].T{bias}" if step.x_blocks else "None"
                 lines.append(
                     f"    state_{name}_l{k}, y, v[{run + ':tape'!r}][t] = {self.functions[name, k]}_step("
                     f"{xp}, {x_in}, mask_t, state_{name}_l{k}, {P})"
@@ -698,7 +683,7 @@ class _Program(Program):
                 lines.append("    if d_xp is not None:")
                 lines.append(f"        d_in = d_in + d_xp @ {P}['W_x']")
                 lines.append(f"        D_{name}_l{k}['W_x'] += d_xp.T @ {x_in}")
-                if "P['b_x']" in self.scans[self.functions[name, k]]:
+                if any(self.cell_function.step(name, k).x_bias):
                     lines.append(f"        D_{name}_l{k}['b_x'] += d_xp.sum(axis=0)")
                 lines.append("    if d_x is not None:")
                 lines.append("        d_in = d_in + d_x")
@@ -820,18 +805,6 @@ class _Program(Program):
         if not draw_only:
             lines.append(f"        v[{key!r}] = v[{key!r}] * v[{drop!r}]")
         return lines
-
-    @staticmethod
-    def merge(layer: RecurrentLayer, parts: list[str]) -> str:
-        if len(parts) == 1:
-            return parts[0]
-        a, b = parts
-        return {
-            "concat": f"np.concatenate([{a}, {b}], axis=-1)",
-            "sum": f"{a} + {b}",
-            "mean": f"0.5 * ({a} + {b})",
-            "mul": f"{a} * {b}",
-        }[layer.merge]
 
     def merge_back(self, layer: RecurrentLayer, name: str, k: int) -> list[str]:
         """Lines giving d_fwd / d_bwd (the gradient of each direction) from d_out."""
@@ -964,7 +937,7 @@ class _Program(Program):
             "    return {**grads, **input_grads}",
         ]
         parts = [header, PRELUDE.rstrip(), BLOCK_HELPER.strip(), GRAD_HELPERS.strip()]
-        parts += list(self.scans.values())
+        parts += list(self.cell_function.sources.values())
         parts += ["\n".join(forward), "\n".join(backward)]
         return "\n\n\n".join(parts) + "\n"
 

@@ -25,11 +25,10 @@ from typing import Any
 import numpy as np
 
 import rnnc
-from backends.emit import TORCH, emit_cell, joined_inputs, pack
+from backends.emit import TORCH, CellFunctions, joined_inputs, merge, pack
 from rnnc.checks import Analysis
 from rnnc.errors import RnncError
 from rnnc.interop import TORCH_ORDER
-from rnnc.lower import lower_cell
 from rnnc.params import param_shapes
 from rnnc.program import (
     CompiledModelBase,
@@ -189,7 +188,7 @@ class {fn}_function(torch.autograd.Function):
         d_xs, d_first = {fn}_backward(d_ys, d_final, tape, xs, mask, reverse, P, D)
         return (d_xs, None, None, None, *(D[name] for name in names), *d_first)'''
 
-FUSED_CELLS = ("rnn", "rnn_relu", "lstm", "gru")
+FUSED_CELLS = tuple(TORCH_ORDER)  # the built-in cells PyTorch has kernels for
 
 
 class _TorchProgram(Program):
@@ -198,9 +197,10 @@ class _TorchProgram(Program):
     def __init__(self, analysis: Analysis):
         super().__init__(analysis)
         self.fwd: list[str] = []
-        self.cells: dict[str, str] = {}  # function name -> source
-        self.functions: dict[tuple[str, int], str] = {}  # (layer, depth) -> function name
-        self.by_signature: dict[tuple[str, int, int], str] = {}
+        self.cell_function = CellFunctions(
+            self, TORCH, grads=False, suffix=lambda fn, cell: FUNCTION.format(fn=fn, cell=cell)
+        )
+        self.functions = self.cell_function.of  # (layer, depth) -> function name
 
     # --- plain nodes -------------------------------------------------------------------
 
@@ -261,7 +261,7 @@ class _TorchProgram(Program):
                         f"{d == 'bwd'}, tuple(P), *P.values(), {start})",
                         f"    v[{run!r}], v[{run + ':final'!r}] = out[0], out[1:]",
                     ]
-            merged = self.merge(layer, [f"v[{f'{name}.{d}.l{k}'!r}]" for d in layer.directions])
+            merged = merge(layer, [f"v[{f'{name}.{d}.l{k}'!r}]" for d in layer.directions], TORCH)
             if k > 0 and layer.residual:
                 merged = f"{merged} + v[{here + ':in'!r}]"
             if k < top:
@@ -272,7 +272,7 @@ class _TorchProgram(Program):
             if k < top and layer.dropout > 0:
                 fwd += self.dropout(target, layer.dropout, f"v[{target!r}].shape")
         finals = [f"v[{f'{name}.{d}.l{top}:final'!r}]" for d in layer.directions]
-        states = [self.merge(layer, [f"{f}[{i}]" for f in finals]) for i in range(n_states)]
+        states = [merge(layer, [f"{f}[{i}]" for f in finals], TORCH) for i in range(n_states)]
         fwd.append(f"    v[{name + ':final'!r}] = {pack(states)}")
         if layer.attention is not None:  # Luong (additive attention runs in a step loop)
             fwd += self.luong(name, layer, f"v[{name + ':h'!r}]", name)
@@ -324,20 +324,6 @@ class _TorchProgram(Program):
         b_hh.insert(0, f"params[{p + 'b' + order[0][1:]!r}].new_zeros({zeros})")  # type: ignore[index]
         return [f"torch.cat([{', '.join(w)}])" for w in (w_ih, w_hh, b_ih, b_hh)]
 
-    def cell_function(self, name: str, k: int, layer: RecurrentLayer, width: int) -> str:
-        """The generated functions for depth k of a layer, shared by every layer and
-        depth that lowers the same cell at the same sizes."""
-        X = width if k == 0 else layer.output_width
-        signature = (layer.cell, X, layer.hidden)
-        if signature not in self.by_signature:
-            function = f"cell_{name}_l{k}"
-            step = lower_cell(self.analysis.cells[layer.cell], X, layer.hidden)
-            source = emit_cell(step, function, TORCH, grads=False)
-            self.cells[function] = source + FUNCTION.format(fn=function, cell=layer.cell)
-            self.by_signature[signature] = function
-        self.functions[name, k] = self.by_signature[signature]
-        return self.functions[name, k]
-
     def init_forward(self, name: str, layer: RecurrentLayer) -> list[str]:
         """The first state of every depth and direction: the source's final h, maybe bridged."""
         assert layer.init is not None
@@ -379,18 +365,6 @@ class _TorchProgram(Program):
             f"        v[{drop!r}] = (uniform({shape}) >= {p!r}).to(dtype) / {1 - p!r}",
             f"        v[{key!r}] = v[{key!r}] * v[{drop!r}]",
         ]
-
-    @staticmethod
-    def merge(layer: RecurrentLayer, parts: list[str]) -> str:
-        if len(parts) == 1:
-            return parts[0]
-        a, b = parts
-        return {
-            "concat": f"torch.cat([{a}, {b}], axis=-1)",
-            "sum": f"{a} + {b}",
-            "mean": f"0.5 * ({a} + {b})",
-            "mul": f"{a} * {b}",
-        }[layer.merge]
 
     # --- step loops ----------------------------------------------------------------------
 
@@ -496,9 +470,9 @@ class _TorchProgram(Program):
         lines.append(f"    y = {joined}")
         for k in range(layer.depth):
             P = f"P_{name}_l{k}"
-            source = self.cells[self.functions[name, k]]
-            bias = f" + {P}['b_x']" if "P['b_x']" in source else ""
-            xp = f"y @ {P}['W_x'].T{bias}" if "P['W_x']" in source else "None"
+            step = self.cell_function.step(name, k)
+            bias = f" + {P}['b_x']" if any(step.x_bias) else ""
+            xp = f"y @ {P}['W_x'].T{bias}" if step.x_blocks else "None"
             lines.append("    x_in = y")
             lines.append(
                 f"    state_{name}_l{k}, y, _ = {self.functions[name, k]}_step({xp}, x_in, mask_t, state_{name}_l{k}, {P})"
@@ -668,7 +642,13 @@ class Model(torch.nn.Module):
 
     def module(self, header: str) -> str:
         run = self.run_function()
-        parts = [header, PRELUDE.rstrip(), *self.cells.values(), run, self.model_class()]
+        parts = [
+            header,
+            PRELUDE.rstrip(),
+            *self.cell_function.sources.values(),
+            run,
+            self.model_class(),
+        ]
         return "\n\n\n".join(parts) + "\n"
 
 

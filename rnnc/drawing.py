@@ -323,7 +323,7 @@ class _Drawer:
             else:
                 for node in nodes:
                     self.rolled_node(d, node)
-        for u, v, _key, data in sorted(self.g.edges(keys=True, data=True), key=_edge_order):
+        for u, v, _key, data in sorted(self.g.edges(keys=True, data=True), key=lambda e: e[:3]):
             self.rolled_edge(d, u, v, data)
         self.legend(d)
         return d
@@ -380,6 +380,8 @@ class _Drawer:
         self.shown = {a: _shown_steps(lengths[a]) for a in axes}
         self.values: dict[tuple[str, Any], str] = {}  # (node, step) -> drawn node id
         self.rows: list[list[str]] = []  # each row's node ids, left to right
+        self.first_row: dict[str, list[str]] = {}  # per time axis
+        self.input_rows: dict[str, list[str]] = {}  # per time axis: the last input row
         self.free: list[tuple[str, dict[str, str]]] = []  # nodes outside every cluster
         self.pending_invisible: list[tuple[str, str]] = []  # layout-only edges
         roles = self.axis_roles()
@@ -440,13 +442,13 @@ class _Drawer:
     def order_axes(self, d: graphviz.Digraph, axes: list[str]) -> None:
         """Encoder steps, then decoder steps: the first rows of consecutive axes side by
         side, in spec order."""
-        firsts = [self.first_row.get(a) for a in axes if self.first_row.get(a)]
+        firsts = [self.first_row[a] for a in axes if a in self.first_row]
         for left, right in itertools.pairwise(firsts):
-            d.edge(left[-1], right[0], style="invis", weight="5")  # type: ignore[index]
+            d.edge(left[-1], right[0], style="invis", weight="5")
             with d.subgraph() as s:
                 s.attr(rank="same")
-                s.node(left[-1])  # type: ignore[index]
-                s.node(right[0])  # type: ignore[index]
+                s.node(left[-1])
+                s.node(right[0])
 
     def at(self, node: str, t: Any) -> str | None:
         """The drawn node holding ``node``'s value at step t ('final' for final states)."""
@@ -456,9 +458,6 @@ class _Drawer:
         """A row of one time axis; ``stack``: above the axis's previous input row (two
         sequence inputs on one axis, one above the other, each step in its column)."""
         self.rows.append(ids)
-        if not hasattr(self, "first_row"):
-            self.first_row: dict[str, list[str]] = {}
-            self.input_rows: dict[str, list[str]] = {}
         if axis is None:
             return
         self.first_row.setdefault(axis, ids)
@@ -791,10 +790,6 @@ def _shown_steps(T: int) -> list[int | None]:
 def _id(name: str) -> str:
     """A DOT node id: the name itself (quoted by graphviz), never clashing with ours."""
     return name.replace(":", "·")  # ':' would read as a port
-
-
-def _edge_order(edge: tuple[str, str, str, Mapping[str, Any]]) -> tuple[str, str, str]:
-    return (edge[0], edge[1], edge[2])
 
 
 def _wrap(lines: Sequence[str], width: int = 70) -> list[str]:

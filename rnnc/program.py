@@ -59,9 +59,15 @@ class Program:
         self.spec = analysis.spec
         self.g = analysis.graph
         self._loops: list[list[str]] | None = None
+        self._order: list[str] | None = None
 
     def order(self) -> list[str]:
         """Inputs and layers so that each comes after everything it reads at step t."""
+        if self._order is None:
+            self._order = self._instant_order()
+        return self._order
+
+    def _instant_order(self) -> list[str]:
         instant = nx.DiGraph()
         instant.add_nodes_from(n for n, d in self.g.nodes(data=True) if d["kind"] != "output")
         instant.add_edges_from(

@@ -310,19 +310,17 @@ def train(
         losses.append(loss)
         if report is not None and (i % report_every == 0 or i == steps):
             accuracy = (
-                evaluate(model, binding, task, held_out)
+                evaluate(model, binding, held_out)
                 if i == steps or i % (report_every * 10) == 0
                 else None
             )
             report(i, loss, accuracy)
-    accuracy = evaluate(model, binding, task, held_out)
+    accuracy = evaluate(model, binding, held_out)
     seconds = time.perf_counter() - start
-    return Result(
-        model.params(), accuracy, seconds, losses, examples(model, binding, task, held_out)
-    )
+    return Result(model.params(), accuracy, seconds, losses, examples(model, binding, held_out))
 
 
-def predict(model: Any, binding: Binding, task: Task, batch: Batch) -> np.ndarray:
+def predict(model: Any, binding: Binding, batch: Batch) -> np.ndarray:
     """The model's outputs on a batch: free-running from BOS for seq2seq."""
     if binding.kind == "seq2seq":
         return model.run(
@@ -331,17 +329,17 @@ def predict(model: Any, binding: Binding, task: Task, batch: Batch) -> np.ndarra
     return model.run(batch.inputs, lengths=batch.lengths)[binding.output]
 
 
-def evaluate(model: Any, binding: Binding, task: Task, batch: Batch) -> float:
-    return score(binding, batch, predict(model, binding, task, batch))
+def evaluate(model: Any, binding: Binding, batch: Batch) -> float:
+    return score(binding, batch, predict(model, binding, batch))
 
 
 def examples(
-    model: Any, binding: Binding, task: Task, batch: Batch, n: int = 5
+    model: Any, binding: Binding, batch: Batch, n: int = 5
 ) -> list[tuple[list[int], list[int], list[int]]]:
     """A few held-out examples: input symbols, target and prediction (seq2seq: up to EOS)."""
     if binding.kind != "seq2seq":
         return []
-    pred = predict(model, binding, task, batch).argmax(axis=-1)
+    pred = predict(model, binding, batch).argmax(axis=-1)
     out = []
     for b in range(n):
         length = int(batch.lengths[binding.source][b])

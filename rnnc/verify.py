@@ -12,7 +12,7 @@ it came from rather than to its own size.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -151,9 +151,3 @@ def format_rows(rows: Sequence[Row], reference: str) -> str:
         for line in [header, *body]
     ]
     return "\n".join(lines)
-
-
-def summary(rows: Sequence[Row]) -> Mapping[str, Any]:
-    """How many rows agree, and the worst relative difference."""
-    worst = max((r.rel_diff for r in rows), default=0.0)
-    return {"rows": len(rows), "differ": sum(not r.ok for r in rows), "worst": worst}

@@ -15,7 +15,7 @@ import rnnc
 from rnnc.summary import output_shapes
 from tests.helpers import directional_errors, random_inputs
 from tests.test_numpy_backend import Mode
-from tests.test_properties import BASE_EXAMPLES, Generated, _settings, dump, valid_specs
+from tests.test_properties import BASE_EXAMPLES, Generated, _settings, any_valid_specs, dump
 
 pytestmark = pytest.mark.slow
 
@@ -39,12 +39,7 @@ def smooth(spec: dict) -> dict:
 
 @_settings(max(1, BASE_EXAMPLES // 2))
 @given(
-    st.one_of(
-        valid_specs(),
-        valid_specs(user_cell=True),
-        valid_specs(decoder=True, attention=True),
-        valid_specs(feedback=True, static=True),
-    ),
+    any_valid_specs(),
     st.integers(0, 2**16),
 )
 def test_generated_specs_compile_run_and_differentiate(gen: Generated, seed: int) -> None:

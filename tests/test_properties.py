@@ -461,6 +461,17 @@ def valid_specs(
     return gen
 
 
+def any_valid_specs() -> st.SearchStrategy[Generated]:
+    """Valid specs of every shape the generator knows: plain stacks, user cells,
+    encoder-decoders with attention, feedback with a static input."""
+    return st.one_of(
+        valid_specs(),
+        valid_specs(user_cell=True),
+        valid_specs(decoder=True, attention=True),
+        valid_specs(feedback=True, static=True),
+    )
+
+
 def dump(spec: dict[str, Any]) -> str:
     """Block-style YAML, one scalar per line (so a key's line is easy to find)."""
     return yaml.safe_dump(spec, sort_keys=False, default_flow_style=False, width=1_000_000)

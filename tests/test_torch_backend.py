@@ -12,11 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import rnnc
 from rnnc.verify import TOLERANCE, random_inputs, verify
 from tests.conftest import GALLERY
 from tests.helpers import spec_text
+from tests.test_properties import BASE_EXAMPLES, Generated, _settings, any_valid_specs, dump
 
 torch = pytest.importorskip("torch")  # the torch extra is installed by make test
 
@@ -296,21 +299,11 @@ def test_verify_fails_and_names_what_differs(cli, monkeypatch: pytest.MonkeyPatc
 
 # --- generated specs -------------------------------------------------------------------
 
-from hypothesis import given  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from tests.test_properties import BASE_EXAMPLES, Generated, _settings, dump, valid_specs  # noqa: E402
-
 
 @pytest.mark.slow
 @_settings(max(1, BASE_EXAMPLES // 2))
 @given(
-    st.one_of(
-        valid_specs(),
-        valid_specs(user_cell=True),
-        valid_specs(decoder=True, attention=True),
-        valid_specs(feedback=True, static=True),
-    ),
+    any_valid_specs(),
     st.integers(0, 2**16),
 )
 def test_generated_specs_agree_across_backends(gen: Generated, seed: int) -> None:
