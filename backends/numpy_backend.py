@@ -887,23 +887,7 @@ class _Program(Program):
             )
 
     def module(self, header: str) -> str:
-        self.check_supported("numpy")
-        for node in self.schedule():
-            if isinstance(node, tuple):
-                self.emit_loop(list(node))
-                continue
-            data = self.g.nodes[node]
-            spec = data.get("spec")
-            if data["kind"] == "input":
-                self.emit_input(node)
-            elif isinstance(spec, DenseLayer):
-                self.emit_dense(node, spec)
-            elif isinstance(spec, EmbeddingLayer):
-                self.emit_embedding(node, spec)
-            elif isinstance(spec, RecurrentLayer):
-                self.emit_recurrent(node, spec)
-        for name in self.spec.outputs:
-            self.emit_output(name)
+        self.emit_schedule("numpy")
         forward = [
             "def forward(params, inputs, lengths, dtype=np.float64, tf_masks=None, dropout=None):",
             '    """Run the model. inputs are batch-first; lengths maps each sequence input\n'

@@ -523,23 +523,7 @@ class _TorchProgram(Program):
         )
 
     def run_function(self) -> str:
-        self.check_supported("torch")
-        for node in self.schedule():
-            if isinstance(node, tuple):
-                self.emit_loop(list(node))
-                continue
-            data = self.g.nodes[node]
-            spec = data.get("spec")
-            if data["kind"] == "input":
-                self.emit_input(node)
-            elif isinstance(spec, DenseLayer):
-                self.emit_dense(node, spec)
-            elif isinstance(spec, EmbeddingLayer):
-                self.emit_embedding(node, spec)
-            elif isinstance(spec, RecurrentLayer):
-                self.emit_recurrent(node, spec)
-        for name in self.spec.outputs:
-            self.emit_output(name)
+        self.emit_schedule("torch")
         lines = [
             "def run(params, inputs, lengths, tf_masks, uniform):",
             '    """The forward pass. inputs: batch-first tensors; lengths: (B,) per sequence\n'

@@ -22,7 +22,7 @@ import numpy as np
 from rnnc.checks import Analysis, fed_input
 from rnnc.errors import RnncError
 from rnnc.graph import input_edges
-from rnnc.spec import EmbeddingLayer, RecurrentLayer, TokenInput
+from rnnc.spec import DenseLayer, EmbeddingLayer, RecurrentLayer, TokenInput
 
 
 @dataclass(frozen=True)
@@ -95,6 +95,29 @@ class Program:
         }
         ordered = nx.lexicographical_topological_sort(condensed, key=rank.__getitem__)
         return [tuple(loops[u[1]]) if u[0] == "loop" else u[1] for u in ordered]
+
+    def emit_schedule(self, backend: str) -> None:
+        """Walk the schedule and have the backend's program emit each part: its
+        ``emit_loop``, ``emit_input``, ``emit_dense``, ``emit_embedding``,
+        ``emit_recurrent`` and, after everything, ``emit_output`` per output."""
+        self.check_supported(backend)
+        emitter: Any = self
+        for node in self.schedule():
+            if isinstance(node, tuple):
+                emitter.emit_loop(list(node))
+                continue
+            data = self.g.nodes[node]
+            spec = data.get("spec")
+            if data["kind"] == "input":
+                emitter.emit_input(node)
+            elif isinstance(spec, DenseLayer):
+                emitter.emit_dense(node, spec)
+            elif isinstance(spec, EmbeddingLayer):
+                emitter.emit_embedding(node, spec)
+            elif isinstance(spec, RecurrentLayer):
+                emitter.emit_recurrent(node, spec)
+        for name in self.spec.outputs:
+            emitter.emit_output(name)
 
     def check_supported(self, backend: str) -> None:
         """Refuse what no backend compiles yet: a layer that runs backward in a step loop."""
