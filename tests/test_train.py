@@ -127,6 +127,10 @@ def test_plain_lines_when_not_a_terminal(cli) -> None:  # type: ignore[no-untype
     result = cli("train", str(BENCH / "echo_lstm.yaml"), "--task", "echo", "--steps", "20")
     assert result.code == 0
     assert "step 20/20" in result.err and "\r" not in result.err
+    quiet = cli(
+        "train", str(BENCH / "echo_lstm.yaml"), "--task", "echo", "--steps", "20", "--quiet"
+    )
+    assert quiet.code == 0 and "step" not in quiet.err and "held-out accuracy" in quiet.out
 
 
 # --- gradient flow ---------------------------------------------------------------------------
