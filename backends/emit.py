@@ -11,7 +11,6 @@ functions, which a :class:`Dialect` names: NumPy arrays and torch tensors share
 from __future__ import annotations
 
 import keyword
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,6 +98,7 @@ RESERVED = {
     "np", "torch", "sigmoid", "tanh", "relu", "hard_sigmoid", "softsign", "identity", "softmax",
     "log_softmax", "accumulate", "step_mask", "range", "len", "reversed", "zip", "add_in_place",
     "mm", "shift", "attend", "flip_within", "fused_scan", "register", "ONEDNN", "FUSED",
+    "onednn", "recurrent_weight", "pointers", "native_kernels", "native_library",
     "xs", "mask", "mask_t", "xp", "xp_t", "W_x", "T", "B", "H", "t", "ys", "tape", "saved",
     "params", "prefix", "init", "finals", "reverse", "order", "d_ys", "d_finals", "d_xs",
     "d_xp", "grads", "carry", "x_t",
@@ -551,11 +551,24 @@ def _emit_scan(step: CellStep, fn: str, saved: list[str], xp: Dialect) -> str:
         backward += xp.buffer_done(f"d_rp_{s}")
     if hoisted and shared is None:
         backward += xp.buffer_done("d_xp")
-    xs_flat = "xs.reshape(T * B, -1)"
     for s in step.r_blocks:
         backward.append(
             f"    prev_{s} = {xp.lib}.stack([kept[{_prev_index(step, saved, s)}] for kept in tape])"
         )
+    backward += gradient_products(step, xp)
+    backward.append("    return d_xs, d_state")
+    return "\n".join(forward) + "\n\n\n" + "\n".join(backward)
+
+
+def gradient_products(step: CellStep, xp: Dialect) -> list[str]:
+    """The end of a scan's reverse: from the projection gradients of all steps
+    (``d_xp``, ``d_rp_<s>``, (T, B, width)) and the previous states (``prev_<s>``), the
+    gradients of xs, W_x, b_x and every R_s, each as one product over all steps."""
+    hoisted = bool(step.x_blocks)
+    shared = _shared_projection(step)
+    W_x_T = "P['W_x'].T"
+    xs_flat = "xs.reshape(T * B, -1)"
+    backward = []
     if hoisted:
         backward.append(f"    d_flat = {f'd_rp_{shared}' if shared else 'd_xp'}.reshape(T * B, -1)")
         backward.append(f"    d_xs += ({xp.matmul('d_flat', W_x_T[:-2])}).reshape(xs.shape)")
@@ -574,8 +587,7 @@ def _emit_scan(step: CellStep, fn: str, saved: list[str], xp: Dialect) -> str:
         if s != shared:
             product = xp.matmul(f"d_rp_{s}.reshape(T * B, -1).T", f"prev_{s}.reshape(T * B, -1)")
             backward.append(f"    D['R_{s}'] += {product}")
-    backward.append("    return d_xs, d_state")
-    return "\n".join(forward) + "\n\n\n" + "\n".join(backward)
+    return backward
 
 
 def _shared_projection(step: CellStep) -> str | None:
@@ -663,17 +675,10 @@ def merge(layer: RecurrentLayer, parts: list[str], xp: Dialect) -> str:
 
 class CellFunctions:
     """A program's generated cell functions: one family per (cell, input size, hidden
-    size), shared by every layer and depth that lowers the same cell at those sizes.
-    ``suffix(function, cell)`` adds backend-specific source after each family."""
+    size), shared by every layer and depth that lowers the same cell at those sizes."""
 
-    def __init__(
-        self,
-        program: Program,
-        xp: Dialect,
-        grads: bool = True,
-        suffix: Callable[[str, str], str] | None = None,
-    ):
-        self.program, self.xp, self.grads, self.suffix = program, xp, grads, suffix
+    def __init__(self, program: Program, xp: Dialect, grads: bool = True):
+        self.program, self.xp, self.grads = program, xp, grads
         self.sources: dict[str, str] = {}  # function name -> source
         self.steps: dict[str, CellStep] = {}  # function name -> the lowered step
         self.of: dict[tuple[str, int], str] = {}  # (layer, depth) -> function name
@@ -686,10 +691,7 @@ class CellFunctions:
         if signature not in self._by_signature:
             function = f"cell_{name}_l{k}"
             step = lower_cell(self.program.analysis.cells[layer.cell], X, layer.hidden)
-            source = emit_cell(step, function, self.xp, grads=self.grads)
-            if self.suffix is not None:
-                source += self.suffix(function, layer.cell)
-            self.sources[function] = source
+            self.sources[function] = emit_cell(step, function, self.xp, grads=self.grads)
             self.steps[function] = step
             self._by_signature[signature] = function
         self.of[name, k] = self._by_signature[signature]

@@ -4,6 +4,15 @@ Do not edit: regenerate with `rnnc compile SPEC --backend torch`.
 """
 
 
+import contextlib
+import ctypes
+import hashlib
+import os
+import platform
+import subprocess
+import tempfile
+import warnings
+
 import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
@@ -38,19 +47,39 @@ except (AttributeError, RuntimeError):  # a build without oneDNN
     ONEDNN = None
 
 
+def onednn(a):
+    """Whether a product with a on the left goes through oneDNN (see mm)."""
+    return (
+        ONEDNN is not None
+        and a.dtype == torch.float32
+        and a.shape[0] >= 16
+        and a.device.type == "cpu"
+        and not torch.is_grad_enabled()
+    )
+
+
 def mm(a, b, bias=None):
     """a @ b (+ bias) for 2-d a and b. Outside autograd (the generated scans and their
     backward), a float32 product on the CPU with 16 rows or more goes through oneDNN,
-    as torch.nn.LSTM's own kernel does: on some CPUs the BLAS is half as fast."""
-    if (
-        ONEDNN is None
-        or a.dtype != torch.float32
-        or a.shape[0] < 16
-        or a.device.type != "cpu"
-        or torch.is_grad_enabled()
-    ):
+    as torch.nn.LSTM's own kernel does: on some CPUs the BLAS is half as fast. b may be
+    packed by recurrent_weight."""
+    if b.layout != torch.strided:
+        return ONEDNN(a, b, bias, "none", [], "")
+    if not onednn(a):
         return a @ b if bias is None else torch.addmm(bias, a, b)
     return ONEDNN(a, b.T, bias, "none", [], "")
+
+
+def recurrent_weight(b, like):
+    """b for a product at every step with operands like `like`: where mm would use
+    oneDNN, b packed once into oneDNN's own layout for that many rows (each product
+    then skips the repacking, a fifth of its time at 32 rows)."""
+    if not onednn(like):
+        return b
+    try:
+        return torch.ops.mkldnn._reorder_linear_weight(b.T.contiguous(), like.shape[0])
+    except (AttributeError, RuntimeError):  # a build without it
+        return b
 
 
 def shift(values, delay):
@@ -126,6 +155,73 @@ def register(root, name, parameter):
             module = module._modules[part]
     module._parameters[path[-1]] = parameter
     return ".".join(path)
+
+NATIVE_TYPES = {torch.float32: "f32", torch.float64: "f64"}
+NATIVE_FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-shared", "-fPIC"]
+_native = {}
+
+
+def native_kernels(fn, xs):
+    """The C forward and reverse step of cell function fn for xs's dtype, or None: the
+    scan then runs in Python (on a GPU, in another dtype, with RNNC_NATIVE=0, or where
+    no C compiler works)."""
+    if xs.device.type != "cpu" or xs.dtype not in NATIVE_TYPES:
+        return None
+    if "library" not in _native:
+        _native["library"] = native_library()
+    library = _native["library"]
+    if library is None:
+        return None
+    tag = NATIVE_TYPES[xs.dtype]
+    return getattr(library, f"{fn}_forward_{tag}"), getattr(library, f"{fn}_reverse_{tag}")
+
+
+def native_library():
+    """NATIVE_SOURCE compiled by the machine's C compiler ($CC, else cc) and loaded, or
+    None. The library is kept in $RNNC_CACHE (default ~/.cache/rnnc) under a hash of
+    the source, the compiler, the flags and the CPU: a machine compiles it once."""
+    if os.environ.get("RNNC_NATIVE", "1") == "0":
+        return None
+    compiler = os.environ.get("CC", "cc")
+    cpu = platform.machine()
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as info:
+            cpu += next((line for line in info if line.startswith("flags")), "")
+    key = "\0".join([NATIVE_SOURCE, compiler, *NATIVE_FLAGS, cpu]).encode()
+    folder = os.environ.get("RNNC_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "rnnc")
+    path = os.path.join(folder, f"cells-{hashlib.sha256(key).hexdigest()[:24]}.so")
+    try:
+        if not os.path.exists(path):
+            os.makedirs(folder, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=folder) as work:
+                source, built = os.path.join(work, "cells.c"), os.path.join(work, "cells.so")
+                with open(source, "w") as out:
+                    out.write(NATIVE_SOURCE)
+                for extra in (["-lmvec", "-lm"], ["-DRNNC_SCALAR_MATH", "-lm"]):
+                    command = [compiler, *NATIVE_FLAGS, source, "-o", built, *extra]
+                    if subprocess.run(command, capture_output=True).returncode == 0:
+                        break
+                else:
+                    raise OSError(f"{compiler} could not compile the cells")
+                os.replace(built, path)  # whole or not at all, for other processes too
+        library = ctypes.CDLL(path)
+    except OSError as error:
+        warnings.warn(f"rnnc: cells run in Python, without their C steps ({error})", stacklevel=2)
+        return None
+    for fn, products in NATIVE_CELLS.items():
+        for tag in NATIVE_TYPES.values():
+            step = getattr(library, f"{fn}_forward_{tag}")
+            step.argtypes = [ctypes.c_long] * 5 + [ctypes.c_void_p] * (products + 1)
+            step.restype = None
+            back = getattr(library, f"{fn}_reverse_{tag}")
+            back.argtypes = [ctypes.c_long] * 5 + [ctypes.c_void_p] * (products + 1)
+            back.restype = None
+    return library
+
+
+def pointers(*tensors):
+    """A C array of the tensors' data pointers (None: NULL)."""
+    return (ctypes.c_void_p * len(tensors))(*(t if t is None else t.data_ptr() for t in tensors))
 
 
 def cell_lstm_l0_params(params, prefix):
@@ -242,22 +338,91 @@ def cell_lstm_l0_recurrent_grads(D, d_rps, saved):
     D['R_h'] += mm(d_rps[0].T, saved[7])
 
 
+def cell_lstm_l0_native(step, xs, mask, reverse, P, state, taped):
+    """cell_lstm_l0 with the C step: xs (T, B, 8) -> ys (T, B, 32), final
+    states and the tape (state buffers (T + 1, B, H), saved values, mask, parameters),
+    or no tape (not taped: no gradient wanted): then two state slots in turn."""
+    T, B = xs.shape[0], xs.shape[1]
+    xp = mm(xs.reshape(T * B, -1), P['W_x'].T, P['b_x']).contiguous()
+    S = [xs.new_empty((T + 1 if taped else 2, B, 32)) for _ in range(2)]
+    for buffer, first in zip(S, state):
+        buffer[T if reverse and taped else 0] = first
+    V = xs.new_empty((5, T, B, 32)) if taped else None
+    ys = xs.new_empty((T, B, 32))
+    params = [P['p_i'].contiguous(), P['p_f'].contiguous(), P['p_o'].contiguous()]
+    valid = None if mask.all() else mask.reshape(T, B).to(torch.uint8).contiguous()
+    table = pointers(xp, *S, V, ys, *params, valid)
+    slots_0 = S[0].unbind(0)
+    R_0 = recurrent_weight(P['R_h'].T, slots_0[0])
+    for n, t in enumerate(range(T - 1, -1, -1) if reverse else range(T)):
+        if taped:
+            prev, new = (t + 1, t) if reverse else (t, t + 1)
+        else:
+            prev, new = n % 2, (n + 1) % 2
+        rp_0 = mm(slots_0[prev], R_0)
+        step(B, T, t, prev, new, rp_0.data_ptr(), table)
+    last = (0 if reverse else T) if taped else T % 2
+    final = tuple(buffer[last].clone() for buffer in S)
+    return ys, final, (S, V, valid, params) if taped else None
+
+
+def cell_lstm_l0_native_backward(step, d_ys, d_state, tape, xs, mask, reverse, P, D):
+    """Reverse of cell_lstm_l0_native: gradients of xs and of the initial states; parameter
+    gradients are added to D."""
+    S, V, valid, params = tape
+    T, B = xs.shape[0], xs.shape[1]
+    d_ys = d_ys.contiguous()
+    G = [d.clone(memory_format=torch.contiguous_format) for d in d_state]
+    d_rp_h = xs.new_empty((T, B, 128))
+    DP = xs.new_zeros((3, 32))
+    table = pointers(d_ys, *G, V, *S, *params, d_rp_h, DP, valid)
+    rec_0 = xs.new_zeros((B, 32))
+    d_rp_0_steps = d_rp_h.unbind(0)
+    R_0 = P['R_h']
+    for t in (range(T) if reverse else range(T - 1, -1, -1)):
+        step(B, T, t, *((t + 1, t) if reverse else (t, t + 1)), rec_0.data_ptr(), table)
+        rec_0 = mm(d_rp_0_steps[t], R_0)
+    d_state = (G[0] + rec_0, G[1])
+    D['p_i'] += DP[0]
+    D['p_f'] += DP[1]
+    D['p_o'] += DP[2]
+    d_xs = torch.zeros_like(xs)
+    prev_h = S[0][1:] if reverse else S[0][:-1]
+    d_flat = d_rp_h.reshape(T * B, -1)
+    d_xs += (mm(d_flat, P['W_x'])).reshape(xs.shape)
+    D_both = mm(d_flat.T, torch.cat([xs.reshape(T * B, -1), prev_h.reshape(T * B, -1)], axis=1))
+    D['W_x'] += D_both[:, :8]
+    D['R_h'] += D_both[:, 8:]
+    D['b_x'] += d_flat.sum(axis=0)
+    return d_xs, d_state
+
+
 class cell_lstm_l0_function(torch.autograd.Function):
-    """lstm_peephole over time; backward runs cell_lstm_l0_backward, BPTT generated by rnnc."""
+    """lstm_peephole over time through its C steps (cell_lstm_l0_native; in Python where those
+    cannot run); backward runs the reverse, BPTT generated by rnnc."""
 
     @staticmethod
-    def forward(ctx, xs, mask, reverse, names, *tensors):
+    def forward(ctx, xs, mask, reverse, taped, names, *tensors):
         P = dict(zip(names, tensors[: len(names)]))
-        ys, final, tape = cell_lstm_l0(xs, mask, reverse, P, tuple(tensors[len(names) :]))
-        ctx.rnnc = (tape, xs, mask, reverse, P, names)
+        state = tuple(tensors[len(names) :])
+        kernels = native_kernels('cell_lstm_l0', xs)
+        if kernels is None:
+            ys, final, tape = cell_lstm_l0(xs, mask, reverse, P, state)
+        else:
+            ys, final, tape = cell_lstm_l0_native(kernels[0], xs, mask, reverse, P, state, taped)
+        ctx.rnnc = (kernels, tape, xs, mask, reverse, P, names)
         return (ys, *final)
 
     @staticmethod
     def backward(ctx, d_ys, *d_final):
-        tape, xs, mask, reverse, P, names = ctx.rnnc
+        kernels, tape, xs, mask, reverse, P, names = ctx.rnnc
         D = {name: torch.zeros_like(value) for name, value in P.items()}
-        d_xs, d_first = cell_lstm_l0_backward(d_ys, d_final, tape, xs, mask, reverse, P, D)
-        return (d_xs, None, None, None, *(D[name] for name in names), *d_first)
+        if kernels is None:
+            d_xs, d_first = cell_lstm_l0_backward(d_ys, d_final, tape, xs, mask, reverse, P, D)
+        else:
+            args = (d_ys, d_final, tape, xs, mask, reverse, P, D)
+            d_xs, d_first = cell_lstm_l0_native_backward(kernels[1], *args)
+        return (d_xs, None, None, None, None, *(D[name] for name in names), *d_first)
 
 
 def run(params, inputs, lengths, tf_masks, uniform):
@@ -275,7 +440,7 @@ def run(params, inputs, lengths, tf_masks, uniform):
     v['lstm.l0:in'] = v['x']
     B_x = v['lstm.l0:in'].shape[1]
     P = cell_lstm_l0_params(params, 'lstm.fwd.l0.')
-    out = cell_lstm_l0_function.apply(v['lstm.l0:in'], v['mask:x'], False, tuple(P), *P.values(), torch.zeros((B_x, 32), dtype=dtype, device=device), torch.zeros((B_x, 32), dtype=dtype, device=device))
+    out = cell_lstm_l0_function.apply(v['lstm.l0:in'], v['mask:x'], False, torch.is_grad_enabled(), tuple(P), *P.values(), torch.zeros((B_x, 32), dtype=dtype, device=device), torch.zeros((B_x, 32), dtype=dtype, device=device))
     v['lstm.fwd.l0'], v['lstm.fwd.l0:final'] = out[0], out[1:]
     v['lstm'] = v['lstm.fwd.l0']
     v['lstm:final'] = (v['lstm.fwd.l0:final'][0], v['lstm.fwd.l0:final'][1])
@@ -363,3 +528,410 @@ class Model(torch.nn.Module):
         elif uniform is None and self.training:
             uniform = lambda shape: torch.rand(shape, dtype=any_param.dtype, device=device)  # noqa: E731
         return run(params, inputs, by_axis, tf_masks, uniform)
+
+
+NATIVE_CELLS = {'cell_lstm_l0': 1}  # cell function -> recurrent products per step
+NATIVE_SOURCE = """\
+/* Generated by rnnc: elementwise steps of cells (see backends/native.py). */
+#ifdef RNNC_SCALAR_MATH
+#include <math.h>
+#else
+#pragma omp declare simd notinbranch
+float expf(float);
+#pragma omp declare simd notinbranch
+float tanhf(float);
+#pragma omp declare simd notinbranch
+double exp(double);
+#pragma omp declare simd notinbranch
+double tanh(double);
+#endif
+#define fabsf __builtin_fabsf
+#define fabs __builtin_fabs
+void cell_lstm_l0_forward_f32(long B, long T, long t, long prev, long next, const float *rp0, void *const *table)
+{
+    enum { H = 32 };
+    const long TBH = T * B * H;
+    long k = 0;
+    const float *xp = (float *)table[k++] + t * B * 128;
+    float *S0 = (float *)table[k++];
+    const float *s0_prev_all = S0 + prev * B * H;
+    float *s0_next_all = S0 + next * B * H;
+    float *S1 = (float *)table[k++];
+    const float *s1_prev_all = S1 + prev * B * H;
+    float *s1_next_all = S1 + next * B * H;
+    float *V = (float *)table[k++];
+    if (V) V += t * B * H;
+    float *y = (float *)table[k++] + t * B * H;
+    const float *p0 = (const float *)table[k++];
+    const float *p1 = (const float *)table[k++];
+    const float *p2 = (const float *)table[k++];
+    const unsigned char *mask = (const unsigned char *)table[k++];
+    if (mask) mask += t * B;
+    for (long b = 0; b < B; b++) {
+        const float *s0_prev = s0_prev_all + b * H;
+        float *s0_next = s0_next_all + b * H;
+        const float *s1_prev = s1_prev_all + b * H;
+        float *s1_next = s1_next_all + b * H;
+        float *y_b = y + b * H;
+        if (mask && !mask[b]) {  /* past its length: states stay, output 0 */
+            #pragma omp simd
+            for (long j = 0; j < H; j++) {
+                s0_next[j] = s0_prev[j];
+                s1_next[j] = s1_prev[j];
+                y_b[j] = ((float)0.0f);
+            }
+            continue;
+        }
+        const float *xp_b = xp + b * 128;
+        const float *rp0_b = rp0 + b * 128;
+        if (V) {
+            #pragma omp simd
+            for (long j = 0; j < H; j++) {
+                const float v2 = (xp_b[0 + j] + rp0_b[0 + j]);
+                const float v3 = p0[j];
+                const float v4 = s1_prev[j];
+                const float v5 = v3 * v4;
+                const float v6 = v2 + v5;
+                const float v7 = ((float)1.0f) / (((float)1.0f) + expf(-v6));
+                const float v10 = (xp_b[32 + j] + rp0_b[32 + j]);
+                const float v11 = p1[j];
+                const float v12 = v11 * v4;
+                const float v13 = v10 + v12;
+                const float v14 = ((float)1.0f) / (((float)1.0f) + expf(-v13));
+                const float v17 = (xp_b[64 + j] + rp0_b[64 + j]);
+                const float v18 = tanhf(v17);
+                const float v19 = v14 * v4;
+                const float v20 = v7 * v18;
+                const float v21 = v19 + v20;
+                const float v24 = (xp_b[96 + j] + rp0_b[96 + j]);
+                const float v25 = p2[j];
+                const float v26 = v25 * v21;
+                const float v27 = v24 + v26;
+                const float v28 = ((float)1.0f) / (((float)1.0f) + expf(-v27));
+                const float v29 = tanhf(v21);
+                const float v30 = v28 * v29;
+                s0_next[j] = v30;
+                s1_next[j] = v21;
+                y_b[j] = v30;
+                V[0 * TBH + b * H + j] = v7;
+                V[1 * TBH + b * H + j] = v14;
+                V[2 * TBH + b * H + j] = v18;
+                V[3 * TBH + b * H + j] = v28;
+                V[4 * TBH + b * H + j] = v29;
+            }
+        } else {  /* no tape wanted */
+            #pragma omp simd
+            for (long j = 0; j < H; j++) {
+                const float v2 = (xp_b[0 + j] + rp0_b[0 + j]);
+                const float v3 = p0[j];
+                const float v4 = s1_prev[j];
+                const float v5 = v3 * v4;
+                const float v6 = v2 + v5;
+                const float v7 = ((float)1.0f) / (((float)1.0f) + expf(-v6));
+                const float v10 = (xp_b[32 + j] + rp0_b[32 + j]);
+                const float v11 = p1[j];
+                const float v12 = v11 * v4;
+                const float v13 = v10 + v12;
+                const float v14 = ((float)1.0f) / (((float)1.0f) + expf(-v13));
+                const float v17 = (xp_b[64 + j] + rp0_b[64 + j]);
+                const float v18 = tanhf(v17);
+                const float v19 = v14 * v4;
+                const float v20 = v7 * v18;
+                const float v21 = v19 + v20;
+                const float v24 = (xp_b[96 + j] + rp0_b[96 + j]);
+                const float v25 = p2[j];
+                const float v26 = v25 * v21;
+                const float v27 = v24 + v26;
+                const float v28 = ((float)1.0f) / (((float)1.0f) + expf(-v27));
+                const float v29 = tanhf(v21);
+                const float v30 = v28 * v29;
+                s0_next[j] = v30;
+                s1_next[j] = v21;
+                y_b[j] = v30;
+            }
+        }
+    }
+}
+
+void cell_lstm_l0_reverse_f32(long B, long T, long t, long prev, long next, const float *rec0, void *const *table)
+{
+    enum { H = 32 };
+    const long TBH = T * B * H;
+    long k = 0;
+    const float *dy = (const float *)table[k++] + t * B * H;
+    float *G0 = (float *)table[k++];
+    float *G1 = (float *)table[k++];
+    const float *V = (const float *)table[k++] + t * B * H;
+    const float *S0 = (const float *)table[k++];
+    const float *S1 = (const float *)table[k++];
+    const float *s1_next_all = S1 + next * B * H;
+    const float *s1_prev_all = S1 + prev * B * H;
+    const float *p0 = (const float *)table[k];
+    k++;
+    const float *p1 = (const float *)table[k];
+    k++;
+    const float *p2 = (const float *)table[k];
+    k++;
+    float *drp0 = (float *)table[k++] + t * B * 128;
+    float *DP = (float *)table[k++];
+    const unsigned char *mask = (const unsigned char *)table[k++];
+    if (mask) mask += t * B;
+    for (long b = 0; b < B; b++) {
+        const float *s1_next = s1_next_all + b * H;
+        const float *s1_prev = s1_prev_all + b * H;
+        float *G0_b = G0 + b * H;
+        float *G1_b = G1 + b * H;
+        const float *rec0_b = rec0 + b * H;
+        float *drp0_b = drp0 + b * 128;
+        if (mask && !mask[b]) {  /* past its length: gradients pass through */
+            for (long j = 0; j < 128; j++) drp0_b[j] = ((float)0.0f);
+            for (long j = 0; j < H; j++) G0_b[j] += rec0_b[j];
+            continue;
+        }
+        #pragma omp simd
+        for (long j = 0; j < H; j++) {
+            const float v3 = p0[j];
+            const float v4 = s1_prev[j];
+            const float v7 = V[0 * TBH + b * H + j];
+            const float v11 = p1[j];
+            const float v14 = V[1 * TBH + b * H + j];
+            const float v18 = V[2 * TBH + b * H + j];
+            const float v21 = s1_next[j];
+            const float v25 = p2[j];
+            const float v28 = V[3 * TBH + b * H + j];
+            const float v29 = V[4 * TBH + b * H + j];
+            const float d0 = G0_b[j] + rec0_b[j] + dy[b * H + j];
+            const float d1 = G1_b[j];
+            const float g0 = d0 * v29;
+            const float g1 = d0 * v28;
+            const float g2 = ((float)1.0f) - v29 * v29;
+            const float g3 = g1 * g2;
+            const float g4 = v28 * (((float)1.0f) - v28);
+            const float g5 = g0 * g4;
+            const float g6 = g5 * v21;
+            const float g8 = g5 * v25;
+            const float g9 = d1 + g3;
+            const float g10 = g9 + g8;
+            const float g11 = g10 * v18;
+            const float g12 = g10 * v7;
+            const float g13 = g10 * v4;
+            const float g14 = g10 * v14;
+            const float g15 = ((float)1.0f) - v18 * v18;
+            const float g16 = g12 * g15;
+            const float g17 = v14 * (((float)1.0f) - v14);
+            const float g18 = g13 * g17;
+            const float g19 = g18 * v4;
+            const float g21 = g18 * v11;
+            const float g22 = v7 * (((float)1.0f) - v7);
+            const float g23 = g11 * g22;
+            const float g24 = g23 * v4;
+            const float g26 = g23 * v3;
+            const float g27 = g14 + g21;
+            const float g28 = g27 + g26;
+            drp0_b[0 + j] = g23;
+            drp0_b[32 + j] = g18;
+            drp0_b[64 + j] = g16;
+            drp0_b[96 + j] = g5;
+            G0_b[j] = ((float)0.0f);
+            G1_b[j] = g28;
+            DP[0 + j] += g24;
+            DP[32 + j] += g19;
+            DP[64 + j] += g6;
+        }
+    }
+}
+
+void cell_lstm_l0_forward_f64(long B, long T, long t, long prev, long next, const double *rp0, void *const *table)
+{
+    enum { H = 32 };
+    const long TBH = T * B * H;
+    long k = 0;
+    const double *xp = (double *)table[k++] + t * B * 128;
+    double *S0 = (double *)table[k++];
+    const double *s0_prev_all = S0 + prev * B * H;
+    double *s0_next_all = S0 + next * B * H;
+    double *S1 = (double *)table[k++];
+    const double *s1_prev_all = S1 + prev * B * H;
+    double *s1_next_all = S1 + next * B * H;
+    double *V = (double *)table[k++];
+    if (V) V += t * B * H;
+    double *y = (double *)table[k++] + t * B * H;
+    const double *p0 = (const double *)table[k++];
+    const double *p1 = (const double *)table[k++];
+    const double *p2 = (const double *)table[k++];
+    const unsigned char *mask = (const unsigned char *)table[k++];
+    if (mask) mask += t * B;
+    for (long b = 0; b < B; b++) {
+        const double *s0_prev = s0_prev_all + b * H;
+        double *s0_next = s0_next_all + b * H;
+        const double *s1_prev = s1_prev_all + b * H;
+        double *s1_next = s1_next_all + b * H;
+        double *y_b = y + b * H;
+        if (mask && !mask[b]) {  /* past its length: states stay, output 0 */
+            #pragma omp simd
+            for (long j = 0; j < H; j++) {
+                s0_next[j] = s0_prev[j];
+                s1_next[j] = s1_prev[j];
+                y_b[j] = ((double)0.0);
+            }
+            continue;
+        }
+        const double *xp_b = xp + b * 128;
+        const double *rp0_b = rp0 + b * 128;
+        if (V) {
+            #pragma omp simd
+            for (long j = 0; j < H; j++) {
+                const double v2 = (xp_b[0 + j] + rp0_b[0 + j]);
+                const double v3 = p0[j];
+                const double v4 = s1_prev[j];
+                const double v5 = v3 * v4;
+                const double v6 = v2 + v5;
+                const double v7 = ((double)1.0) / (((double)1.0) + exp(-v6));
+                const double v10 = (xp_b[32 + j] + rp0_b[32 + j]);
+                const double v11 = p1[j];
+                const double v12 = v11 * v4;
+                const double v13 = v10 + v12;
+                const double v14 = ((double)1.0) / (((double)1.0) + exp(-v13));
+                const double v17 = (xp_b[64 + j] + rp0_b[64 + j]);
+                const double v18 = tanh(v17);
+                const double v19 = v14 * v4;
+                const double v20 = v7 * v18;
+                const double v21 = v19 + v20;
+                const double v24 = (xp_b[96 + j] + rp0_b[96 + j]);
+                const double v25 = p2[j];
+                const double v26 = v25 * v21;
+                const double v27 = v24 + v26;
+                const double v28 = ((double)1.0) / (((double)1.0) + exp(-v27));
+                const double v29 = tanh(v21);
+                const double v30 = v28 * v29;
+                s0_next[j] = v30;
+                s1_next[j] = v21;
+                y_b[j] = v30;
+                V[0 * TBH + b * H + j] = v7;
+                V[1 * TBH + b * H + j] = v14;
+                V[2 * TBH + b * H + j] = v18;
+                V[3 * TBH + b * H + j] = v28;
+                V[4 * TBH + b * H + j] = v29;
+            }
+        } else {  /* no tape wanted */
+            #pragma omp simd
+            for (long j = 0; j < H; j++) {
+                const double v2 = (xp_b[0 + j] + rp0_b[0 + j]);
+                const double v3 = p0[j];
+                const double v4 = s1_prev[j];
+                const double v5 = v3 * v4;
+                const double v6 = v2 + v5;
+                const double v7 = ((double)1.0) / (((double)1.0) + exp(-v6));
+                const double v10 = (xp_b[32 + j] + rp0_b[32 + j]);
+                const double v11 = p1[j];
+                const double v12 = v11 * v4;
+                const double v13 = v10 + v12;
+                const double v14 = ((double)1.0) / (((double)1.0) + exp(-v13));
+                const double v17 = (xp_b[64 + j] + rp0_b[64 + j]);
+                const double v18 = tanh(v17);
+                const double v19 = v14 * v4;
+                const double v20 = v7 * v18;
+                const double v21 = v19 + v20;
+                const double v24 = (xp_b[96 + j] + rp0_b[96 + j]);
+                const double v25 = p2[j];
+                const double v26 = v25 * v21;
+                const double v27 = v24 + v26;
+                const double v28 = ((double)1.0) / (((double)1.0) + exp(-v27));
+                const double v29 = tanh(v21);
+                const double v30 = v28 * v29;
+                s0_next[j] = v30;
+                s1_next[j] = v21;
+                y_b[j] = v30;
+            }
+        }
+    }
+}
+
+void cell_lstm_l0_reverse_f64(long B, long T, long t, long prev, long next, const double *rec0, void *const *table)
+{
+    enum { H = 32 };
+    const long TBH = T * B * H;
+    long k = 0;
+    const double *dy = (const double *)table[k++] + t * B * H;
+    double *G0 = (double *)table[k++];
+    double *G1 = (double *)table[k++];
+    const double *V = (const double *)table[k++] + t * B * H;
+    const double *S0 = (const double *)table[k++];
+    const double *S1 = (const double *)table[k++];
+    const double *s1_next_all = S1 + next * B * H;
+    const double *s1_prev_all = S1 + prev * B * H;
+    const double *p0 = (const double *)table[k];
+    k++;
+    const double *p1 = (const double *)table[k];
+    k++;
+    const double *p2 = (const double *)table[k];
+    k++;
+    double *drp0 = (double *)table[k++] + t * B * 128;
+    double *DP = (double *)table[k++];
+    const unsigned char *mask = (const unsigned char *)table[k++];
+    if (mask) mask += t * B;
+    for (long b = 0; b < B; b++) {
+        const double *s1_next = s1_next_all + b * H;
+        const double *s1_prev = s1_prev_all + b * H;
+        double *G0_b = G0 + b * H;
+        double *G1_b = G1 + b * H;
+        const double *rec0_b = rec0 + b * H;
+        double *drp0_b = drp0 + b * 128;
+        if (mask && !mask[b]) {  /* past its length: gradients pass through */
+            for (long j = 0; j < 128; j++) drp0_b[j] = ((double)0.0);
+            for (long j = 0; j < H; j++) G0_b[j] += rec0_b[j];
+            continue;
+        }
+        #pragma omp simd
+        for (long j = 0; j < H; j++) {
+            const double v3 = p0[j];
+            const double v4 = s1_prev[j];
+            const double v7 = V[0 * TBH + b * H + j];
+            const double v11 = p1[j];
+            const double v14 = V[1 * TBH + b * H + j];
+            const double v18 = V[2 * TBH + b * H + j];
+            const double v21 = s1_next[j];
+            const double v25 = p2[j];
+            const double v28 = V[3 * TBH + b * H + j];
+            const double v29 = V[4 * TBH + b * H + j];
+            const double d0 = G0_b[j] + rec0_b[j] + dy[b * H + j];
+            const double d1 = G1_b[j];
+            const double g0 = d0 * v29;
+            const double g1 = d0 * v28;
+            const double g2 = ((double)1.0) - v29 * v29;
+            const double g3 = g1 * g2;
+            const double g4 = v28 * (((double)1.0) - v28);
+            const double g5 = g0 * g4;
+            const double g6 = g5 * v21;
+            const double g8 = g5 * v25;
+            const double g9 = d1 + g3;
+            const double g10 = g9 + g8;
+            const double g11 = g10 * v18;
+            const double g12 = g10 * v7;
+            const double g13 = g10 * v4;
+            const double g14 = g10 * v14;
+            const double g15 = ((double)1.0) - v18 * v18;
+            const double g16 = g12 * g15;
+            const double g17 = v14 * (((double)1.0) - v14);
+            const double g18 = g13 * g17;
+            const double g19 = g18 * v4;
+            const double g21 = g18 * v11;
+            const double g22 = v7 * (((double)1.0) - v7);
+            const double g23 = g11 * g22;
+            const double g24 = g23 * v4;
+            const double g26 = g23 * v3;
+            const double g27 = g14 + g21;
+            const double g28 = g27 + g26;
+            drp0_b[0 + j] = g23;
+            drp0_b[32 + j] = g18;
+            drp0_b[64 + j] = g16;
+            drp0_b[96 + j] = g5;
+            G0_b[j] = ((double)0.0);
+            G1_b[j] = g28;
+            DP[0 + j] += g24;
+            DP[32 + j] += g19;
+            DP[64 + j] += g6;
+        }
+    }
+}
+"""
