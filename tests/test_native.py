@@ -1,0 +1,220 @@
+"""The cells' C steps (backends/native.py): which steps get them, that the scans
+through them compute what the Python scans compute (float64 and float32, both
+directions, ragged), that no spec text reaches the C source, and that a machine
+without a C compiler still runs every model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import rnnc
+from backends.native import plan
+from rnnc.cells import builtin_cells
+from rnnc.equations import parse_cell
+from rnnc.lower import lower_cell
+from rnnc.verify import random_inputs, verify
+from tests.helpers import spec_text
+
+torch = pytest.importorskip("torch")
+
+SPEC = """
+rnnc: 1
+name: peepholes
+inputs:
+  x: {size: 5}
+layers:
+  r: {cell: lstm_peephole, hidden: 20, input: x, direction: bidirectional, depth: 2}
+outputs:
+  y: {from: r}
+  c: {from: r, state: c}
+"""
+
+
+def compile_torch(text: str, dtype: str = "float64") -> Any:
+    return rnnc.compile(rnnc.parse_spec(spec_text(text)), backend="torch", dtype=dtype)
+
+
+def python_scans(model: Any) -> None:
+    """Make a compiled torch model run its Python scans, not the cells' C steps."""
+    model.namespace["_native"]["library"] = None
+
+
+def uses_c_steps(model: Any, dtype: Any) -> bool:
+    kernels = model.namespace["native_kernels"]
+    return all(kernels(fn, torch.zeros(1, dtype=dtype)) for fn in model.namespace["NATIVE_CELLS"])
+
+
+def batch(model: Any, B: int, T: int, seed: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    rng = np.random.default_rng(seed)
+    dtype = np.float32 if model.dtype == "float32" else np.float64
+    x = rng.standard_normal((B, T, 5)).astype(dtype)
+    lengths = rng.integers(1, T + 1, B)
+    lengths[0] = T
+    return {"x": x}, lengths
+
+
+def run_both(model: Any, inputs: dict[str, np.ndarray], lengths: np.ndarray) -> tuple[Any, Any]:
+    outputs = model.run(inputs, lengths=lengths)
+    cotangents = {k: np.cos(np.arange(v.size)).reshape(v.shape) for k, v in outputs.items()}
+    return outputs, model.vjp(inputs, cotangents, lengths=lengths)
+
+
+def assert_close(a: dict[str, np.ndarray], b: dict[str, np.ndarray], rel: float) -> None:
+    assert set(a) == set(b)
+    for name in a:
+        scale = max(float(np.abs(b[name]).max()), 1e-4)
+        assert float(np.abs(a[name] - b[name]).max()) <= rel * scale, name
+
+
+def test_steps_that_fit_get_c_and_the_rest_do_not() -> None:
+    cells = builtin_cells()
+    fits = {name: plan(lower_cell(cell, 4, 3)) is not None for name, cell in cells.items()}
+    assert fits == {
+        "rnn": True,
+        "rnn_relu": True,
+        "lstm": True,
+        "lstm_peephole": True,
+        "lstm_cifg": True,
+        "gru": True,
+        "gru_reset_before": False,  # W_n @ [x, r * h]: a product inside the step
+    }
+    reads_x, errors = parse_cell("own", ["h"], {"h": "tanh(W @ [x, h]) + p * x"})
+    assert reads_x is not None and not errors
+    assert plan(lower_cell(reads_x, 3, 3)) is None  # x outside its hoisted product
+
+
+def test_c_steps_agree_with_the_python_scans_in_float64() -> None:
+    """Both directions, two depths, ragged lengths: outputs, final states and every
+    gradient, to float64 rounding."""
+    native, python = compile_torch(SPEC), compile_torch(SPEC)
+    python_scans(python)
+    assert uses_c_steps(native, torch.float64)
+    inputs, lengths = batch(native, 4, 9)
+    out_c, grads_c = run_both(native, inputs, lengths)
+    out_py, grads_py = run_both(python, inputs, lengths)
+    assert_close(out_c, out_py, 1e-12)
+    assert_close(grads_c, grads_py, 1e-12)
+
+
+def test_float32_at_32_rows_uses_packed_onednn_weights_and_agrees() -> None:
+    """From 16 rows in float32 the step products go through oneDNN with the recurrent
+    weights packed once per scan: the same numbers, within float32 rounding, as the
+    Python scan and as the NumPy backend."""
+    native, python = compile_torch(SPEC, "float32"), compile_torch(SPEC, "float32")
+    python_scans(python)
+    numpy_model = rnnc.compile(native.analysis, backend="numpy", dtype="float32")
+    numpy_model.load_params(native.params())
+    if torch.backends.mkldnn.is_available():
+        with torch.no_grad():
+            packed = native.namespace["recurrent_weight"](torch.zeros(20, 80), torch.zeros(32, 20))
+        assert packed.layout != torch.strided
+    inputs, lengths = batch(native, 32, 12)
+    out_c, grads_c = run_both(native, inputs, lengths)
+    for other in (python, numpy_model):
+        out, grads = run_both(other, inputs, lengths)
+        assert_close(out_c, out, 1e-4)
+        assert_close(grads_c, grads, 1e-4)
+
+
+def test_a_forward_without_gradients_keeps_no_tape_and_gives_the_same_outputs() -> None:
+    model = compile_torch(SPEC)
+    namespace = model.namespace
+    taped: list[bool] = []
+    for fn in namespace["NATIVE_CELLS"]:  # depth 0 and depth 1 (another input size)
+
+        def spy(*args: Any, scan: Any = namespace[f"{fn}_native"]) -> Any:
+            taped.append(args[-1])
+            return scan(*args)
+
+        namespace[f"{fn}_native"] = spy
+    inputs, lengths = batch(model, 3, 8)
+    tensors = {"x": torch.as_tensor(inputs["x"])}
+    lengths_t = torch.as_tensor(lengths)
+    with torch.no_grad():
+        untaped = model.module(tensors, lengths=lengths_t)
+    assert taped and not any(taped)  # two slots in turn, nothing saved
+    taped.clear()
+    with_tape = model.module(tensors, lengths=lengths_t)
+    assert taped and all(taped)
+    for name, value in with_tape.items():
+        torch.testing.assert_close(untaped[name], value.detach(), rtol=1e-13, atol=1e-15)
+
+
+def test_without_a_c_compiler_cells_run_in_python(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    reference = compile_torch(SPEC)
+    inputs, lengths = batch(reference, 3, 6)
+    expected = reference.run(inputs, lengths=lengths)
+    monkeypatch.setenv("RNNC_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    model = compile_torch(SPEC)
+    with pytest.warns(UserWarning, match="cells run in Python"):
+        outputs = model.run(inputs, lengths=lengths)
+    assert not uses_c_steps(model, torch.float64)
+    assert_close(outputs, expected, 1e-12)
+    assert not list((tmp_path / "cache").glob("*.so"))  # nothing half-made left behind
+
+
+def test_rnnc_native_0_turns_the_c_steps_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RNNC_NATIVE", "0")
+    model = compile_torch(SPEC)
+    assert not uses_c_steps(model, torch.float64)
+
+
+def test_a_machine_compiles_a_model_once(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("RNNC_CACHE", str(tmp_path))
+    first = compile_torch(SPEC)
+    assert uses_c_steps(first, torch.float64)
+    (library,) = tmp_path.glob("cells-*.so")
+    built = library.stat().st_mtime_ns
+    second = compile_torch(SPEC)  # a new module, the same cells
+    assert uses_c_steps(second, torch.float64)
+    assert list(tmp_path.glob("cells-*.so")) == [library]
+    assert library.stat().st_mtime_ns == built
+
+
+def test_the_c_source_holds_no_text_from_the_spec() -> None:
+    """Values, states and parameters are named by position in the C source; a cell's
+    own names (and anything else from the spec) never reach it."""
+    text = """
+rnnc: 1
+name: zoo
+cells:
+  quokka:
+    state: [wombat, numbat]
+    equations:
+      platypus: sigmoid(W_echidna @ [x, wombat] + b_kiwi + p_dingo * numbat)
+      numbat: platypus * numbat + (1 - platypus) * tanh(W_emu @ [x, wombat])
+      wombat: softsign(numbat) * hard_sigmoid(numbat) + relu(numbat) - 0.25 * wombat
+    output: wombat
+inputs:
+  x: {size: 3}
+layers:
+  r: {cell: quokka, hidden: 4, input: x, direction: bidirectional}
+outputs:
+  y: {from: r}
+"""
+    model = compile_torch(text)
+    source = model.namespace["NATIVE_SOURCE"]
+    for name in (
+        "zoo",
+        "quokka",
+        "wombat",
+        "numbat",
+        "platypus",
+        "echidna",
+        "kiwi",
+        "dingo",
+        "emu",
+    ):
+        assert name not in source
+    assert uses_c_steps(model, torch.float64)
+    rows = verify(model.analysis, ("numpy", "torch"), dtype="float64")
+    assert rows and all(r.ok for r in rows)
+    inputs, lengths = random_inputs(model.analysis, np.random.default_rng(1))
+    assert np.isfinite(model.run(inputs, lengths=lengths)["y"]).all()
