@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint gallery setup graphviz clean
+.PHONY: demo test lint gallery setup graphviz compiler clean
 
 demo: setup
 	$(BIN)/python -m rnnc.demo specs out
@@ -21,7 +21,7 @@ lint: setup
 	$(BIN)/ruff format --check rnnc backends tests
 	$(BIN)/mypy
 
-setup: $(STAMP) graphviz
+setup: $(STAMP) graphviz compiler
 
 # The virtual environment, with rnnc installed in it (editable) at the pinned versions.
 $(STAMP): pyproject.toml constraints.txt
@@ -40,6 +40,18 @@ graphviz:
 	else \
 	  echo "note: Graphviz's 'dot' is missing. Install it to render svg/png/pdf:"; \
 	  echo "  Debian/Ubuntu: sudo apt-get install graphviz    macOS: brew install graphviz"; \
+	fi
+
+# A C compiler builds the C steps of custom cells on the PyTorch backend; without
+# one those cells run their Python scans (slower, the same numbers).
+compiler:
+	@if command -v "$${CC:-cc}" >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "Installing a C compiler (Debian package gcc) ..."; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc libc6-dev >/dev/null) \
+	    || echo "warning: could not install gcc; custom cells will run without their C steps"; \
+	else \
+	  echo "note: no C compiler ('cc'); custom cells on the PyTorch backend run slower without one."; \
 	fi
 
 clean:
