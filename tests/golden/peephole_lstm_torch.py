@@ -61,12 +61,12 @@ def onednn(a):
 def mm(a, b, bias=None):
     """a @ b (+ bias) for 2-d a and b. Outside autograd (the generated scans and their
     backward), a float32 product on the CPU with 16 rows or more goes through oneDNN,
-    as torch.nn.LSTM's own kernel does: on some CPUs the BLAS is half as fast (but
-    a hundred times slower than the BLAS when b.T is a strided view, as a block of
-    W is: those go to the BLAS). b may be packed by recurrent_weight."""
+    as torch.nn.LSTM's own kernel does: on some CPUs the BLAS is half as fast. Not when
+    b is a block of columns of a matrix (neither b nor b.T contiguous): oneDNN takes a
+    hundred times longer on those than the BLAS. b may be packed by recurrent_weight."""
     if b.layout != torch.strided:
         return ONEDNN(a, b, bias, "none", [], "")
-    if not onednn(a) or not b.T.is_contiguous():  # oneDNN is slow on strided weights
+    if not onednn(a) or not (b.is_contiguous() or b.T.is_contiguous()):
         return a @ b if bias is None else torch.addmm(bias, a, b)
     return ONEDNN(a, b.T, bias, "none", [], "")
 
