@@ -30,38 +30,61 @@ from dataclasses import dataclass
 
 from backends.emit import TORCH, _shared_projection, gradient_products, pack
 from rnnc.equations import FUNCTIONS
-from rnnc.lower import Adjoint, CellStep, Op, reverse
+from rnnc.lower import Adjoint, Block, CellStep, Op, reverse
 
 FORWARD_KINDS = {"prev", "param", "const", "xproj", "rproj", "fused", "broadcast"} | {
-    "add", "sub", "mul", "neg", "call",
+    "add", "sub", "mul", "neg", "call", "matmul",
 }  # fmt: skip
-REVERSE_KINDS = {"add", "neg", "mul", "dcall", "sum_batch"}
+REVERSE_KINDS = {"add", "neg", "mul", "dcall", "sum_batch", "matmul_t"}
+LEAVES = ("prev", "param", "const", "xproj", "rproj", "fused")  # read anew where used
+
+
+@dataclass(frozen=True)
+class Product:
+    """A product inside the step, ``out = operand @ W[:, start:stop].T``: the C step is
+    cut there, the array library multiplies, and stage ``stage`` reads ``out``."""
+
+    out: str
+    operand: str
+    block: Block
+    stage: int
 
 
 @dataclass(frozen=True)
 class NativePlan:
-    """What the C functions of a step read and write, in table order.
+    """How a step runs as C: stages cut at the products inside it, and what each
+    keeps per step.
 
     Forward table: xp (if the step has hoisted blocks), the state buffers (T + 1, B, H)
-    of every state, the saved values (len(saved), T, B, H), the outputs (T, B, H), the
-    vector parameters, the step mask (T, B) bytes or NULL.
-
-    Reverse table: d_ys (T, B, H), the carried state gradients (B, H) of every state,
-    the saved values, the state buffers, the vector parameters, the projection
-    gradients (d_xp (T, B, nx H) unless shared, then d_rp (T, B, n_s H) of every
-    recurrent state), the parameter gradients (len(grad_params), H), the step mask.
+    of every state, the outputs (T, B, H), the vector parameters, the step mask (T, B)
+    bytes or NULL. Reverse table: d_ys (T, B, H), the carried state gradients (B, H)
+    of every state, the state buffers, the vector parameters, the projection gradients
+    (d_xp (T, B, nx H) unless shared, then d_rp (T, B, n_s H) of every recurrent
+    state), the parameter gradients (len(grad_params), H), the step mask. Every call
+    also gets this step's ``stored`` values (len(stored), B, H) and, in the reverse,
+    its ``dstored`` ones.
     """
 
     states: tuple[str, ...]
     recurrent: tuple[str, ...]  # states with a product per step (R_s), in r_blocks order
-    saved: tuple[str, ...]  # forward values the reverse reads (besides states, parameters)
-    # (new states come back from the state buffers)
     params: tuple[str, ...]  # vector parameters, in table order
-    grad_params: tuple[str, ...]  # vector parameters with a gradient, in D order
+    grad_params: tuple[str, ...]  # vector parameters with a gradient, in DP order
     shared: str | None  # the state whose d_rp is d_xp (as in an LSTM)
     hidden: int
     x_width: int  # columns of xp: hoisted blocks x H (0: none)
     r_widths: tuple[int, ...]  # columns of each recurrent state's product
+    stages: int  # 1 + the products in a row inside the step
+    stage: dict[str, int]  # forward var -> its stage; adjoint var -> its reverse stage
+    products: tuple[Product, ...]
+    # Forward values kept per step: what the reverse reads (but new states, which it
+    # reads from the state buffers, and leaves), what a later stage reads, operands.
+    stored: tuple[str, ...]
+    # Gradients kept per step: each product's output gradient (for the parameter
+    # gradient after the loop) and what a later reverse stage reads.
+    dstored: tuple[str, ...]
+
+    def products_of(self, stage: int) -> tuple[Product, ...]:
+        return tuple(p for p in self.products if p.stage == stage)
 
 
 def _kinds_of_reverse(step: CellStep, adjoint: Adjoint) -> dict[str, str]:
@@ -96,13 +119,33 @@ def _batch_terms(var: str, by_out: dict[str, Op], kinds: dict[str, str]) -> list
     return None
 
 
+def _sums(var: str, by_out: dict[str, Op]) -> list[Op]:
+    """The sum_batch ops whose results add up to the vector ``var``."""
+    op = by_out[var]
+    if op.kind == "sum_batch":
+        return [op]
+    return [found for arg in op.args for found in _sums(arg, by_out)]
+
+
+def _recomputed(op: Op, kinds: dict[str, str], backward: bool = False) -> bool:
+    """Leaves and values of parameters alone: read or computed again where used (the
+    reverse has no recurrent products: values read from them are kept)."""
+    leaves = ("prev", "param", "const") if backward else LEAVES
+    return op.kind in leaves or kinds[op.out] != "batch"
+
+
 def plan(step: CellStep) -> NativePlan | None:
     """How a step runs natively, or None when it does not fit (see the module docstring)."""
+    H = step.hidden
     if step.uses_x:
         return None
     for op in step.ops:
         if op.kind not in FORWARD_KINDS or (op.kind == "call" and op.attr not in FUNCTIONS):
             return None
+        if op.kind == "matmul":
+            block = op.attr
+            if step.kinds[op.args[0]] != "batch" or block.stop - block.start != H:
+                return None
     states = tuple(step.cell.state)
     if any(step.kinds[step.states[s]] != "batch" for s in states):
         return None
@@ -117,35 +160,75 @@ def plan(step: CellStep) -> NativePlan | None:
     grad_params = []
     for p in step.cell.params:
         var = adjoint.grads.get(f"param:{p.name}")
-        if var is not None:
+        if var is not None and p.kind == "vector":
             if kinds[var] != "vector" or _batch_terms(var, by_out, kinds) is None:
                 return None
             grad_params.append(p.name)
-    forward = {op.out: op for op in step.ops}
-    read: set[str] = set()  # forward values the reverse reads (a slope reads f's output alone)
-    for op in adjoint.ops:
-        read.update(a for a in (op.args[:1] if op.kind == "dcall" else op.args) if a in forward)
-    new_states = set(step.states.values())  # read back from the state buffers
-    saved = tuple(
+
+    stage: dict[str, int] = {}
+    for op in step.ops:
+        base = max((stage[a] for a in op.args), default=0)
+        stage[op.out] = base + (op.kind == "matmul")
+    products = tuple(
+        Product(op.out, op.args[0], op.attr, stage[op.out])
+        for op in step.ops
+        if op.kind == "matmul"
+    )
+    # Reverse stages: an adjoint op belongs to the stage of the forward op it came
+    # from; a product's reverse (matmul_t) sits between stages, in the array library.
+    for op, origin in zip(adjoint.ops, adjoint.origins, strict=True):
+        stage[op.out] = stage[origin]
+
+    def uses(ops: tuple[Op, ...]) -> dict[str, set[int]]:
+        found: dict[str, set[int]] = {}
+        for op in ops:
+            args = op.args[:1] if op.kind == "dcall" else op.args  # a slope reads f(a)
+            for a in args:
+                found.setdefault(a, set()).add(stage[op.out])
+        return found
+
+    forward_uses, reverse_uses = uses(step.ops), uses(adjoint.ops)
+    for var in set(adjoint.grads.values()):  # results are written at the last stage, 0
+        reverse_uses.setdefault(var, set()).add(0)
+    new_states = set(step.states.values())
+    stored = tuple(
         op.out
         for op in step.ops
-        if op.out in read
-        and op.out not in new_states
-        and op.kind not in ("prev", "param", "const")
+        if (
+            not _recomputed(op, kinds)
+            and any(at > stage[op.out] for at in forward_uses.get(op.out, ()))
+        )
+        or (
+            not _recomputed(op, kinds, backward=True)
+            and op.out in reverse_uses
+            and op.out not in new_states
+        )
+    )
+    dstored = tuple(
+        op.out
+        for op in adjoint.ops
+        if op.kind != "matmul_t"
         and kinds[op.out] == "batch"
+        and (
+            any(at < stage[op.out] for at in reverse_uses.get(op.out, ()))
+            or any(op.out == p_grad for _, p_grad, _ in adjoint.block_grads)
+        )
     )
     used = {op.attr for op in step.ops if op.kind == "param"}
-    H = step.hidden
     return NativePlan(
         states=states,
         recurrent=tuple(step.r_blocks),
-        saved=saved,
         params=tuple(p.name for p in step.cell.params if p.name in used),
         grad_params=tuple(grad_params),
         shared=_shared_projection(step),
         hidden=H,
         x_width=len(step.x_blocks) * H,
         r_widths=tuple(len(blocks) * H for blocks in step.r_blocks.values()),
+        stages=1 + max((p.stage for p in products), default=0),
+        stage=stage,
+        products=products,
+        stored=stored,
+        dstored=dstored,
     )
 
 
@@ -258,42 +341,54 @@ class _CWriter:
         lines.append(f"{indent}const {self.t['real']} {name} = {text};")
         self.names[op.out] = name
 
-
-def _live(ops: tuple[Op, ...], wanted: set[str]) -> set[str]:
-    """The ops whose values reach ``wanted`` (lowering leaves a few dead leaves)."""
-    live = set(wanted)
-    for op in reversed(ops):
-        if op.out in live:
-            live.update(op.args)
-    return live
+    def load(self, var: str, name: str, source: str, lines: list[str], indent: str) -> None:
+        lines.append(f"{indent}const {self.t['real']} {name} = {source};")
+        self.names[var] = name
 
 
 def _loop(indent: str) -> list[str]:
     return [f"{indent}#pragma omp simd", f"{indent}for (long j = 0; j < H; j++) {{"]
 
 
-def _emit_forward(step: CellStep, p: NativePlan, fn: str, tag: str) -> list[str]:
-    t = _TYPES[tag]
-    real = t["real"]
-    w = _CWriter(step, p, t)
-    rp_args = "".join(f", const {real} *rp{r}" for r in range(len(p.recurrent)))
-    lines = [
-        f"void {fn}_forward_{tag}(long B, long T, long t, long prev, long next{rp_args}, "
+def _signature(p: NativePlan, fn: str, name: str, tag: str, inputs: list[str]) -> list[str]:
+    real = _TYPES[tag]["real"]
+    args = "".join(f", const {real} *{i}" for i in inputs)
+    extra = f", const {real} *Vt, {real} *DVt" if name.startswith("reverse") else f", {real} *Vt"
+    return [
+        f"void {fn}_{name}_{tag}(long B, long t, long prev, long next{args}{extra}, "
         "void *const *table)",
         "{",
         f"    enum {{ H = {p.hidden} }};",
-        "    const long TBH = T * B * H;" if p.saved else "    (void)T;",
+        "    const long BH = B * H;",
         "    long k = 0;",
+        "    (void)t; (void)prev; (void)next; (void)BH;",
     ]
+
+
+def _rows(p: NativePlan, real: str, x: bool, recurrent: bool, lines: list[str]) -> None:
+    """Row pointers (row b) of xp, the recurrent products and the previous states."""
+    if x and p.x_width:
+        lines.append(f"        const {real} *xp_b = xp + b * {p.x_width};")
+    if recurrent:
+        for r, width in enumerate(p.r_widths):
+            lines.append(f"        const {real} *rp{r}_b = rp{r} + b * {width};")
+    for i, _ in enumerate(p.states):
+        lines.append(f"        const {real} *s{i}_prev = S{i} + prev * BH + b * H;")
+
+
+def _emit_forward(step: CellStep, p: NativePlan, fn: str, tag: str, stage: int) -> list[str]:
+    """Forward stage ``stage``: the ops of that stage, from the products before it."""
+    t = _TYPES[tag]
+    real = t["real"]
+    w = _CWriter(step, p, t)
+    products = p.products_of(stage)
+    inputs = [f"rp{r}" for r in range(len(p.recurrent))] + [f"mo{k}" for k in range(len(products))]
+    lines = _signature(p, fn, f"forward{stage}", tag, inputs)
     if p.x_width:
         lines.append(f"    const {real} *xp = ({real} *)table[k++] + t * B * {p.x_width};")
     for i, _ in enumerate(p.states):
         lines.append(f"    {real} *S{i} = ({real} *)table[k++];")
-        lines.append(f"    const {real} *s{i}_prev_all = S{i} + prev * B * H;")
-        lines.append(f"    {real} *s{i}_next_all = S{i} + next * B * H;")
-    lines.append(f"    {real} *V = ({real} *)table[k++];")
-    lines.append("    if (V) V += t * B * H;")
-    lines.append(f"    {real} *y = ({real} *)table[k++] + t * B * H;")
+    lines.append(f"    {real} *y = ({real} *)table[k++] + t * BH;")
     for i, _ in enumerate(p.params):
         lines.append(f"    const {real} *p{i} = (const {real} *)table[k++];")
     lines += [
@@ -301,90 +396,83 @@ def _emit_forward(step: CellStep, p: NativePlan, fn: str, tag: str) -> list[str]
         "    if (mask) mask += t * B;",
         "    for (long b = 0; b < B; b++) {",
     ]
-    for i, _ in enumerate(p.states):
-        lines.append(f"        const {real} *s{i}_prev = s{i}_prev_all + b * H;")
-        lines.append(f"        {real} *s{i}_next = s{i}_next_all + b * H;")
-    lines.append(f"        {real} *y_b = y + b * H;")
-    lines += ["        if (mask && !mask[b]) {  /* past its length: states stay, output 0 */"]
+    _rows(p, real, True, True, lines)
+    kept = [var for var in p.stored if p.stage[var] == stage]
+    written = [s for s in p.states if p.stage[step.states[s]] == stage]
+    lines.append("        if (mask && !mask[b]) {  /* past its length: states stay, output 0 */")
     lines += _loop("            ")
-    for i, _ in enumerate(p.states):
-        lines.append(f"                s{i}_next[j] = s{i}_prev[j];")
-    lines += [
-        f"                y_b[j] = {w.lit(0.0)};",
-        "            }",
-        "            continue;",
-        "        }",
-    ]
-    if p.x_width:
-        lines.append(f"        const {real} *xp_b = xp + b * {p.x_width};")
-    for r, width in enumerate(p.r_widths):
-        lines.append(f"        const {real} *rp{r}_b = rp{r} + b * {width};")
-    for save in (True, False) if p.saved else (False,):
-        if p.saved:
-            lines.append("        if (V) {" if save else "        } else {  /* no tape wanted */")
-        ind = "            " + ("    " if p.saved else "")
-        lines += _loop(ind[:-4])
-        wanted = {step.states[s] for s in p.states} | {step.output}
-        live = _live(step.ops, wanted | set(p.saved) if save else wanted)
-        for n, op in enumerate(step.ops):
-            if op.out in live:
-                w.define(op, f"v{n}", lines, ind)
-        for i, s in enumerate(p.states):
-            lines.append(f"{ind}s{i}_next[j] = {w.names[step.states[s]]};")
-        lines.append(f"{ind}y_b[j] = {w.names[step.output]};")
-        if save:
-            for n, var in enumerate(p.saved):
-                lines.append(f"{ind}V[{n} * TBH + b * H + j] = {w.names[var]};")
-        lines.append(ind[:-4] + "}")
-    if p.saved:
-        lines.append("        }")
-    lines += ["    }", "}"]
+    for var in kept:  # zeros: an operand's row goes through a product all the same
+        lines.append(f"                Vt[{p.stored.index(var)} * BH + b * H + j] = {w.lit(0.0)};")
+    if stage == 0:
+        for i, _ in enumerate(p.states):
+            lines.append(f"                S{i}[next * BH + b * H + j] = s{i}_prev[j];")
+        lines.append(f"                y[b * H + j] = {w.lit(0.0)};")
+    lines += ["            }", "            continue;", "        }"]
+    lines += _loop("        ")
+    ind = "            "
+    wanted = set(kept) | {step.states[s] for s in written}
+    if p.stage[step.output] == stage:
+        wanted.add(step.output)
+
+    def source(op: Op) -> str:
+        """Where this stage gets a value: kept by an earlier stage, the product just
+        made, or computed here (this stage's ops, leaves, values of parameters alone)."""
+        if p.stage[op.out] < stage and op.out in p.stored:
+            return "kept"
+        if op.kind == "matmul":
+            return "product"
+        assert p.stage[op.out] == stage or _recomputed(op, kinds), op
+        return "here"
+
+    kinds = step.kinds
+    live = set(wanted)
+    for op in reversed(step.ops):
+        if op.out in live and source(op) == "here":
+            live.update(op.args)
+    for n, op in enumerate(step.ops):
+        if op.out not in live:
+            continue
+        if source(op) == "kept":
+            w.load(op.out, f"v{n}", f"Vt[{p.stored.index(op.out)} * BH + b * H + j]", lines, ind)
+        elif source(op) == "product":
+            k = products.index(_product(p, op.out))
+            w.load(op.out, f"v{n}", f"mo{k}[b * H + j]", lines, ind)
+        else:
+            w.define(op, f"v{n}", lines, ind)
+    for i, s in enumerate(p.states):
+        if s in written:
+            lines.append(f"{ind}S{i}[next * BH + b * H + j] = {w.names[step.states[s]]};")
+    if step.output in wanted:
+        lines.append(f"{ind}y[b * H + j] = {w.names[step.output]};")
+    for var in kept:
+        lines.append(f"{ind}Vt[{p.stored.index(var)} * BH + b * H + j] = {w.names[var]};")
+    lines += ["        }", "    }", "}"]
     return lines
 
 
-def _emit_reverse(step: CellStep, p: NativePlan, fn: str, tag: str) -> list[str]:
+def _product(p: NativePlan, out: str) -> Product:
+    return next(product for product in p.products if product.out == out)
+
+
+def _emit_reverse(step: CellStep, p: NativePlan, fn: str, tag: str, stage: int) -> list[str]:
+    """Reverse stage ``stage`` (run from the last stage down to 0): its adjoint ops,
+    from the gradients of the products' operands after it; stage 0 writes the results."""
     t = _TYPES[tag]
     real = t["real"]
     adjoint = reverse(step)
     kinds = _kinds_of_reverse(step, adjoint)
     w = _CWriter(step, p, t)
     by_out = {op.out: op for op in adjoint.ops}
-    rec_args = "".join(f", const {real} *rec{r}" for r in range(len(p.recurrent)))
-    lines = [
-        f"void {fn}_reverse_{tag}(long B, long T, long t, long prev, long next{rec_args}, "
-        "void *const *table)",
-        "{",
-        f"    enum {{ H = {p.hidden} }};",
-        "    const long TBH = T * B * H;" if p.saved else "    (void)T;",
-        "    long k = 0;",
-        f"    const {real} *dy = (const {real} *)table[k++] + t * B * H;",
-    ]
+    after = p.products_of(stage + 1)  # their operands' gradients come in
+    inputs = [f"rec{r}" for r in range(len(p.recurrent))] + [f"dop{k}" for k in range(len(after))]
+    lines = _signature(p, fn, f"reverse{stage}", tag, inputs)
+    lines.append(f"    const {real} *dy = (const {real} *)table[k++] + t * BH;")
     for i, _ in enumerate(p.states):
         lines.append(f"    {real} *G{i} = ({real} *)table[k++];")
-    lines.append(f"    const {real} *V = (const {real} *)table[k++] + t * B * H;")
-    saved = set(p.saved)
-    read = {a for op in adjoint.ops for a in (op.args[:1] if op.kind == "dcall" else op.args)}
-    state_of = {var: i for i, var in enumerate(step.states[s] for s in p.states) if var in read}
-    unsaved = tuple(op for op in step.ops if op.out not in saved and op.out not in state_of)
-    needed = _live(unsaved, {op.out for op in unsaved if op.out in read})
-    rows = {f"s{i}_next": i for i in state_of.values()}  # row pointers into state buffers
-    for op in step.ops:
-        if op.kind == "prev" and op.out in needed:
-            rows[f"s{p.states.index(op.attr)}_prev"] = p.states.index(op.attr)
-    params_read = {op.attr for op in step.ops if op.kind == "param" and op.out in needed}
-    for slot in ("prev", "next"):
-        if not any(row.endswith(slot) for row in rows):
-            lines.append(f"    (void){slot};")
     for i, _ in enumerate(p.states):
         lines.append(f"    const {real} *S{i} = (const {real} *)table[k++];")
-        for row, of in rows.items():
-            if of == i:
-                slot = row.rsplit("_", 1)[1]
-                lines.append(f"    const {real} *{row}_all = S{i} + {slot} * B * H;")
-    for i, name in enumerate(p.params):
-        if name in params_read:
-            lines.append(f"    const {real} *p{i} = (const {real} *)table[k];")
-        lines.append("    k++;")
+    for i, _ in enumerate(p.params):
+        lines.append(f"    const {real} *p{i} = (const {real} *)table[k++];")
     outputs: list[tuple[str, int, str]] = []  # (buffer, width, "xproj" | "rproj:s")
     if p.x_width and p.shared is None:
         outputs.append(("dxp", p.x_width, "xproj"))
@@ -393,76 +481,152 @@ def _emit_reverse(step: CellStep, p: NativePlan, fn: str, tag: str) -> list[str]
     for name, width, _ in outputs:
         lines.append(f"    {real} *{name} = ({real} *)table[k++] + t * B * {width};")
     lines += [
-        f"    {real} *DP = ({real} *)table[k++];" if p.grad_params else "    k++;",
+        f"    {real} *DP = ({real} *)table[k++];",
         "    const unsigned char *mask = (const unsigned char *)table[k++];",
         "    if (mask) mask += t * B;",
         "    for (long b = 0; b < B; b++) {",
     ]
-    for row in rows:
-        lines.append(f"        const {real} *{row} = {row}_all + b * H;")
+    lines.append("        (void)DP; (void)dy;")
+    _rows(p, real, False, False, lines)
     for i, _ in enumerate(p.states):
         lines.append(f"        {real} *G{i}_b = G{i} + b * H;")
     for r, _ in enumerate(p.recurrent):
         lines.append(f"        const {real} *rec{r}_b = rec{r} + b * H;")
     for name, width, _ in outputs:
         lines.append(f"        {real} *{name}_b = {name} + b * {width};")
+    kept = [var for var in p.dstored if p.stage[var] == stage]
     lines.append("        if (mask && !mask[b]) {  /* past its length: gradients pass through */")
-    for name, width, _ in outputs:
-        lines.append(f"            for (long j = 0; j < {width}; j++) {name}_b[j] = {w.lit(0.0)};")
-    for i, s in enumerate(p.states):
-        if s in p.recurrent:
-            r = p.recurrent.index(s)
-            lines.append(f"            for (long j = 0; j < H; j++) G{i}_b[j] += rec{r}_b[j];")
+    for var in kept:
+        lines.append(
+            f"            for (long j = 0; j < H; j++) "
+            f"DVt[{p.dstored.index(var)} * BH + b * H + j] = {w.lit(0.0)};"
+        )
+    if stage == 0:
+        for name, width, _ in outputs:
+            lines.append(
+                f"            for (long j = 0; j < {width}; j++) {name}_b[j] = {w.lit(0.0)};"
+            )
+        for i, s in enumerate(p.states):
+            if s in p.recurrent:
+                r = p.recurrent.index(s)
+                lines.append(f"            for (long j = 0; j < H; j++) G{i}_b[j] += rec{r}_b[j];")
     lines += ["            continue;", "        }"]
     lines += _loop("        ")
     ind = "            "
-    # The forward values the reverse reads: saved, previous states, parameters,
-    # constants, and values of parameters alone (recomputed).
+    here = [
+        op
+        for op in adjoint.ops
+        if p.stage[op.out] == stage and op.kind != "matmul_t" and kinds[op.out] != "vector"
+    ]
+    results = set(adjoint.grads.values()) if stage == 0 else set()
+    # Sums over the batch for vector parameters: each term is added to DP in the stage
+    # of the sum that reads it.
+    sums: dict[str, list[str]] = {}
+    for name in p.grad_params:
+        for op in _sums(adjoint.grads[f"param:{name}"], by_out):
+            if p.stage[op.out] == stage:
+                sums.setdefault(name, []).append(op.args[0])
+    need = set(kept) | results | {v for terms in sums.values() for v in terms}
+    for op in reversed(here):
+        if op.out in need:
+            need.update(op.args[:1] if op.kind == "dcall" else op.args)
+    # The forward values read: kept per step, new states (from the state buffers),
+    # leaves and values of parameters alone (again).
+    forward = {op.out: op for op in step.ops}
+    new_state_of = {step.states[s]: i for i, s in enumerate(p.states)}
+    again = {v for v in need if v in forward and v not in p.stored and v not in new_state_of}
+    assert all(_recomputed(forward[v], kinds, backward=True) for v in again), again
+    again = _live(tuple(op for op in step.ops if _recomputed(op, kinds, backward=True)), again)
     for n, op in enumerate(step.ops):
-        if op.out in saved:
-            lines.append(f"{ind}const {real} v{n} = V[{p.saved.index(op.out)} * TBH + b * H + j];")
-            w.names[op.out] = f"v{n}"
-        elif op.out in state_of:
-            lines.append(f"{ind}const {real} v{n} = s{state_of[op.out]}_next[j];")
-            w.names[op.out] = f"v{n}"
-        elif op.out in needed:
+        if op.out in need and op.out in p.stored:
+            w.load(op.out, f"v{n}", f"Vt[{p.stored.index(op.out)} * BH + b * H + j]", lines, ind)
+        elif op.out in need and op.out in new_state_of:
+            i = new_state_of[op.out]
+            w.load(op.out, f"v{n}", f"S{i}[next * BH + b * H + j]", lines, ind)
+        elif op.out in again:
             w.define(op, f"v{n}", lines, ind)
     for i, s in enumerate(p.states):
-        terms = [f"G{i}_b[j]"]
-        if s in p.recurrent:
-            terms.append(f"rec{p.recurrent.index(s)}_b[j]")
-        if s == step.cell.output:
-            terms.append("dy[b * H + j]")
-        lines.append(f"{ind}const {real} d{i} = {' + '.join(terms)};")
-        w.names[f"d_{s}"] = f"d{i}"
-    for n, op in enumerate(adjoint.ops):
-        if kinds[op.out] == "vector":
-            continue  # sums over the batch: added to DP below
-        w.define(op, f"g{n}", lines, ind)
+        if f"d_{s}" in need:
+            terms = [f"G{i}_b[j]"]
+            if s in p.recurrent:
+                terms.append(f"rec{p.recurrent.index(s)}_b[j]")
+            if s == step.cell.output:
+                terms.append("dy[b * H + j]")
+            w.load(f"d_{s}", f"d{i}", " + ".join(terms), lines, ind)
+    index = {op.out: n for n, op in enumerate(adjoint.ops)}
+    for op in adjoint.ops:  # gradients from before this stage: kept, or just multiplied
+        if op.out not in need or (p.stage[op.out] == stage and op.kind != "matmul_t"):
+            continue
+        if op.kind == "matmul_t":  # a product's operand gradient, from the array library
+            k = next(k for k, pr in enumerate(after) if op.args[0] == _d_out(adjoint, pr))
+            w.load(op.out, f"g{index[op.out]}", f"dop{k}[b * H + j]", lines, ind)
+        else:
+            slot = p.dstored.index(op.out)
+            w.load(op.out, f"g{index[op.out]}", f"DVt[{slot} * BH + b * H + j]", lines, ind)
+    for op in here:
+        if op.out in need:
+            w.define(op, f"g{index[op.out]}", lines, ind)
+    for var in kept:
+        lines.append(f"{ind}DVt[{p.dstored.index(var)} * BH + b * H + j] = {w.names[var]};")
     zero = w.lit(0.0)
     H = p.hidden
-    for name, width, what in outputs:
-        for k in range(width // H):
-            key = f"xproj:{k}" if what == "xproj" else f"{what}:{k}"
+    if stage == 0:
+
+        def result(key: str) -> str:
             var = adjoint.grads.get(key)
-            lines.append(f"{ind}{name}_b[{k * H} + j] = {w.names[var] if var else zero};")
-    for i, s in enumerate(p.states):
-        var = adjoint.grads.get(f"prev:{s}")
-        lines.append(f"{ind}G{i}_b[j] = {w.names[var] if var else zero};")
+            return w.names[var] if var else zero
+
+        for name, width, what in outputs:
+            for k in range(width // H):
+                key = f"xproj:{k}" if what == "xproj" else f"{what}:{k}"
+                lines.append(f"{ind}{name}_b[{k * H} + j] = {result(key)};")
+        for i, s in enumerate(p.states):
+            lines.append(f"{ind}G{i}_b[j] = {result(f'prev:{s}')};")
     for n, name in enumerate(p.grad_params):
-        terms = _batch_terms(adjoint.grads[f"param:{name}"], by_out, kinds) or []
-        lines.append(f"{ind}DP[{n * H} + j] += {' + '.join(w.names[v] for v in terms)};")
+        if sums.get(name):
+            added = " + ".join(w.names[v] for v in sums[name])
+            lines.append(f"{ind}DP[{n * H} + j] += {added};")
     lines += ["        }", "    }", "}"]
     return lines
 
 
+def _d_out(adjoint: Adjoint, product: Product) -> str:
+    """The gradient of a product's output (what its matmul_t multiplies)."""
+    return next(
+        g for block, g, operand in adjoint.block_grads
+        if operand == product.operand and block == product.block
+    )  # fmt: skip
+
+
+def _live(ops: tuple[Op, ...], wanted: set[str]) -> set[str]:
+    """The ops whose values reach ``wanted``."""
+    live = set(wanted)
+    for op in reversed(ops):
+        if op.out in live:
+            live.update(op.args)
+    return live
+
+
 def emit_c(step: CellStep, p: NativePlan, fn: str) -> str:
-    """C source of a step's forward and reverse functions, in float32 and float64."""
+    """C source of a step's forward and reverse stages, in float32 and float64."""
     parts = []
     for tag in _TYPES:
-        parts.append("\n".join(_emit_forward(step, p, fn, tag)))
-        parts.append("\n".join(_emit_reverse(step, p, fn, tag)))
+        for stage in range(p.stages):
+            parts.append("\n".join(_emit_forward(step, p, fn, tag, stage)))
+        for stage in range(p.stages):
+            parts.append("\n".join(_emit_reverse(step, p, fn, tag, stage)))
     return "\n\n".join(parts)
+
+
+def signatures(p: NativePlan) -> dict[str, int]:
+    """C function (without the dtype) -> how many pointers it takes after the four
+    longs (B, t, prev, next), the table included."""
+    found = {}
+    R = len(p.recurrent)
+    for stage in range(p.stages):
+        found[f"forward{stage}"] = R + len(p.products_of(stage)) + 2  # ..., Vt, table
+        found[f"reverse{stage}"] = R + len(p.products_of(stage + 1)) + 3  # ..., Vt, DVt, table
+    return found
 
 
 # --- the scan that calls them (PyTorch) ------------------------------------------------
@@ -487,9 +651,9 @@ _native = {}
 
 
 def native_kernels(fn, xs):
-    """The C forward and reverse step of cell function fn for xs's dtype, or None: the
-    scan then runs in Python (on a GPU, in another dtype, with RNNC_NATIVE=0, or where
-    no C compiler works)."""
+    """The C functions (forward and reverse stages) of cell function fn for xs's dtype,
+    or None: the scan then runs in Python (on a GPU, in another dtype, with
+    RNNC_NATIVE=0, or where no C compiler works)."""
     if xs.device.type != "cpu" or xs.dtype not in NATIVE_TYPES:
         return None
     if "library" not in _native:
@@ -498,7 +662,7 @@ def native_kernels(fn, xs):
     if library is None:
         return None
     tag = NATIVE_TYPES[xs.dtype]
-    return getattr(library, f"{fn}_forward_{tag}"), getattr(library, f"{fn}_reverse_{tag}")
+    return {name: getattr(library, f"{fn}_{name}_{tag}") for name in NATIVE_CELLS[fn]}
 
 
 def native_library():
@@ -533,14 +697,12 @@ def native_library():
     except OSError as error:
         warnings.warn(f"rnnc: cells run in Python, without their C steps ({error})", stacklevel=2)
         return None
-    for fn, products in NATIVE_CELLS.items():
-        for tag in NATIVE_TYPES.values():
-            step = getattr(library, f"{fn}_forward_{tag}")
-            step.argtypes = [ctypes.c_long] * 5 + [ctypes.c_void_p] * (products + 1)
-            step.restype = None
-            back = getattr(library, f"{fn}_reverse_{tag}")
-            back.argtypes = [ctypes.c_long] * 5 + [ctypes.c_void_p] * (products + 1)
-            back.restype = None
+    for fn, functions in NATIVE_CELLS.items():
+        for name, pointers in functions.items():
+            for tag in NATIVE_TYPES.values():
+                function = getattr(library, f"{fn}_{name}_{tag}")
+                function.argtypes = [ctypes.c_long] * 4 + [ctypes.c_void_p] * pointers
+                function.restype = None
     return library
 
 
@@ -564,7 +726,7 @@ class {fn}_function(torch.autograd.Function):
         if kernels is None:
             ys, final, tape = {fn}(xs, mask, reverse, P, state)
         else:
-            ys, final, tape = {fn}_native(kernels[0], xs, mask, reverse, P, state, taped)
+            ys, final, tape = {fn}_native(kernels, xs, mask, reverse, P, state, taped)
         ctx.rnnc = (kernels, tape, xs, mask, reverse, P, names)
         return (ys, *final)
 
@@ -576,23 +738,26 @@ class {fn}_function(torch.autograd.Function):
             d_xs, d_first = {fn}_backward(d_ys, d_final, tape, xs, mask, reverse, P, D)
         else:
             args = (d_ys, d_final, tape, xs, mask, reverse, P, D)
-            d_xs, d_first = {fn}_native_backward(kernels[1], *args)
+            d_xs, d_first = {fn}_native_backward(kernels, *args)
         return (d_xs, None, None, None, None, *(D[name] for name in names), *d_first)'''
 
 
 def emit_torch_scan(step: CellStep, p: NativePlan, fn: str) -> str:
-    """``{fn}_native`` and ``{fn}_native_backward``: the scan and its reverse with one
-    matrix product per recurrent state and one C call per step."""
+    """``{fn}_native`` and ``{fn}_native_backward``: the scan and its reverse with, per
+    step, one matrix product per recurrent state and one C call per stage (a product
+    inside the step between two stages)."""
     H = p.hidden
     n_states = len(p.states)
     r_index = {s: p.states.index(s) for s in p.recurrent}
     bias = "P['b_x']" if any(step.x_bias) else None
     params = ", ".join(f"P[{name!r}].contiguous()" for name in p.params)
+    rps = "".join(f"rp_{i}.data_ptr(), " for i in r_index.values())
     forward = [
-        f"def {fn}_native(step, xs, mask, reverse, P, state, taped):",
-        f'    """{fn} with the C step: xs (T, B, {step.input_size}) -> ys (T, B, {H}), final\n'
-        "    states and the tape (state buffers (T + 1, B, H), saved values, mask, parameters),\n"
-        '    or no tape (not taped: no gradient wanted): then two state slots in turn."""',
+        f"def {fn}_native(kernels, xs, mask, reverse, P, state, taped):",
+        f'    """{fn} with the C steps: xs (T, B, {step.input_size}) -> ys (T, B, {H}), final\n'
+        "    states and the tape (state buffers (T + 1, B, H), the values each step keeps,\n"
+        "    mask, parameters); not taped (no gradient wanted): two state slots in turn, and\n"
+        '    one step\'s values, written over at every step."""',
         "    T, B = xs.shape[0], xs.shape[1]",
     ]
     if p.x_width:
@@ -602,38 +767,55 @@ def emit_torch_scan(step: CellStep, p: NativePlan, fn: str) -> str:
         f"    S = [xs.new_empty((T + 1 if taped else 2, B, {H})) for _ in range({n_states})]",
         "    for buffer, first in zip(S, state):",
         "        buffer[T if reverse and taped else 0] = first",
-        f"    V = xs.new_empty(({max(len(p.saved), 1)}, T, B, {H})) if taped else None",
+        f"    V = xs.new_empty((T if taped else 1, {max(len(p.stored), 1)}, B, {H}))",
+        "    V_at, V_step = V.data_ptr(), V.stride(0) * V.element_size() if taped else 0",
         f"    ys = xs.new_empty((T, B, {H}))",
         f"    params = [{params}]",
         "    valid = None if mask.all() else mask.reshape(T, B).to(torch.uint8).contiguous()",
-        f"    table = pointers({'xp, ' if p.x_width else ''}*S, V, ys, *params, valid)",
+        f"    table = pointers({'xp, ' if p.x_width else ''}*S, ys, *params, valid)",
     ]
     for s, i in r_index.items():
         forward.append(f"    slots_{i} = S[{i}].unbind(0)")
         forward.append(f"    R_{i} = recurrent_weight(P['R_{s}'].T, slots_{i}[0])")
+    for k, pr in enumerate(p.products):
+        b = pr.block
+        forward.append(f"    operand_{k} = V[:, {p.stored.index(pr.operand)}].unbind(0)")
+        forward.append(
+            f"    W_{k} = recurrent_weight(P[{b.param!r}][:, {b.start}:{b.stop}].T.contiguous(), "
+            f"operand_{k}[0])"
+        )
+    forward.append(_bind_kernels("forward", p.stages))
     forward += [
         "    for n, t in enumerate(range(T - 1, -1, -1) if reverse else range(T)):",
         "        if taped:",
         "            prev, new = (t + 1, t) if reverse else (t, t + 1)",
         "        else:",
         "            prev, new = n % 2, (n + 1) % 2",
+        "        v = t if taped else 0",
+        "        Vt = V_at + v * V_step",
     ]
     for i in r_index.values():  # named: a temporary would be freed before the call
         forward.append(f"        rp_{i} = {TORCH.matmul(f'slots_{i}[prev]', f'R_{i}')}")
-    products = "".join(f", rp_{i}.data_ptr()" for i in r_index.values())
+    for stage in range(p.stages):
+        mos = ""
+        for pr in p.products_of(stage):
+            k = p.products.index(pr)
+            forward.append(f"        mo_{k} = {TORCH.matmul(f'operand_{k}[v]', f'W_{k}')}")
+            mos += f"mo_{k}.data_ptr(), "
+        forward.append(f"        forward{stage}(B, t, prev, new, {rps}{mos}Vt, table)")
     forward += [
-        f"        step(B, T, t, prev, new{products}, table)",
         "    last = (0 if reverse else T) if taped else T % 2",
         "    final = tuple(buffer[last].clone() for buffer in S)",
         "    return ys, final, (S, V, valid, params) if taped else None",
     ]
+
     outputs = []
     if p.x_width and p.shared is None:
         outputs.append(("d_xp", p.x_width))
     for s, width in zip(p.recurrent, p.r_widths, strict=True):
         outputs.append((f"d_rp_{s}", width))
     backward = [
-        f"def {fn}_native_backward(step, d_ys, d_state, tape, xs, mask, reverse, P, D):",
+        f"def {fn}_native_backward(kernels, d_ys, d_state, tape, xs, mask, reverse, P, D):",
         f'    """Reverse of {fn}_native: gradients of xs and of the initial states; parameter\n'
         '    gradients are added to D."""',
         "    S, V, valid, params = tape",
@@ -645,7 +827,11 @@ def emit_torch_scan(step: CellStep, p: NativePlan, fn: str) -> str:
         backward.append(f"    {name} = xs.new_empty((T, B, {width}))")
     backward += [
         f"    DP = xs.new_zeros(({max(len(p.grad_params), 1)}, {H}))",
-        f"    table = pointers(d_ys, *G, V, *S, *params, {''.join(n + ', ' for n, _ in outputs)}DP, valid)",
+        f"    DV = xs.new_empty((T, {max(len(p.dstored), 1)}, B, {H}))",
+        "    V_at, V_step = V.data_ptr(), V.stride(0) * V.element_size()",
+        "    DV_at, DV_step = DV.data_ptr(), DV.stride(0) * DV.element_size()",
+        f"    table = pointers(d_ys, *G, *S, *params, {''.join(n + ', ' for n, _ in outputs)}"
+        "DP, valid)",
     ]
     for s, i in r_index.items():
         backward += [
@@ -653,17 +839,38 @@ def emit_torch_scan(step: CellStep, p: NativePlan, fn: str) -> str:
             f"    d_rp_{i}_steps = d_rp_{s}.unbind(0)",
             f"    R_{i} = P['R_{s}']",
         ]
-    recs = "".join(f", rec_{i}.data_ptr()" for i in r_index.values())
+    adjoint = reverse(step)
+    for k, pr in enumerate(p.products):
+        b = pr.block
+        backward.append(f"    d_out_{k} = DV[:, {p.dstored.index(_d_out(adjoint, pr))}].unbind(0)")
+        backward.append(f"    W_{k} = P[{b.param!r}][:, {b.start}:{b.stop}].contiguous()")
+    backward.append(_bind_kernels("reverse", p.stages))
+    recs = "".join(f"rec_{i}.data_ptr(), " for i in r_index.values())
     backward += [
         "    for t in (range(T) if reverse else range(T - 1, -1, -1)):",
-        f"        step(B, T, t, *((t + 1, t) if reverse else (t, t + 1)){recs}, table)",
+        "        prev, new = (t + 1, t) if reverse else (t, t + 1)",
+        "        Vt, DVt = V_at + t * V_step, DV_at + t * DV_step",
     ]
+    for stage in reversed(range(p.stages)):
+        dops = ""
+        for pr in p.products_of(stage + 1):
+            k = p.products.index(pr)
+            backward.append(f"        dop_{k} = {TORCH.matmul(f'd_out_{k}[t]', f'W_{k}')}")
+            dops += f"dop_{k}.data_ptr(), "
+        backward.append(f"        reverse{stage}(B, t, prev, new, {recs}{dops}Vt, DVt, table)")
     for i in r_index.values():
         backward.append(f"        rec_{i} = {TORCH.matmul(f'd_rp_{i}_steps[t]', f'R_{i}')}")
     firsts = [f"G[{i}] + rec_{i}" if i in r_index.values() else f"G[{i}]" for i in range(n_states)]
     backward.append(f"    d_state = {pack(firsts)}")
     for n, name in enumerate(p.grad_params):
         backward.append(f"    D[{name!r}] += DP[{n}]")
+    for pr in p.products:  # one product over all steps per block
+        b = pr.block
+        d_out = f"DV[:, {p.dstored.index(_d_out(adjoint, pr))}].reshape(T * B, {H})"
+        operand = f"V[:, {p.stored.index(pr.operand)}].reshape(T * B, {H})"
+        backward.append(
+            f"    D[{b.param!r}][:, {b.start}:{b.stop}] += {TORCH.matmul(f'{d_out}.T', operand)}"
+        )
     backward.append("    d_xs = torch.zeros_like(xs)")
     for s, i in r_index.items():
         backward.append(f"    prev_{s} = S[{i}][1:] if reverse else S[{i}][:-1]")
@@ -672,10 +879,19 @@ def emit_torch_scan(step: CellStep, p: NativePlan, fn: str) -> str:
     return "\n".join(forward) + "\n\n\n" + "\n".join(backward)
 
 
+def _bind_kernels(direction: str, stages: int) -> str:
+    """``forward0, forward1 = kernels['forward0'], kernels['forward1']``."""
+    names = [f"{direction}{s}" for s in range(stages)]
+    return f"    {', '.join(names)} = {', '.join(f'kernels[{n!r}]' for n in names)}"
+
+
 def source_block(functions: dict[str, tuple[CellStep, NativePlan]]) -> str:
-    """The module's tail: the C source of every native cell family and how many
-    recurrent products each step takes (for the ctypes signatures)."""
+    """The module's tail: the C source of every native cell family, and the C
+    functions of each with how many pointers they take (for the ctypes signatures)."""
     c = HEADER + "\n\n".join(emit_c(step, p, fn) for fn, (step, p) in functions.items())
     assert '"""' not in c and "\\" not in c  # plain text between triple quotes
-    cells = {fn: len(p.recurrent) for fn, (_, p) in functions.items()}
-    return f'NATIVE_CELLS = {cells!r}  # cell function -> recurrent products per step\nNATIVE_SOURCE = """\\\n{c}\n"""\n'
+    cells = {fn: signatures(p) for fn, (_, p) in functions.items()}
+    return (
+        f"NATIVE_CELLS = {cells!r}  # cell function -> its C functions and their pointers\n"
+        f'NATIVE_SOURCE = """\\\n{c}\n"""\n'
+    )

@@ -417,18 +417,22 @@ class Adjoint:
     ops: tuple[Op, ...]
     grads: dict[str, str]  # what -> SSA var: "prev:h", "x", "param:b_i", "xproj:3", "rproj:h:0"
     block_grads: tuple[tuple[Block, str, str], ...]  # (block, d_out var, operand var)
+    origins: tuple[str, ...] = ()  # per op: the forward var whose reverse emitted it
 
 
 def reverse(step: CellStep) -> Adjoint:
     """Reverse-mode differentiation of a step, as ops (see :class:`Adjoint`)."""
     ops: list[Op] = []
+    origins: list[str] = []
     terms: dict[str, list[str]] = {}
     counter = [0]
+    current = [""]  # the forward var being differentiated
 
     def emit(kind: str, args: tuple[str, ...], attr: Any = None) -> str:
         counter[0] += 1
         out = f"_d{counter[0]}"
         ops.append(Op(out, kind, args, attr))
+        origins.append(current[0])
         return out
 
     def add_term(var: str, grad: str) -> None:
@@ -452,6 +456,7 @@ def reverse(step: CellStep) -> Adjoint:
     for op in reversed(step.ops):
         if op.kind == "const":
             continue
+        current[0] = op.out
         grad = total(op.out)
         if grad is None:
             continue
@@ -503,7 +508,7 @@ def reverse(step: CellStep) -> Adjoint:
                 offset += width
         else:  # pragma: no cover - every forward kind is handled above
             raise AssertionError(f"no reverse rule for {op.kind}")
-    return Adjoint(tuple(ops), grads, tuple(block_grads))
+    return Adjoint(tuple(ops), grads, tuple(block_grads), tuple(origins))
 
 
 def _reduce(emit: Any, grad: str, kinds: dict[str, str], arg: str, out: str) -> str:

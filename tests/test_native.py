@@ -88,8 +88,10 @@ def test_steps_that_fit_get_c_and_the_rest_do_not() -> None:
         "lstm_peephole": True,
         "lstm_cifg": True,
         "gru": True,
-        "gru_reset_before": False,  # W_n @ [x, r * h]: a product inside the step
+        "gru_reset_before": True,  # W_n @ [x, r * h]: two stages, a product between
     }
+    (product,) = plan(lower_cell(cells["gru_reset_before"], 4, 3)).products  # type: ignore[union-attr]
+    assert product.block.param == "W_n" and product.stage == 1
     reads_x, errors = parse_cell("own", ["h"], {"h": "tanh(W @ [x, h]) + p * x"})
     assert reads_x is not None and not errors
     assert plan(lower_cell(reads_x, 3, 3)) is None  # x outside its hoisted product

@@ -118,8 +118,11 @@ def python_scans(model) -> None:  # type: ignore[no-untyped-def]
 
 
 GRADCHECK = [
-    ("user", "python"),  # reads x outside a product, and a product inside the step
+    ("user", "python"),  # reads x outside its product: no C steps
+    ("mgu", "python"),  # the same without that: a product inside the step
+    ("mgu", "native"),
     ("gru_reset_before", "python"),  # a product inside the step
+    ("gru_reset_before", "native"),
     ("lstm_peephole", "python"),
     ("lstm_peephole", "native"),
     ("lstm_cifg", "python"),
@@ -132,18 +135,20 @@ def test_generated_backward_passes_gradcheck(source: str, scan: str) -> None:
     """The autograd.Function of a cell PyTorch has no kernel for runs rnnc's own BPTT
     (in Python, or through the cell's C steps); gradcheck holds it to finite
     differences (float64), with a ragged mask, both ways."""
-    text = USER_CELL if source == "user" else USER_CELL.replace("cell: mgu", f"cell: {source}")
+    if source in ("user", "mgu"):
+        text = USER_CELL if source == "user" else USER_CELL.replace(" + p * x", "")
+    else:
+        text = USER_CELL.replace("cell: mgu", f"cell: {source}")
     model = rnnc.compile(rnnc.parse_spec(spec_text(text)), backend="torch", dtype="float64")
     has_native = "NATIVE_CELLS" in model.namespace
-    assert has_native == (source in ("lstm_peephole", "lstm_cifg"))
+    assert has_native == (source != "user")
     if scan == "python" and has_native:
         python_scans(model)
     if scan == "native":
         if shutil.which(os.environ.get("CC", "cc")) is None:
             pytest.skip("no C compiler on this machine")
-        assert model.namespace["native_kernels"](
-            *model.namespace["NATIVE_CELLS"], torch.zeros(1, dtype=torch.float64)
-        )
+        (fn,) = model.namespace["NATIVE_CELLS"]
+        assert model.namespace["native_kernels"](fn, torch.zeros(1, dtype=torch.float64))
     function = next(v for k, v in model.namespace.items() if k.endswith("_function"))
     params_of = next(v for k, v in model.namespace.items() if k.endswith("_params"))
     torch.manual_seed(0)

@@ -163,9 +163,9 @@ _native = {}
 
 
 def native_kernels(fn, xs):
-    """The C forward and reverse step of cell function fn for xs's dtype, or None: the
-    scan then runs in Python (on a GPU, in another dtype, with RNNC_NATIVE=0, or where
-    no C compiler works)."""
+    """The C functions (forward and reverse stages) of cell function fn for xs's dtype,
+    or None: the scan then runs in Python (on a GPU, in another dtype, with
+    RNNC_NATIVE=0, or where no C compiler works)."""
     if xs.device.type != "cpu" or xs.dtype not in NATIVE_TYPES:
         return None
     if "library" not in _native:
@@ -174,7 +174,7 @@ def native_kernels(fn, xs):
     if library is None:
         return None
     tag = NATIVE_TYPES[xs.dtype]
-    return getattr(library, f"{fn}_forward_{tag}"), getattr(library, f"{fn}_reverse_{tag}")
+    return {name: getattr(library, f"{fn}_{name}_{tag}") for name in NATIVE_CELLS[fn]}
 
 
 def native_library():
@@ -209,14 +209,12 @@ def native_library():
     except OSError as error:
         warnings.warn(f"rnnc: cells run in Python, without their C steps ({error})", stacklevel=2)
         return None
-    for fn, products in NATIVE_CELLS.items():
-        for tag in NATIVE_TYPES.values():
-            step = getattr(library, f"{fn}_forward_{tag}")
-            step.argtypes = [ctypes.c_long] * 5 + [ctypes.c_void_p] * (products + 1)
-            step.restype = None
-            back = getattr(library, f"{fn}_reverse_{tag}")
-            back.argtypes = [ctypes.c_long] * 5 + [ctypes.c_void_p] * (products + 1)
-            back.restype = None
+    for fn, functions in NATIVE_CELLS.items():
+        for name, pointers in functions.items():
+            for tag in NATIVE_TYPES.values():
+                function = getattr(library, f"{fn}_{name}_{tag}")
+                function.argtypes = [ctypes.c_long] * 4 + [ctypes.c_void_p] * pointers
+                function.restype = None
     return library
 
 
@@ -339,35 +337,40 @@ def cell_lstm_l0_recurrent_grads(D, d_rps, saved):
     D['R_h'] += mm(d_rps[0].T, saved[7])
 
 
-def cell_lstm_l0_native(step, xs, mask, reverse, P, state, taped):
-    """cell_lstm_l0 with the C step: xs (T, B, 8) -> ys (T, B, 32), final
-    states and the tape (state buffers (T + 1, B, H), saved values, mask, parameters),
-    or no tape (not taped: no gradient wanted): then two state slots in turn."""
+def cell_lstm_l0_native(kernels, xs, mask, reverse, P, state, taped):
+    """cell_lstm_l0 with the C steps: xs (T, B, 8) -> ys (T, B, 32), final
+    states and the tape (state buffers (T + 1, B, H), the values each step keeps,
+    mask, parameters); not taped (no gradient wanted): two state slots in turn, and
+    one step's values, written over at every step."""
     T, B = xs.shape[0], xs.shape[1]
     xp = mm(xs.reshape(T * B, -1), P['W_x'].T, P['b_x']).contiguous()
     S = [xs.new_empty((T + 1 if taped else 2, B, 32)) for _ in range(2)]
     for buffer, first in zip(S, state):
         buffer[T if reverse and taped else 0] = first
-    V = xs.new_empty((5, T, B, 32)) if taped else None
+    V = xs.new_empty((T if taped else 1, 5, B, 32))
+    V_at, V_step = V.data_ptr(), V.stride(0) * V.element_size() if taped else 0
     ys = xs.new_empty((T, B, 32))
     params = [P['p_i'].contiguous(), P['p_f'].contiguous(), P['p_o'].contiguous()]
     valid = None if mask.all() else mask.reshape(T, B).to(torch.uint8).contiguous()
-    table = pointers(xp, *S, V, ys, *params, valid)
+    table = pointers(xp, *S, ys, *params, valid)
     slots_0 = S[0].unbind(0)
     R_0 = recurrent_weight(P['R_h'].T, slots_0[0])
+    forward0 = kernels['forward0']
     for n, t in enumerate(range(T - 1, -1, -1) if reverse else range(T)):
         if taped:
             prev, new = (t + 1, t) if reverse else (t, t + 1)
         else:
             prev, new = n % 2, (n + 1) % 2
+        v = t if taped else 0
+        Vt = V_at + v * V_step
         rp_0 = mm(slots_0[prev], R_0)
-        step(B, T, t, prev, new, rp_0.data_ptr(), table)
+        forward0(B, t, prev, new, rp_0.data_ptr(), Vt, table)
     last = (0 if reverse else T) if taped else T % 2
     final = tuple(buffer[last].clone() for buffer in S)
     return ys, final, (S, V, valid, params) if taped else None
 
 
-def cell_lstm_l0_native_backward(step, d_ys, d_state, tape, xs, mask, reverse, P, D):
+def cell_lstm_l0_native_backward(kernels, d_ys, d_state, tape, xs, mask, reverse, P, D):
     """Reverse of cell_lstm_l0_native: gradients of xs and of the initial states; parameter
     gradients are added to D."""
     S, V, valid, params = tape
@@ -376,12 +379,18 @@ def cell_lstm_l0_native_backward(step, d_ys, d_state, tape, xs, mask, reverse, P
     G = [d.clone(memory_format=torch.contiguous_format) for d in d_state]
     d_rp_h = xs.new_empty((T, B, 128))
     DP = xs.new_zeros((3, 32))
-    table = pointers(d_ys, *G, V, *S, *params, d_rp_h, DP, valid)
+    DV = xs.new_empty((T, 1, B, 32))
+    V_at, V_step = V.data_ptr(), V.stride(0) * V.element_size()
+    DV_at, DV_step = DV.data_ptr(), DV.stride(0) * DV.element_size()
+    table = pointers(d_ys, *G, *S, *params, d_rp_h, DP, valid)
     rec_0 = xs.new_zeros((B, 32))
     d_rp_0_steps = d_rp_h.unbind(0)
     R_0 = P['R_h']
+    reverse0 = kernels['reverse0']
     for t in (range(T) if reverse else range(T - 1, -1, -1)):
-        step(B, T, t, *((t + 1, t) if reverse else (t, t + 1)), rec_0.data_ptr(), table)
+        prev, new = (t + 1, t) if reverse else (t, t + 1)
+        Vt, DVt = V_at + t * V_step, DV_at + t * DV_step
+        reverse0(B, t, prev, new, rec_0.data_ptr(), Vt, DVt, table)
         rec_0 = mm(d_rp_0_steps[t], R_0)
     d_state = (G[0] + rec_0, G[1])
     D['p_i'] += DP[0]
@@ -410,7 +419,7 @@ class cell_lstm_l0_function(torch.autograd.Function):
         if kernels is None:
             ys, final, tape = cell_lstm_l0(xs, mask, reverse, P, state)
         else:
-            ys, final, tape = cell_lstm_l0_native(kernels[0], xs, mask, reverse, P, state, taped)
+            ys, final, tape = cell_lstm_l0_native(kernels, xs, mask, reverse, P, state, taped)
         ctx.rnnc = (kernels, tape, xs, mask, reverse, P, names)
         return (ys, *final)
 
@@ -422,7 +431,7 @@ class cell_lstm_l0_function(torch.autograd.Function):
             d_xs, d_first = cell_lstm_l0_backward(d_ys, d_final, tape, xs, mask, reverse, P, D)
         else:
             args = (d_ys, d_final, tape, xs, mask, reverse, P, D)
-            d_xs, d_first = cell_lstm_l0_native_backward(kernels[1], *args)
+            d_xs, d_first = cell_lstm_l0_native_backward(kernels, *args)
         return (d_xs, None, None, None, None, *(D[name] for name in names), *d_first)
 
 
@@ -531,7 +540,7 @@ class Model(torch.nn.Module):
         return run(params, inputs, by_axis, tf_masks, uniform)
 
 
-NATIVE_CELLS = {'cell_lstm_l0': 1}  # cell function -> recurrent products per step
+NATIVE_CELLS = {'cell_lstm_l0': {'forward0': 3, 'reverse0': 4}}  # cell function -> its C functions and their pointers
 NATIVE_SOURCE = """\
 /* Generated by rnnc: elementwise steps of cells (see backends/native.py). */
 #ifdef RNNC_SCALAR_MATH
@@ -548,138 +557,99 @@ double tanh(double);
 #endif
 #define fabsf __builtin_fabsf
 #define fabs __builtin_fabs
-void cell_lstm_l0_forward_f32(long B, long T, long t, long prev, long next, const float *rp0, void *const *table)
+void cell_lstm_l0_forward0_f32(long B, long t, long prev, long next, const float *rp0, float *Vt, void *const *table)
 {
     enum { H = 32 };
-    const long TBH = T * B * H;
+    const long BH = B * H;
     long k = 0;
+    (void)t; (void)prev; (void)next; (void)BH;
     const float *xp = (float *)table[k++] + t * B * 128;
     float *S0 = (float *)table[k++];
-    const float *s0_prev_all = S0 + prev * B * H;
-    float *s0_next_all = S0 + next * B * H;
     float *S1 = (float *)table[k++];
-    const float *s1_prev_all = S1 + prev * B * H;
-    float *s1_next_all = S1 + next * B * H;
-    float *V = (float *)table[k++];
-    if (V) V += t * B * H;
-    float *y = (float *)table[k++] + t * B * H;
+    float *y = (float *)table[k++] + t * BH;
     const float *p0 = (const float *)table[k++];
     const float *p1 = (const float *)table[k++];
     const float *p2 = (const float *)table[k++];
     const unsigned char *mask = (const unsigned char *)table[k++];
     if (mask) mask += t * B;
     for (long b = 0; b < B; b++) {
-        const float *s0_prev = s0_prev_all + b * H;
-        float *s0_next = s0_next_all + b * H;
-        const float *s1_prev = s1_prev_all + b * H;
-        float *s1_next = s1_next_all + b * H;
-        float *y_b = y + b * H;
+        const float *xp_b = xp + b * 128;
+        const float *rp0_b = rp0 + b * 128;
+        const float *s0_prev = S0 + prev * BH + b * H;
+        const float *s1_prev = S1 + prev * BH + b * H;
         if (mask && !mask[b]) {  /* past its length: states stay, output 0 */
             #pragma omp simd
             for (long j = 0; j < H; j++) {
-                s0_next[j] = s0_prev[j];
-                s1_next[j] = s1_prev[j];
-                y_b[j] = ((float)0.0f);
+                Vt[0 * BH + b * H + j] = ((float)0.0f);
+                Vt[1 * BH + b * H + j] = ((float)0.0f);
+                Vt[2 * BH + b * H + j] = ((float)0.0f);
+                Vt[3 * BH + b * H + j] = ((float)0.0f);
+                Vt[4 * BH + b * H + j] = ((float)0.0f);
+                S0[next * BH + b * H + j] = s0_prev[j];
+                S1[next * BH + b * H + j] = s1_prev[j];
+                y[b * H + j] = ((float)0.0f);
             }
             continue;
         }
-        const float *xp_b = xp + b * 128;
-        const float *rp0_b = rp0 + b * 128;
-        if (V) {
-            #pragma omp simd
-            for (long j = 0; j < H; j++) {
-                const float v2 = (xp_b[0 + j] + rp0_b[0 + j]);
-                const float v3 = p0[j];
-                const float v4 = s1_prev[j];
-                const float v5 = v3 * v4;
-                const float v6 = v2 + v5;
-                const float v7 = ((float)1.0f) / (((float)1.0f) + expf(-v6));
-                const float v10 = (xp_b[32 + j] + rp0_b[32 + j]);
-                const float v11 = p1[j];
-                const float v12 = v11 * v4;
-                const float v13 = v10 + v12;
-                const float v14 = ((float)1.0f) / (((float)1.0f) + expf(-v13));
-                const float v17 = (xp_b[64 + j] + rp0_b[64 + j]);
-                const float v18 = tanhf(v17);
-                const float v19 = v14 * v4;
-                const float v20 = v7 * v18;
-                const float v21 = v19 + v20;
-                const float v24 = (xp_b[96 + j] + rp0_b[96 + j]);
-                const float v25 = p2[j];
-                const float v26 = v25 * v21;
-                const float v27 = v24 + v26;
-                const float v28 = ((float)1.0f) / (((float)1.0f) + expf(-v27));
-                const float v29 = tanhf(v21);
-                const float v30 = v28 * v29;
-                s0_next[j] = v30;
-                s1_next[j] = v21;
-                y_b[j] = v30;
-                V[0 * TBH + b * H + j] = v7;
-                V[1 * TBH + b * H + j] = v14;
-                V[2 * TBH + b * H + j] = v18;
-                V[3 * TBH + b * H + j] = v28;
-                V[4 * TBH + b * H + j] = v29;
-            }
-        } else {  /* no tape wanted */
-            #pragma omp simd
-            for (long j = 0; j < H; j++) {
-                const float v2 = (xp_b[0 + j] + rp0_b[0 + j]);
-                const float v3 = p0[j];
-                const float v4 = s1_prev[j];
-                const float v5 = v3 * v4;
-                const float v6 = v2 + v5;
-                const float v7 = ((float)1.0f) / (((float)1.0f) + expf(-v6));
-                const float v10 = (xp_b[32 + j] + rp0_b[32 + j]);
-                const float v11 = p1[j];
-                const float v12 = v11 * v4;
-                const float v13 = v10 + v12;
-                const float v14 = ((float)1.0f) / (((float)1.0f) + expf(-v13));
-                const float v17 = (xp_b[64 + j] + rp0_b[64 + j]);
-                const float v18 = tanhf(v17);
-                const float v19 = v14 * v4;
-                const float v20 = v7 * v18;
-                const float v21 = v19 + v20;
-                const float v24 = (xp_b[96 + j] + rp0_b[96 + j]);
-                const float v25 = p2[j];
-                const float v26 = v25 * v21;
-                const float v27 = v24 + v26;
-                const float v28 = ((float)1.0f) / (((float)1.0f) + expf(-v27));
-                const float v29 = tanhf(v21);
-                const float v30 = v28 * v29;
-                s0_next[j] = v30;
-                s1_next[j] = v21;
-                y_b[j] = v30;
-            }
+        #pragma omp simd
+        for (long j = 0; j < H; j++) {
+            const float v2 = (xp_b[0 + j] + rp0_b[0 + j]);
+            const float v3 = p0[j];
+            const float v4 = s1_prev[j];
+            const float v5 = v3 * v4;
+            const float v6 = v2 + v5;
+            const float v7 = ((float)1.0f) / (((float)1.0f) + expf(-v6));
+            const float v10 = (xp_b[32 + j] + rp0_b[32 + j]);
+            const float v11 = p1[j];
+            const float v12 = v11 * v4;
+            const float v13 = v10 + v12;
+            const float v14 = ((float)1.0f) / (((float)1.0f) + expf(-v13));
+            const float v17 = (xp_b[64 + j] + rp0_b[64 + j]);
+            const float v18 = tanhf(v17);
+            const float v19 = v14 * v4;
+            const float v20 = v7 * v18;
+            const float v21 = v19 + v20;
+            const float v24 = (xp_b[96 + j] + rp0_b[96 + j]);
+            const float v25 = p2[j];
+            const float v26 = v25 * v21;
+            const float v27 = v24 + v26;
+            const float v28 = ((float)1.0f) / (((float)1.0f) + expf(-v27));
+            const float v29 = tanhf(v21);
+            const float v30 = v28 * v29;
+            S0[next * BH + b * H + j] = v30;
+            S1[next * BH + b * H + j] = v21;
+            y[b * H + j] = v30;
+            Vt[0 * BH + b * H + j] = v7;
+            Vt[1 * BH + b * H + j] = v14;
+            Vt[2 * BH + b * H + j] = v18;
+            Vt[3 * BH + b * H + j] = v28;
+            Vt[4 * BH + b * H + j] = v29;
         }
     }
 }
 
-void cell_lstm_l0_reverse_f32(long B, long T, long t, long prev, long next, const float *rec0, void *const *table)
+void cell_lstm_l0_reverse0_f32(long B, long t, long prev, long next, const float *rec0, const float *Vt, float *DVt, void *const *table)
 {
     enum { H = 32 };
-    const long TBH = T * B * H;
+    const long BH = B * H;
     long k = 0;
-    const float *dy = (const float *)table[k++] + t * B * H;
+    (void)t; (void)prev; (void)next; (void)BH;
+    const float *dy = (const float *)table[k++] + t * BH;
     float *G0 = (float *)table[k++];
     float *G1 = (float *)table[k++];
-    const float *V = (const float *)table[k++] + t * B * H;
     const float *S0 = (const float *)table[k++];
     const float *S1 = (const float *)table[k++];
-    const float *s1_next_all = S1 + next * B * H;
-    const float *s1_prev_all = S1 + prev * B * H;
-    const float *p0 = (const float *)table[k];
-    k++;
-    const float *p1 = (const float *)table[k];
-    k++;
-    const float *p2 = (const float *)table[k];
-    k++;
+    const float *p0 = (const float *)table[k++];
+    const float *p1 = (const float *)table[k++];
+    const float *p2 = (const float *)table[k++];
     float *drp0 = (float *)table[k++] + t * B * 128;
     float *DP = (float *)table[k++];
     const unsigned char *mask = (const unsigned char *)table[k++];
     if (mask) mask += t * B;
     for (long b = 0; b < B; b++) {
-        const float *s1_next = s1_next_all + b * H;
-        const float *s1_prev = s1_prev_all + b * H;
+        (void)DP; (void)dy;
+        const float *s0_prev = S0 + prev * BH + b * H;
+        const float *s1_prev = S1 + prev * BH + b * H;
         float *G0_b = G0 + b * H;
         float *G1_b = G1 + b * H;
         const float *rec0_b = rec0 + b * H;
@@ -693,14 +663,14 @@ void cell_lstm_l0_reverse_f32(long B, long T, long t, long prev, long next, cons
         for (long j = 0; j < H; j++) {
             const float v3 = p0[j];
             const float v4 = s1_prev[j];
-            const float v7 = V[0 * TBH + b * H + j];
+            const float v7 = Vt[0 * BH + b * H + j];
             const float v11 = p1[j];
-            const float v14 = V[1 * TBH + b * H + j];
-            const float v18 = V[2 * TBH + b * H + j];
-            const float v21 = s1_next[j];
+            const float v14 = Vt[1 * BH + b * H + j];
+            const float v18 = Vt[2 * BH + b * H + j];
+            const float v21 = S1[next * BH + b * H + j];
             const float v25 = p2[j];
-            const float v28 = V[3 * TBH + b * H + j];
-            const float v29 = V[4 * TBH + b * H + j];
+            const float v28 = Vt[3 * BH + b * H + j];
+            const float v29 = Vt[4 * BH + b * H + j];
             const float d0 = G0_b[j] + rec0_b[j] + dy[b * H + j];
             const float d1 = G1_b[j];
             const float g0 = d0 * v29;
@@ -742,138 +712,99 @@ void cell_lstm_l0_reverse_f32(long B, long T, long t, long prev, long next, cons
     }
 }
 
-void cell_lstm_l0_forward_f64(long B, long T, long t, long prev, long next, const double *rp0, void *const *table)
+void cell_lstm_l0_forward0_f64(long B, long t, long prev, long next, const double *rp0, double *Vt, void *const *table)
 {
     enum { H = 32 };
-    const long TBH = T * B * H;
+    const long BH = B * H;
     long k = 0;
+    (void)t; (void)prev; (void)next; (void)BH;
     const double *xp = (double *)table[k++] + t * B * 128;
     double *S0 = (double *)table[k++];
-    const double *s0_prev_all = S0 + prev * B * H;
-    double *s0_next_all = S0 + next * B * H;
     double *S1 = (double *)table[k++];
-    const double *s1_prev_all = S1 + prev * B * H;
-    double *s1_next_all = S1 + next * B * H;
-    double *V = (double *)table[k++];
-    if (V) V += t * B * H;
-    double *y = (double *)table[k++] + t * B * H;
+    double *y = (double *)table[k++] + t * BH;
     const double *p0 = (const double *)table[k++];
     const double *p1 = (const double *)table[k++];
     const double *p2 = (const double *)table[k++];
     const unsigned char *mask = (const unsigned char *)table[k++];
     if (mask) mask += t * B;
     for (long b = 0; b < B; b++) {
-        const double *s0_prev = s0_prev_all + b * H;
-        double *s0_next = s0_next_all + b * H;
-        const double *s1_prev = s1_prev_all + b * H;
-        double *s1_next = s1_next_all + b * H;
-        double *y_b = y + b * H;
+        const double *xp_b = xp + b * 128;
+        const double *rp0_b = rp0 + b * 128;
+        const double *s0_prev = S0 + prev * BH + b * H;
+        const double *s1_prev = S1 + prev * BH + b * H;
         if (mask && !mask[b]) {  /* past its length: states stay, output 0 */
             #pragma omp simd
             for (long j = 0; j < H; j++) {
-                s0_next[j] = s0_prev[j];
-                s1_next[j] = s1_prev[j];
-                y_b[j] = ((double)0.0);
+                Vt[0 * BH + b * H + j] = ((double)0.0);
+                Vt[1 * BH + b * H + j] = ((double)0.0);
+                Vt[2 * BH + b * H + j] = ((double)0.0);
+                Vt[3 * BH + b * H + j] = ((double)0.0);
+                Vt[4 * BH + b * H + j] = ((double)0.0);
+                S0[next * BH + b * H + j] = s0_prev[j];
+                S1[next * BH + b * H + j] = s1_prev[j];
+                y[b * H + j] = ((double)0.0);
             }
             continue;
         }
-        const double *xp_b = xp + b * 128;
-        const double *rp0_b = rp0 + b * 128;
-        if (V) {
-            #pragma omp simd
-            for (long j = 0; j < H; j++) {
-                const double v2 = (xp_b[0 + j] + rp0_b[0 + j]);
-                const double v3 = p0[j];
-                const double v4 = s1_prev[j];
-                const double v5 = v3 * v4;
-                const double v6 = v2 + v5;
-                const double v7 = ((double)1.0) / (((double)1.0) + exp(-v6));
-                const double v10 = (xp_b[32 + j] + rp0_b[32 + j]);
-                const double v11 = p1[j];
-                const double v12 = v11 * v4;
-                const double v13 = v10 + v12;
-                const double v14 = ((double)1.0) / (((double)1.0) + exp(-v13));
-                const double v17 = (xp_b[64 + j] + rp0_b[64 + j]);
-                const double v18 = tanh(v17);
-                const double v19 = v14 * v4;
-                const double v20 = v7 * v18;
-                const double v21 = v19 + v20;
-                const double v24 = (xp_b[96 + j] + rp0_b[96 + j]);
-                const double v25 = p2[j];
-                const double v26 = v25 * v21;
-                const double v27 = v24 + v26;
-                const double v28 = ((double)1.0) / (((double)1.0) + exp(-v27));
-                const double v29 = tanh(v21);
-                const double v30 = v28 * v29;
-                s0_next[j] = v30;
-                s1_next[j] = v21;
-                y_b[j] = v30;
-                V[0 * TBH + b * H + j] = v7;
-                V[1 * TBH + b * H + j] = v14;
-                V[2 * TBH + b * H + j] = v18;
-                V[3 * TBH + b * H + j] = v28;
-                V[4 * TBH + b * H + j] = v29;
-            }
-        } else {  /* no tape wanted */
-            #pragma omp simd
-            for (long j = 0; j < H; j++) {
-                const double v2 = (xp_b[0 + j] + rp0_b[0 + j]);
-                const double v3 = p0[j];
-                const double v4 = s1_prev[j];
-                const double v5 = v3 * v4;
-                const double v6 = v2 + v5;
-                const double v7 = ((double)1.0) / (((double)1.0) + exp(-v6));
-                const double v10 = (xp_b[32 + j] + rp0_b[32 + j]);
-                const double v11 = p1[j];
-                const double v12 = v11 * v4;
-                const double v13 = v10 + v12;
-                const double v14 = ((double)1.0) / (((double)1.0) + exp(-v13));
-                const double v17 = (xp_b[64 + j] + rp0_b[64 + j]);
-                const double v18 = tanh(v17);
-                const double v19 = v14 * v4;
-                const double v20 = v7 * v18;
-                const double v21 = v19 + v20;
-                const double v24 = (xp_b[96 + j] + rp0_b[96 + j]);
-                const double v25 = p2[j];
-                const double v26 = v25 * v21;
-                const double v27 = v24 + v26;
-                const double v28 = ((double)1.0) / (((double)1.0) + exp(-v27));
-                const double v29 = tanh(v21);
-                const double v30 = v28 * v29;
-                s0_next[j] = v30;
-                s1_next[j] = v21;
-                y_b[j] = v30;
-            }
+        #pragma omp simd
+        for (long j = 0; j < H; j++) {
+            const double v2 = (xp_b[0 + j] + rp0_b[0 + j]);
+            const double v3 = p0[j];
+            const double v4 = s1_prev[j];
+            const double v5 = v3 * v4;
+            const double v6 = v2 + v5;
+            const double v7 = ((double)1.0) / (((double)1.0) + exp(-v6));
+            const double v10 = (xp_b[32 + j] + rp0_b[32 + j]);
+            const double v11 = p1[j];
+            const double v12 = v11 * v4;
+            const double v13 = v10 + v12;
+            const double v14 = ((double)1.0) / (((double)1.0) + exp(-v13));
+            const double v17 = (xp_b[64 + j] + rp0_b[64 + j]);
+            const double v18 = tanh(v17);
+            const double v19 = v14 * v4;
+            const double v20 = v7 * v18;
+            const double v21 = v19 + v20;
+            const double v24 = (xp_b[96 + j] + rp0_b[96 + j]);
+            const double v25 = p2[j];
+            const double v26 = v25 * v21;
+            const double v27 = v24 + v26;
+            const double v28 = ((double)1.0) / (((double)1.0) + exp(-v27));
+            const double v29 = tanh(v21);
+            const double v30 = v28 * v29;
+            S0[next * BH + b * H + j] = v30;
+            S1[next * BH + b * H + j] = v21;
+            y[b * H + j] = v30;
+            Vt[0 * BH + b * H + j] = v7;
+            Vt[1 * BH + b * H + j] = v14;
+            Vt[2 * BH + b * H + j] = v18;
+            Vt[3 * BH + b * H + j] = v28;
+            Vt[4 * BH + b * H + j] = v29;
         }
     }
 }
 
-void cell_lstm_l0_reverse_f64(long B, long T, long t, long prev, long next, const double *rec0, void *const *table)
+void cell_lstm_l0_reverse0_f64(long B, long t, long prev, long next, const double *rec0, const double *Vt, double *DVt, void *const *table)
 {
     enum { H = 32 };
-    const long TBH = T * B * H;
+    const long BH = B * H;
     long k = 0;
-    const double *dy = (const double *)table[k++] + t * B * H;
+    (void)t; (void)prev; (void)next; (void)BH;
+    const double *dy = (const double *)table[k++] + t * BH;
     double *G0 = (double *)table[k++];
     double *G1 = (double *)table[k++];
-    const double *V = (const double *)table[k++] + t * B * H;
     const double *S0 = (const double *)table[k++];
     const double *S1 = (const double *)table[k++];
-    const double *s1_next_all = S1 + next * B * H;
-    const double *s1_prev_all = S1 + prev * B * H;
-    const double *p0 = (const double *)table[k];
-    k++;
-    const double *p1 = (const double *)table[k];
-    k++;
-    const double *p2 = (const double *)table[k];
-    k++;
+    const double *p0 = (const double *)table[k++];
+    const double *p1 = (const double *)table[k++];
+    const double *p2 = (const double *)table[k++];
     double *drp0 = (double *)table[k++] + t * B * 128;
     double *DP = (double *)table[k++];
     const unsigned char *mask = (const unsigned char *)table[k++];
     if (mask) mask += t * B;
     for (long b = 0; b < B; b++) {
-        const double *s1_next = s1_next_all + b * H;
-        const double *s1_prev = s1_prev_all + b * H;
+        (void)DP; (void)dy;
+        const double *s0_prev = S0 + prev * BH + b * H;
+        const double *s1_prev = S1 + prev * BH + b * H;
         double *G0_b = G0 + b * H;
         double *G1_b = G1 + b * H;
         const double *rec0_b = rec0 + b * H;
@@ -887,14 +818,14 @@ void cell_lstm_l0_reverse_f64(long B, long T, long t, long prev, long next, cons
         for (long j = 0; j < H; j++) {
             const double v3 = p0[j];
             const double v4 = s1_prev[j];
-            const double v7 = V[0 * TBH + b * H + j];
+            const double v7 = Vt[0 * BH + b * H + j];
             const double v11 = p1[j];
-            const double v14 = V[1 * TBH + b * H + j];
-            const double v18 = V[2 * TBH + b * H + j];
-            const double v21 = s1_next[j];
+            const double v14 = Vt[1 * BH + b * H + j];
+            const double v18 = Vt[2 * BH + b * H + j];
+            const double v21 = S1[next * BH + b * H + j];
             const double v25 = p2[j];
-            const double v28 = V[3 * TBH + b * H + j];
-            const double v29 = V[4 * TBH + b * H + j];
+            const double v28 = Vt[3 * BH + b * H + j];
+            const double v29 = Vt[4 * BH + b * H + j];
             const double d0 = G0_b[j] + rec0_b[j] + dy[b * H + j];
             const double d1 = G1_b[j];
             const double g0 = d0 * v29;
