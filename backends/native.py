@@ -127,6 +127,12 @@ def _sums(var: str, by_out: dict[str, Op]) -> list[Op]:
     return [found for arg in op.args for found in _sums(arg, by_out)]
 
 
+def _results(adjoint: Adjoint) -> set[str]:
+    """The gradients the reverse writes out per step: of previous states and of the
+    projections (a vector parameter's is summed into DP where its terms are)."""
+    return {var for key, var in adjoint.grads.items() if not key.startswith("param:")}
+
+
 def _recomputed(op: Op, kinds: dict[str, str], backward: bool = False) -> bool:
     """Leaves and values of parameters alone: read or computed again where used (the
     reverse has no recurrent products: values read from them are kept)."""
@@ -169,15 +175,16 @@ def plan(step: CellStep) -> NativePlan | None:
     for op in step.ops:
         base = max((stage[a] for a in op.args), default=0)
         stage[op.out] = base + (op.kind == "matmul")
+    live = _live(step.ops, set(step.states.values()) | {step.output})
+    ops = tuple(op for op in step.ops if op.out in live)  # a value nothing reads is not made
     products = tuple(
-        Product(op.out, op.args[0], op.attr, stage[op.out])
-        for op in step.ops
-        if op.kind == "matmul"
+        Product(op.out, op.args[0], op.attr, stage[op.out]) for op in ops if op.kind == "matmul"
     )
     # Reverse stages: an adjoint op belongs to the stage of the forward op it came
-    # from; a product's reverse (matmul_t) sits between stages, in the array library.
+    # from; a product's reverse (matmul_t) sits between stages, in the array library,
+    # and counts as the stage that reads its result.
     for op, origin in zip(adjoint.ops, adjoint.origins, strict=True):
-        stage[op.out] = stage[origin]
+        stage[op.out] = stage[origin] - (op.kind == "matmul_t")  # where its result comes in
 
     def uses(ops: tuple[Op, ...]) -> dict[str, set[int]]:
         found: dict[str, set[int]] = {}
@@ -187,14 +194,16 @@ def plan(step: CellStep) -> NativePlan | None:
                 found.setdefault(a, set()).add(stage[op.out])
         return found
 
-    forward_uses, reverse_uses = uses(step.ops), uses(adjoint.ops)
-    for var in set(adjoint.grads.values()):  # results are written at the last stage, 0
+    forward_uses, reverse_uses = uses(ops), uses(adjoint.ops)
+    for var in _results(adjoint):  # written at the last stage, 0
         reverse_uses.setdefault(var, set()).add(0)
     new_states = set(step.states.values())
+    operands = {product.operand for product in products}  # the array library reads them
     stored = tuple(
         op.out
-        for op in step.ops
-        if (
+        for op in ops
+        if op.out in operands
+        or (
             not _recomputed(op, kinds)
             and any(at > stage[op.out] for at in forward_uses.get(op.out, ()))
         )
@@ -204,16 +213,17 @@ def plan(step: CellStep) -> NativePlan | None:
             and op.out not in new_states
         )
     )
+    d_outs = {g for _, g, _ in adjoint.block_grads}
+    for product in products:  # a state's incoming gradient, kept where its product is
+        for block, g, operand in adjoint.block_grads:
+            if g.startswith("d_") and (block, operand) == (product.block, product.operand):
+                stage[g] = max(stage.get(g, 0), product.stage)
     dstored = tuple(
         op.out
         for op in adjoint.ops
-        if op.kind != "matmul_t"
-        and kinds[op.out] == "batch"
-        and (
-            any(at < stage[op.out] for at in reverse_uses.get(op.out, ()))
-            or any(op.out == p_grad for _, p_grad, _ in adjoint.block_grads)
-        )
-    )
+        if kinds[op.out] == "batch"
+        and (any(at < stage[op.out] for at in reverse_uses.get(op.out, ())) or op.out in d_outs)
+    ) + tuple(sorted(g for g in d_outs if g.startswith("d_")))
     used = {op.attr for op in step.ops if op.kind == "param"}
     return NativePlan(
         states=states,
@@ -518,7 +528,7 @@ def _emit_reverse(step: CellStep, p: NativePlan, fn: str, tag: str, stage: int) 
         for op in adjoint.ops
         if p.stage[op.out] == stage and op.kind != "matmul_t" and kinds[op.out] != "vector"
     ]
-    results = set(adjoint.grads.values()) if stage == 0 else set()
+    results = _results(adjoint) if stage == 0 else set()
     # Sums over the batch for vector parameters: each term is added to DP in the stage
     # of the sum that reads it.
     sums: dict[str, list[str]] = {}
@@ -557,8 +567,8 @@ def _emit_reverse(step: CellStep, p: NativePlan, fn: str, tag: str, stage: int) 
     for op in adjoint.ops:  # gradients from before this stage: kept, or just multiplied
         if op.out not in need or (p.stage[op.out] == stage and op.kind != "matmul_t"):
             continue
-        if op.kind == "matmul_t":  # a product's operand gradient, from the array library
-            k = next(k for k, pr in enumerate(after) if op.args[0] == _d_out(adjoint, pr))
+        if op.kind == "matmul_t" and p.stage[op.out] == stage:  # from the array library
+            k = next(k for k, pr in enumerate(after) if op.attr == pr.block)
             w.load(op.out, f"g{index[op.out]}", f"dop{k}[b * H + j]", lines, ind)
         else:
             slot = p.dstored.index(op.out)
@@ -768,7 +778,7 @@ def emit_torch_scan(step: CellStep, p: NativePlan, fn: str) -> str:
         "    for buffer, first in zip(S, state):",
         "        buffer[T if reverse and taped else 0] = first",
         f"    V = xs.new_empty((T if taped else 1, {max(len(p.stored), 1)}, B, {H}))",
-        "    V_at, V_step = V.data_ptr(), V.stride(0) * V.element_size() if taped else 0",
+        "    V_at, V_step = V.data_ptr(), V.stride(0) * V.element_size()",
         f"    ys = xs.new_empty((T, B, {H}))",
         f"    params = [{params}]",
         "    valid = None if mask.all() else mask.reshape(T, B).to(torch.uint8).contiguous()",

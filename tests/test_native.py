@@ -233,3 +233,82 @@ outputs:
     assert rows and all(r.ok for r in rows)
     inputs, lengths = random_inputs(model.analysis, np.random.default_rng(1))
     assert np.isfinite(model.run(inputs, lengths=lengths)["y"]).all()
+
+
+STAGES = """
+rnnc: 1
+name: stages
+cells:
+  odd:
+    state: [c, h]
+    equations:
+      c: h
+      g: c + b0 - b1
+      u: W2 @ [x, h, g, g * g]
+      h: 1 - hard_sigmoid(u) * tanh(W4 @ [x, u])
+      r: 1 * (W3 @ c)
+  copies:
+    state: [h, c, s]
+    equations:
+      s: b0 * ((1 - W1 @ [x, x]))
+      c: b3
+      h: W4 @ [s, s]
+    output: c
+  chain:
+    state: [m, h]
+    equations:
+      h: h
+      g: W0 @ [h, h, x]
+      m: W1 @ [m, g, m]
+      z: relu(W2 @ [h, m, h] + b3)
+  late:
+    state: [h, m, s]
+    equations:
+      m: (1 - h)
+      s: s
+      h: 2 * (b1 - W2 @ m)
+    output: s
+  leafy:
+    state: [s, m, h]
+    equations:
+      s: -(W0 @ s) * b1
+      a: W2 @ x
+      h: W3 @ [s, s, m]
+      r: h
+      m: -(W4 @ [a, r])
+inputs:
+  x: {size: 4}
+layers:
+  l: {cell: odd, hidden: 5, input: x, direction: bidirectional, depth: 2}
+  m: {cell: copies, hidden: 5, input: x, direction: bidirectional}
+  n: {cell: chain, hidden: 5, input: x, direction: bidirectional}
+  o: {cell: late, hidden: 5, input: x, direction: bidirectional}
+  p: {cell: leafy, hidden: 5, input: x, direction: bidirectional}
+outputs:
+  y: {from: l}
+  c: {from: l, state: c}
+  z: {from: m}
+  h: {from: m, state: h}
+  w: {from: n, state: m}
+  v: {from: o, state: h}
+  u: {from: p, state: m}
+"""
+
+
+@needs_cc
+def test_steps_with_products_inside_agree_with_the_numpy_backend() -> None:
+    """Found by hypothesis: two products whose outputs are added (so they share one
+    output gradient), a product nothing reads, a state that copies another, a product
+    whose output is a state (its gradient is the state's incoming one), the gradient
+    of a product's operand that is another product's output gradient and a result
+    (of x's projection), a bias whose gradient is summed after the product, a
+    product of x's projection inside the step; and a product of a product (three
+    stages). Both directions,
+    ragged."""
+    model = compile_torch(STAGES)
+    assert uses_c_steps(model, torch.float64)
+    stages = {fn: sum(name.startswith("forward") for name in functions)
+              for fn, functions in model.namespace["NATIVE_CELLS"].items()}  # fmt: skip
+    assert set(stages.values()) == {2, 3}
+    rows = verify(model.analysis, ("numpy", "torch"), dtype="float64")
+    assert rows and all(r.ok for r in rows), [r for r in rows if not r.ok]

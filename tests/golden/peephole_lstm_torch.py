@@ -348,7 +348,7 @@ def cell_lstm_l0_native(kernels, xs, mask, reverse, P, state, taped):
     for buffer, first in zip(S, state):
         buffer[T if reverse and taped else 0] = first
     V = xs.new_empty((T if taped else 1, 5, B, 32))
-    V_at, V_step = V.data_ptr(), V.stride(0) * V.element_size() if taped else 0
+    V_at, V_step = V.data_ptr(), V.stride(0) * V.element_size()
     ys = xs.new_empty((T, B, 32))
     params = [P['p_i'].contiguous(), P['p_f'].contiguous(), P['p_o'].contiguous()]
     valid = None if mask.all() else mask.reshape(T, B).to(torch.uint8).contiguous()
