@@ -1,4 +1,4 @@
-"""Native kernels: one step of a cell, everything but its matrix products, as C.
+"""Native kernels: the steps of a cell, everything but their matrix products, as C.
 
 A generated scan in Python pays the interpreter and the array library for every
 operation of every step: an LSTM with peepholes is some 15 array calls forward and
@@ -6,22 +6,27 @@ operation of every step: an LSTM with peepholes is some 15 array calls forward a
 elementwise part of a step (the gate activations, the state updates, what the
 reverse needs) becomes one C function over the (batch, unit) grid, and its reverse
 another; the matrix products stay with the array library, whose BLAS is hard to
-beat. A step of the scan is then one product and one C call.
+beat. A step of the scan is then its recurrent product and one C call.
 
-Only a step whose ops are all elementwise over width H fits: no cell input read
-outside its hoisted projection, no product inside the step (GRU's ``W @ (r * h)``),
-no concatenation, and parameter gradients that are plain sums over the batch.
-:func:`plan` says whether a step fits; :func:`emit_c` writes the source. The source
-holds no text from the spec: every value is named by its position (``v3``, ``g7``,
-``p0``), constants are written by ``repr`` of a float, and the functions come from
-an allow-list (:data:`rnnc.equations.FUNCTIONS`).
+A product inside the step (GRU's ``W_n @ [x, r * h]``) cuts it into stages: C makes
+the operand ``r * h``, the array library multiplies, the next C stage goes on from the
+product; the reverse runs the stages the other way round. What a stage hands to a
+later one, and what the reverse reads, is kept per step in one buffer.
 
-Each step function comes in float32 and float64, and takes the batch size, the
-step, the slots of the previous and the new state, the recurrent products of this
-step, and one table of base pointers (laid out as :class:`NativePlan` says). It is
-compiled at run time by the machine's C compiler (see the backends' ``native_library``)
-with ``#pragma omp simd`` loops, so ``exp`` and ``tanh`` run as glibc's vector
-functions; without a compiler the backends run the Python scan instead.
+A step fits when every op but its products is elementwise over width H: the cell
+reads its input only through its hoisted projection, and its vector parameters'
+gradients are plain sums over the batch. :func:`plan` says whether a step fits and
+how it is cut; :func:`emit_c` writes the source. The source holds no text from the
+spec: every value is named by its position (``v3``, ``g7``, ``p0``), constants are
+written by ``repr`` of a float, and the functions come from an allow-list
+(:data:`rnnc.equations.FUNCTIONS`).
+
+Each C function comes in float32 and float64 and takes the batch size, the step, the
+slots of the previous and the new state, this step's products, this step's kept
+values, and one table of base pointers (laid out as :class:`NativePlan` says). The
+module is compiled at run time by the machine's C compiler (``native_library`` in
+the generated module) with ``#pragma omp simd`` loops, so ``exp`` and ``tanh`` run as
+glibc's vector functions; without a compiler the Python scan runs instead.
 """
 
 from __future__ import annotations
@@ -55,8 +60,8 @@ class NativePlan:
     """How a step runs as C: stages cut at the products inside it, and what each
     keeps per step.
 
-    Forward table: xp (if the step has hoisted blocks), the state buffers (T + 1, B, H)
-    of every state, the outputs (T, B, H), the vector parameters, the step mask (T, B)
+    Forward table: xp (if the step has hoisted blocks), the state buffers (T + 1, B, H;
+    two slots in turn when no gradient is wanted) of every state, the outputs (T, B, H), the vector parameters, the step mask (T, B)
     bytes or NULL. Reverse table: d_ys (T, B, H), the carried state gradients (B, H)
     of every state, the state buffers, the vector parameters, the projection gradients
     (d_xp (T, B, nx H) unless shared, then d_rp (T, B, n_s H) of every recurrent
@@ -100,31 +105,23 @@ def _kinds_of_reverse(step: CellStep, adjoint: Adjoint) -> dict[str, str]:
     return kinds
 
 
-def _batch_terms(var: str, by_out: dict[str, Op], kinds: dict[str, str]) -> list[str] | None:
-    """The batch values whose sums over the batch make up the vector ``var`` (None: it
-    is something else, a vector times a vector say)."""
+def _sums(var: str, by_out: dict[str, Op], kinds: dict[str, str]) -> list[Op] | None:
+    """The sum_batch ops over batch values whose results add up to the vector ``var``
+    (None: it is something else, a vector times a vector say)."""
     op = by_out.get(var)
     if op is None:
         return None
-    if op.kind == "sum_batch" and kinds[op.args[0]] == "batch":
-        return [op.args[0]]
-    if op.kind == "add":
-        terms: list[str] = []
-        for arg in op.args:
-            found = _batch_terms(arg, by_out, kinds)
-            if found is None:
-                return None
-            terms += found
-        return terms
-    return None
-
-
-def _sums(var: str, by_out: dict[str, Op]) -> list[Op]:
-    """The sum_batch ops whose results add up to the vector ``var``."""
-    op = by_out[var]
     if op.kind == "sum_batch":
-        return [op]
-    return [found for arg in op.args for found in _sums(arg, by_out)]
+        return [op] if kinds[op.args[0]] == "batch" else None
+    if op.kind != "add":
+        return None
+    found: list[Op] = []
+    for arg in op.args:
+        more = _sums(arg, by_out, kinds)
+        if more is None:
+            return None
+        found += more
+    return found
 
 
 def _results(adjoint: Adjoint) -> set[str]:
@@ -167,7 +164,7 @@ def plan(step: CellStep) -> NativePlan | None:
     for p in step.cell.params:
         var = adjoint.grads.get(f"param:{p.name}")
         if var is not None and p.kind == "vector":
-            if kinds[var] != "vector" or _batch_terms(var, by_out, kinds) is None:
+            if kinds[var] != "vector" or _sums(var, by_out, kinds) is None:
                 return None
             grad_params.append(p.name)
 
@@ -533,7 +530,7 @@ def _emit_reverse(step: CellStep, p: NativePlan, fn: str, tag: str, stage: int) 
     # of the sum that reads it.
     sums: dict[str, list[str]] = {}
     for name in p.grad_params:
-        for op in _sums(adjoint.grads[f"param:{name}"], by_out):
+        for op in _sums(adjoint.grads[f"param:{name}"], by_out, kinds) or []:
             if p.stage[op.out] == stage:
                 sums.setdefault(name, []).append(op.args[0])
     need = set(kept) | results | {v for terms in sums.values() for v in terms}
