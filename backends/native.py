@@ -31,6 +31,7 @@ glibc's vector functions; without a compiler the Python scan runs instead.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from backends.emit import TORCH, _shared_projection, gradient_products, pack
@@ -103,6 +104,11 @@ def _kinds_of_reverse(step: CellStep, adjoint: Adjoint) -> dict[str, str]:
         else:
             kinds[op.out] = max((kinds[a] for a in op.args), key=order.index)
     return kinds
+
+
+def _reads(op: Op) -> tuple[str, ...]:
+    """The values an op's C reads: a slope reads f(a) alone, a broadcast its vector."""
+    return op.args[:1] if op.kind in ("dcall", "broadcast") else op.args
 
 
 def _sums(var: str, by_out: dict[str, Op], kinds: dict[str, str]) -> list[Op] | None:
@@ -186,7 +192,7 @@ def plan(step: CellStep) -> NativePlan | None:
     def uses(ops: tuple[Op, ...]) -> dict[str, set[int]]:
         found: dict[str, set[int]] = {}
         for op in ops:
-            args = op.args[:1] if op.kind == "dcall" else op.args  # a slope reads f(a)
+            args = _reads(op)
             for a in args:
                 found.setdefault(a, set()).add(stage[op.out])
         return found
@@ -327,7 +333,7 @@ class _CWriter:
     def value(self, op: Op) -> str:
         if op.kind == "dcall":
             return self.slope(op.attr, self.names[op.args[0]])
-        a = [self.names[x] for x in op.args]
+        a = [self.names[x] for x in _reads(op)]
         if op.kind == "add":
             return f"{a[0]} + {a[1]}"
         if op.kind == "sub":
@@ -361,6 +367,7 @@ def _signature(p: NativePlan, fn: str, name: str, tag: str, inputs: list[str]) -
     real = _TYPES[tag]["real"]
     args = "".join(f", const {real} *{i}" for i in inputs)
     extra = f", const {real} *Vt, {real} *DVt" if name.startswith("reverse") else f", {real} *Vt"
+    kept = ["Vt", "DVt"] if name.startswith("reverse") else ["Vt"]
     return [
         f"void {fn}_{name}_{tag}(long B, long t, long prev, long next{args}{extra}, "
         "void *const *table)",
@@ -368,7 +375,8 @@ def _signature(p: NativePlan, fn: str, name: str, tag: str, inputs: list[str]) -
         f"    enum {{ H = {p.hidden} }};",
         "    const long BH = B * H;",
         "    long k = 0;",
-        "    (void)t; (void)prev; (void)next; (void)BH;",
+        "    (void)t; (void)prev; (void)next; (void)BH;  /* every stage takes the same */",
+        "    " + " ".join(f"(void){name};" for name in [*inputs, *kept]),
     ]
 
 
@@ -435,7 +443,7 @@ def _emit_forward(step: CellStep, p: NativePlan, fn: str, tag: str, stage: int) 
     live = set(wanted)
     for op in reversed(step.ops):
         if op.out in live and source(op) == "here":
-            live.update(op.args)
+            live.update(_reads(op))
     for n, op in enumerate(step.ops):
         if op.out not in live:
             continue
@@ -493,7 +501,6 @@ def _emit_reverse(step: CellStep, p: NativePlan, fn: str, tag: str, stage: int) 
         "    if (mask) mask += t * B;",
         "    for (long b = 0; b < B; b++) {",
     ]
-    lines.append("        (void)DP; (void)dy;")
     _rows(p, real, False, False, lines)
     for i, _ in enumerate(p.states):
         lines.append(f"        {real} *G{i}_b = G{i} + b * H;")
@@ -536,7 +543,7 @@ def _emit_reverse(step: CellStep, p: NativePlan, fn: str, tag: str, stage: int) 
     need = set(kept) | results | {v for terms in sums.values() for v in terms}
     for op in reversed(here):
         if op.out in need:
-            need.update(op.args[:1] if op.kind == "dcall" else op.args)
+            need.update(_reads(op))
     # The forward values read: kept per step, new states (from the state buffers),
     # leaves and values of parameters alone (again).
     forward = {op.out: op for op in step.ops}
@@ -610,7 +617,7 @@ def _live(ops: tuple[Op, ...], wanted: set[str]) -> set[str]:
     live = set(wanted)
     for op in reversed(ops):
         if op.out in live:
-            live.update(op.args)
+            live.update(_reads(op))
     return live
 
 
@@ -619,10 +626,37 @@ def emit_c(step: CellStep, p: NativePlan, fn: str) -> str:
     parts = []
     for tag in _TYPES:
         for stage in range(p.stages):
-            parts.append("\n".join(_emit_forward(step, p, fn, tag, stage)))
+            parts.append(
+                "\n".join(_unused_pointers_dropped(_emit_forward(step, p, fn, tag, stage)))
+            )
         for stage in range(p.stages):
-            parts.append("\n".join(_emit_reverse(step, p, fn, tag, stage)))
+            parts.append(
+                "\n".join(_unused_pointers_dropped(_emit_reverse(step, p, fn, tag, stage)))
+            )
     return "\n\n".join(parts)
+
+
+_POINTER = re.compile(r"^\s+(?:const )?\w+ \*(\w+) = [^;]*;$")
+
+
+def _unused_pointers_dropped(lines: list[str]) -> list[str]:
+    """A function's lines without the row and base pointers nothing reads (each stage
+    declares the pointers of every buffer it might use)."""
+    while True:
+        text = "\n".join(lines)
+        unused = {
+            i
+            for i, line in enumerate(lines)
+            if (m := _POINTER.match(line)) and len(re.findall(rf"\b{m.group(1)}\b", text)) == 1
+        }
+        if not unused:
+            return lines
+        # A table entry nobody reads still takes its place in the table.
+        lines = [
+            "    k++;" if i in unused else line
+            for i, line in enumerate(lines)
+            if i not in unused or "table[k++]" in line
+        ]
 
 
 def signatures(p: NativePlan) -> dict[str, int]:

@@ -312,3 +312,27 @@ def test_steps_with_products_inside_agree_with_the_numpy_backend() -> None:
     assert set(stages.values()) == {2, 3}
     rows = verify(model.analysis, ("numpy", "torch"), dtype="float64")
     assert rows and all(r.ok for r in rows), [r for r in rows if not r.ok]
+
+
+@needs_cc
+def test_the_c_source_compiles_without_a_warning(tmp_path: Path) -> None:
+    """Every built-in cell's steps and the staged cells above, under -Wall -Wextra."""
+    import subprocess
+
+    from backends.native import HEADER, emit_c
+
+    parts = [HEADER]
+    for name, cell in builtin_cells().items():
+        step = lower_cell(cell, 6, 5)
+        found = plan(step)
+        assert found is not None
+        parts.append(emit_c(step, found, f"cell_{name}"))
+    staged = compile_torch(STAGES).namespace["NATIVE_SOURCE"]
+    parts.append(staged[len(HEADER) :])
+    source = tmp_path / "cells.c"
+    source.write_text("\n\n".join(parts))
+    flags = ["-O2", "-fopenmp-simd", "-Wall", "-Wextra", "-Werror", "-c", "-o", "cells.o"]
+    done = subprocess.run(
+        [os.environ.get("CC", "cc"), *flags, str(source)], cwd=tmp_path, capture_output=True
+    )
+    assert done.returncode == 0, done.stderr.decode()[:2000]

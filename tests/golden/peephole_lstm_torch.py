@@ -562,7 +562,8 @@ void cell_lstm_l0_forward0_f32(long B, long t, long prev, long next, const float
     enum { H = 32 };
     const long BH = B * H;
     long k = 0;
-    (void)t; (void)prev; (void)next; (void)BH;
+    (void)t; (void)prev; (void)next; (void)BH;  /* every stage takes the same */
+    (void)rp0; (void)Vt;
     const float *xp = (float *)table[k++] + t * B * 128;
     float *S0 = (float *)table[k++];
     float *S1 = (float *)table[k++];
@@ -633,11 +634,12 @@ void cell_lstm_l0_reverse0_f32(long B, long t, long prev, long next, const float
     enum { H = 32 };
     const long BH = B * H;
     long k = 0;
-    (void)t; (void)prev; (void)next; (void)BH;
+    (void)t; (void)prev; (void)next; (void)BH;  /* every stage takes the same */
+    (void)rec0; (void)Vt; (void)DVt;
     const float *dy = (const float *)table[k++] + t * BH;
     float *G0 = (float *)table[k++];
     float *G1 = (float *)table[k++];
-    const float *S0 = (const float *)table[k++];
+    k++;
     const float *S1 = (const float *)table[k++];
     const float *p0 = (const float *)table[k++];
     const float *p1 = (const float *)table[k++];
@@ -647,8 +649,6 @@ void cell_lstm_l0_reverse0_f32(long B, long t, long prev, long next, const float
     const unsigned char *mask = (const unsigned char *)table[k++];
     if (mask) mask += t * B;
     for (long b = 0; b < B; b++) {
-        (void)DP; (void)dy;
-        const float *s0_prev = S0 + prev * BH + b * H;
         const float *s1_prev = S1 + prev * BH + b * H;
         float *G0_b = G0 + b * H;
         float *G1_b = G1 + b * H;
@@ -717,7 +717,8 @@ void cell_lstm_l0_forward0_f64(long B, long t, long prev, long next, const doubl
     enum { H = 32 };
     const long BH = B * H;
     long k = 0;
-    (void)t; (void)prev; (void)next; (void)BH;
+    (void)t; (void)prev; (void)next; (void)BH;  /* every stage takes the same */
+    (void)rp0; (void)Vt;
     const double *xp = (double *)table[k++] + t * B * 128;
     double *S0 = (double *)table[k++];
     double *S1 = (double *)table[k++];
@@ -788,11 +789,12 @@ void cell_lstm_l0_reverse0_f64(long B, long t, long prev, long next, const doubl
     enum { H = 32 };
     const long BH = B * H;
     long k = 0;
-    (void)t; (void)prev; (void)next; (void)BH;
+    (void)t; (void)prev; (void)next; (void)BH;  /* every stage takes the same */
+    (void)rec0; (void)Vt; (void)DVt;
     const double *dy = (const double *)table[k++] + t * BH;
     double *G0 = (double *)table[k++];
     double *G1 = (double *)table[k++];
-    const double *S0 = (const double *)table[k++];
+    k++;
     const double *S1 = (const double *)table[k++];
     const double *p0 = (const double *)table[k++];
     const double *p1 = (const double *)table[k++];
@@ -802,8 +804,6 @@ void cell_lstm_l0_reverse0_f64(long B, long t, long prev, long next, const doubl
     const unsigned char *mask = (const unsigned char *)table[k++];
     if (mask) mask += t * B;
     for (long b = 0; b < B; b++) {
-        (void)DP; (void)dy;
-        const double *s0_prev = S0 + prev * BH + b * H;
         const double *s1_prev = S1 + prev * BH + b * H;
         double *G0_b = G0 + b * H;
         double *G1_b = G1 + b * H;
