@@ -88,6 +88,7 @@ class NativePlan:
     # Gradients kept per step: each product's output gradient (for the parameter
     # gradient after the loop) and what a later reverse stage reads.
     dstored: tuple[str, ...]
+    d_out: dict[str, str]  # product output -> the gradient its reverse multiplies
 
     def products_of(self, stage: int) -> tuple[Product, ...]:
         return tuple(p for p in self.products if p.stage == stage)
@@ -216,17 +217,26 @@ def plan(step: CellStep) -> NativePlan | None:
             and op.out not in new_states
         )
     )
-    d_outs = {g for _, g, _ in adjoint.block_grads}
-    for product in products:  # a state's incoming gradient, kept where its product is
-        for block, g, operand in adjoint.block_grads:
-            if g.startswith("d_") and (block, operand) == (product.block, product.operand):
-                stage[g] = max(stage.get(g, 0), product.stage)
+    # Each product's output gradient: what its reverse (matmul_t) multiplies.
+    d_out = {
+        origin: op.args[0]
+        for op, origin in zip(adjoint.ops, adjoint.origins, strict=True)
+        if op.kind == "matmul_t"
+    }
+    if any(product.out not in d_out for product in products):
+        return None  # a product no gradient reaches: left to the Python scan
+    incoming = {f"d_{s}" for s in states}  # a state's incoming gradient, kept where its
+    for product in products:  # product is
+        if d_out[product.out] in incoming:
+            g = d_out[product.out]
+            stage[g] = max(stage.get(g, 0), product.stage)
+    d_outs = set(d_out.values())
     dstored = tuple(
         op.out
         for op in adjoint.ops
         if kinds[op.out] == "batch"
         and (any(at < stage[op.out] for at in reverse_uses.get(op.out, ())) or op.out in d_outs)
-    ) + tuple(sorted(g for g in d_outs if g.startswith("d_")))
+    ) + tuple(sorted(d_outs & incoming))
     used = {op.attr for op in step.ops if op.kind == "param"}
     return NativePlan(
         states=states,
@@ -242,6 +252,7 @@ def plan(step: CellStep) -> NativePlan | None:
         products=products,
         stored=stored,
         dstored=dstored,
+        d_out=d_out,
     )
 
 
@@ -568,11 +579,12 @@ def _emit_reverse(step: CellStep, p: NativePlan, fn: str, tag: str, stage: int) 
                 terms.append("dy[b * H + j]")
             w.load(f"d_{s}", f"d{i}", " + ".join(terms), lines, ind)
     index = {op.out: n for n, op in enumerate(adjoint.ops)}
+    origin = dict(zip((op.out for op in adjoint.ops), adjoint.origins, strict=True))
     for op in adjoint.ops:  # gradients from before this stage: kept, or just multiplied
         if op.out not in need or (p.stage[op.out] == stage and op.kind != "matmul_t"):
             continue
         if op.kind == "matmul_t" and p.stage[op.out] == stage:  # from the array library
-            k = next(k for k, pr in enumerate(after) if op.attr == pr.block)
+            k = next(k for k, pr in enumerate(after) if pr.out == origin[op.out])
             w.load(op.out, f"g{index[op.out]}", f"dop{k}[b * H + j]", lines, ind)
         else:
             slot = p.dstored.index(op.out)
@@ -602,14 +614,6 @@ def _emit_reverse(step: CellStep, p: NativePlan, fn: str, tag: str, stage: int) 
             lines.append(f"{ind}DP[{n * H} + j] += {added};")
     lines += ["        }", "    }", "}"]
     return lines
-
-
-def _d_out(adjoint: Adjoint, product: Product) -> str:
-    """The gradient of a product's output (what its matmul_t multiplies)."""
-    return next(
-        g for block, g, operand in adjoint.block_grads
-        if operand == product.operand and block == product.block
-    )  # fmt: skip
 
 
 def _live(ops: tuple[Op, ...], wanted: set[str]) -> set[str]:
@@ -687,7 +691,10 @@ import warnings
 LOADER = '''
 
 NATIVE_TYPES = {torch.float32: "f32", torch.float64: "f64"}
-NATIVE_FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-shared", "-fPIC"]
+NATIVE_FLAGS = [
+    "-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-ffp-contract=off",
+    "-shared", "-fPIC",
+]  # -ffp-contract=off: no fused multiply-adds, the same rounding as the array libraries
 _native = {}
 
 
@@ -880,10 +887,9 @@ def emit_torch_scan(step: CellStep, p: NativePlan, fn: str) -> str:
             f"    d_rp_{i}_steps = d_rp_{s}.unbind(0)",
             f"    R_{i} = P['R_{s}']",
         ]
-    adjoint = reverse(step)
     for k, pr in enumerate(p.products):
         b = pr.block
-        backward.append(f"    d_out_{k} = DV[:, {p.dstored.index(_d_out(adjoint, pr))}].unbind(0)")
+        backward.append(f"    d_out_{k} = DV[:, {p.dstored.index(p.d_out[pr.out])}].unbind(0)")
         backward.append(f"    W_{k} = P[{b.param!r}][:, {b.start}:{b.stop}].contiguous()")
     backward.append(_bind_kernels("reverse", p.stages))
     recs = "".join(f"rec_{i}.data_ptr(), " for i in r_index.values())
@@ -907,7 +913,7 @@ def emit_torch_scan(step: CellStep, p: NativePlan, fn: str) -> str:
         backward.append(f"    D[{name!r}] += DP[{n}]")
     for pr in p.products:  # one product over all steps per block
         b = pr.block
-        d_out = f"DV[:, {p.dstored.index(_d_out(adjoint, pr))}].reshape(T * B, {H})"
+        d_out = f"DV[:, {p.dstored.index(p.d_out[pr.out])}].reshape(T * B, {H})"
         operand = f"V[:, {p.stored.index(pr.operand)}].reshape(T * B, {H})"
         backward.append(
             f"    D[{b.param!r}][:, {b.start}:{b.stop}] += {TORCH.matmul(f'{d_out}.T', operand)}"

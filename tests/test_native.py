@@ -276,6 +276,12 @@ cells:
       h: W3 @ [s, s, m]
       r: h
       m: -(W4 @ [a, r])
+  twins:
+    state: [h]
+    equations:
+      r: sigmoid(W_r @ [x, h])
+      a: r * h
+      h: tanh(U @ (r * h)) + sigmoid(U @ ((1 - r) * h)) + tanh(V @ x) + U @ a + relu(U @ a)
 inputs:
   x: {size: 4}
 layers:
@@ -284,6 +290,7 @@ layers:
   n: {cell: chain, hidden: 5, input: x, direction: bidirectional}
   o: {cell: late, hidden: 5, input: x, direction: bidirectional}
   p: {cell: leafy, hidden: 5, input: x, direction: bidirectional}
+  q: {cell: twins, hidden: 5, input: x, direction: bidirectional}
 outputs:
   y: {from: l}
   c: {from: l, state: c}
@@ -292,6 +299,7 @@ outputs:
   w: {from: n, state: m}
   v: {from: o, state: h}
   u: {from: p, state: m}
+  t: {from: q}
 """
 
 
@@ -302,8 +310,8 @@ def test_steps_with_products_inside_agree_with_the_numpy_backend() -> None:
     whose output is a state (its gradient is the state's incoming one), the gradient
     of a product's operand that is another product's output gradient and a result
     (of x's projection), a bias whose gradient is summed after the product, a
-    product of x's projection inside the step; and a product of a product (three
-    stages). Both directions,
+    product of x's projection inside the step, one block times several operands and
+    one operand twice (found by review); and a product of a product (three stages). Both directions,
     ragged."""
     model = compile_torch(STAGES)
     assert uses_c_steps(model, torch.float64)

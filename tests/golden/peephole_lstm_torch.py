@@ -158,7 +158,10 @@ def register(root, name, parameter):
     return ".".join(path)
 
 NATIVE_TYPES = {torch.float32: "f32", torch.float64: "f64"}
-NATIVE_FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-shared", "-fPIC"]
+NATIVE_FLAGS = [
+    "-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-ffp-contract=off",
+    "-shared", "-fPIC",
+]  # -ffp-contract=off: no fused multiply-adds, the same rounding as the array libraries
 _native = {}
 
 
