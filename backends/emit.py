@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rnnc.graph import input_edges
-from rnnc.lower import Adjoint, CellStep, Op, lower_cell, reverse
+from rnnc.lower import Adjoint, CellStep, Op, grad_name, lower_cell, prev_name, reverse
 from rnnc.program import Program
 from rnnc.spec import RecurrentLayer
 
@@ -126,7 +126,7 @@ class Namespace:
 
     def __call__(self, name: str) -> str:
         if name not in self.names:
-            candidate = name
+            candidate = name.replace("$", "_")  # a name the lowering made
             while candidate in self.taken or keyword.iskeyword(candidate):
                 candidate += "_"
             self.taken.add(candidate)
@@ -159,7 +159,7 @@ class _StepWriter:
         if op.kind == "x":
             return "x_t"
         if op.kind == "prev":
-            return self.var(f"{op.attr}_prev")
+            return self.var(prev_name(op.attr))
         if op.kind == "param":
             return self.var(op.attr)
         if op.kind == "const":
@@ -356,7 +356,7 @@ def _emit_step(
     step: CellStep, fn: str, names: Namespace, named: set[str], saved: list[str], xp: Dialect
 ) -> str:
     H = step.hidden
-    prev = [names(f"{s}_prev") for s in step.cell.state]
+    prev = [names(prev_name(s)) for s in step.cell.state]
     lines = [
         f"def {fn}_step(xp_t, x_t, mask_t, state, P):",
         f'    """One step of {step.cell.name}: new states (unchanged where mask_t is 0), the\n'
@@ -366,7 +366,7 @@ def _emit_step(
     ]
     for state in step.r_blocks:
         R = f"R_{names(state)}" + ("_T" if xp.transposed_recurrent else ".T")
-        product = xp.matmul(names(state + "_prev"), R)
+        product = xp.matmul(names(prev_name(state)), R)
         lines.append(f"    rp_{names(state)} = {product}")
     if step.fused is not None:
         state, n = step.fused
@@ -394,8 +394,8 @@ def _emit_step_backward(
     step: CellStep, fn: str, names: Namespace, saved: list[str], states: list[str], xp: Dialect
 ) -> str:
     adjoint: Adjoint = reverse(step)
-    d = {s: names(f"d_{s}") for s in states}
-    prev = [names(f"{s}_prev") for s in states]
+    d = {s: names(grad_name(s)) for s in states}
+    prev = [names(prev_name(s)) for s in states]
     lines = [
         f"def {fn}_step_backward(d_state, d_y, saved, x_t, mask_t, P, D):",
         f'    """Reverse of {fn}_step: gradients of xp_t, x_t and the previous states.\n'
@@ -418,10 +418,10 @@ def _emit_step_backward(
         leaf = writer.leaf(op)
         writer.exprs[op.out] = (names(op.out), 4) if op.out in kept or leaf is None else (leaf, 4)
     for s in states:
-        writer.exprs[f"d_{s}"] = (d[s], 4)
+        writer.exprs[grad_name(s)] = (d[s], 4)
     uses = _uses(adjoint.ops)
     results = set(adjoint.grads.values()) | {g for _, g, _ in adjoint.block_grads}
-    named = {v for v in ({v for v, n in uses.items() if n > 1} | results) if v.startswith("_d")}
+    named = {v for v in ({v for v, n in uses.items() if n > 1} | results) if v.startswith("$d")}
     lines += writer.lines(adjoint.ops, named, "    ")
 
     def grad(key: str) -> str | None:

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 from backends.emit import TORCH, _shared_projection, gradient_products, pack
 from rnnc.equations import FUNCTIONS
-from rnnc.lower import Adjoint, Block, CellStep, Op, reverse
+from rnnc.lower import Adjoint, Block, CellStep, Op, grad_name, reverse
 
 FORWARD_KINDS = {"prev", "param", "const", "xproj", "rproj", "fused", "broadcast"} | {
     "add", "sub", "mul", "neg", "call", "matmul",
@@ -97,7 +97,7 @@ class NativePlan:
 def _kinds_of_reverse(step: CellStep, adjoint: Adjoint) -> dict[str, str]:
     kinds = dict(step.kinds)
     for s in step.cell.state:
-        kinds[f"d_{s}"] = "batch"
+        kinds[grad_name(s)] = "batch"
     order = ("scalar", "vector", "batch")
     for op in adjoint.ops:
         if op.kind == "sum_batch":
@@ -225,7 +225,7 @@ def plan(step: CellStep) -> NativePlan | None:
     }
     if any(product.out not in d_out for product in products):
         return None  # a product no gradient reaches: left to the Python scan
-    incoming = {f"d_{s}" for s in states}  # a state's incoming gradient, kept where its
+    incoming = {grad_name(s) for s in states}  # a state's incoming gradient, kept where its
     for product in products:  # product is
         if d_out[product.out] in incoming:
             g = d_out[product.out]
@@ -571,13 +571,13 @@ def _emit_reverse(step: CellStep, p: NativePlan, fn: str, tag: str, stage: int) 
         elif op.out in again:
             w.define(op, f"v{n}", lines, ind)
     for i, s in enumerate(p.states):
-        if f"d_{s}" in need:
+        if grad_name(s) in need:
             terms = [f"G{i}_b[j]"]
             if s in p.recurrent:
                 terms.append(f"rec{p.recurrent.index(s)}_b[j]")
             if s == step.cell.output:
                 terms.append("dy[b * H + j]")
-            w.load(f"d_{s}", f"d{i}", " + ".join(terms), lines, ind)
+            w.load(grad_name(s), f"d{i}", " + ".join(terms), lines, ind)
     index = {op.out: n for n, op in enumerate(adjoint.ops)}
     origin = dict(zip((op.out for op in adjoint.ops), adjoint.origins, strict=True))
     for op in adjoint.ops:  # gradients from before this stage: kept, or just multiplied

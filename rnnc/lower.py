@@ -25,6 +25,20 @@ from typing import Any
 
 from rnnc.equations import Binary, Call, Cell, Concat, Expr, MatMul, Neg, Num, Ref
 
+# Names the lowering makes hold a "$", which no name in a spec can: a cell may call a
+# value "_1", "h_prev" or "d_h" without meeting one of them. Backends turn "$" into
+# "_" when they write code (backends.emit.Namespace keeps the results apart).
+
+
+def prev_name(state: str) -> str:
+    """The value of a state before the step."""
+    return f"{state}$prev"
+
+
+def grad_name(state: str) -> str:
+    """The gradient coming into the step's new value of a state."""
+    return f"d${state}"
+
 
 @dataclass(frozen=True)
 class Block:
@@ -115,7 +129,7 @@ class _Builder:
     ) -> str:
         if out is None:
             self.counter += 1
-            out = f"_{self.counter}"
+            out = f"${self.counter}"
         self.ops.append(Op(out, kind, args, attr))
         arg_kinds = [self.kinds[a] for a in args]
         if kind in ("x", "prev", "xproj", "rproj", "fused", "broadcast"):
@@ -132,7 +146,7 @@ class _Builder:
     def leaf(self, key: tuple[Any, ...], kind: str, attr: Any = None) -> str:
         """One op per distinct leaf (x, a previous state, a parameter, a constant)."""
         if key not in self.leaves:
-            names = {"x": "x", "prev": f"{attr}_prev"}
+            names = {"x": "x", "prev": prev_name(attr)}
             self.leaves[key] = self.emit(kind, (), attr, out=names.get(kind))
         return self.leaves[key]
 
@@ -321,7 +335,7 @@ def _fold_biases(step: CellStep) -> CellStep:
             acc = keep[0]
             for term in keep[1:-1]:
                 counter += 1
-                name = f"_f{counter}"
+                name = f"$f{counter}"
                 new.append(Op(name, "add", (acc, term)))
                 acc = name
             new.append(Op(root.out, "add", (acc, keep[-1])))
@@ -338,7 +352,7 @@ def _fold_biases(step: CellStep) -> CellStep:
     kept = [op for op in out_ops if op.kind != "param" or live.get(op.out, 0) > 0]
     kinds = dict(step.kinds)
     for op in kept:
-        if op.out.startswith("_f"):
+        if op.out.startswith("$f"):
             kinds[op.out] = "batch"
     return replace(step, ops=tuple(kept), x_bias=tuple(bias), kinds=kinds)
 
@@ -430,7 +444,7 @@ def reverse(step: CellStep) -> Adjoint:
 
     def emit(kind: str, args: tuple[str, ...], attr: Any = None) -> str:
         counter[0] += 1
-        out = f"_d{counter[0]}"
+        out = f"$d{counter[0]}"
         ops.append(Op(out, kind, args, attr))
         origins.append(current[0])
         return out
@@ -449,7 +463,7 @@ def reverse(step: CellStep) -> Adjoint:
 
     kinds = step.kinds
     for state, var in step.states.items():
-        add_term(var, f"d_{state}")
+        add_term(var, grad_name(state))
 
     grads: dict[str, str] = {}
     block_grads: list[tuple[Block, str, str]] = []

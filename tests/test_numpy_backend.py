@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import rnnc
+import rnnc.registry
 from tests.conftest import GALLERY
 from tests.helpers import directional_errors, random_inputs, spec_text
 
@@ -154,6 +155,46 @@ def test_a_bias_added_to_a_named_sum_stays_out_of_it() -> None:
         np.testing.assert_allclose(y[0, t], s, rtol=1e-12)
     errors = directional_errors(model, inputs, lengths, rng)
     assert not {k: v for k, v in errors.items() if v > FD_TOLERANCE}
+
+
+NAMED = """
+rnnc: 1
+name: named
+cells:
+  mine:
+    state: [h]
+    equations:
+      r: sigmoid(W_r @ [x, h])
+      NAME: tanh(U @ [x, r * h])
+      h: (1 - r) * h + r * NAME * NAME
+inputs:
+  x: {size: 3}
+layers:
+  l: {cell: mine, hidden: 4, input: x, direction: bidirectional}
+outputs:
+  y: {from: l}
+"""
+
+
+@pytest.mark.parametrize("name", ["_1", "_3", "_f1", "_d2", "h_prev", "d_h", "d_r"])
+def test_a_value_may_have_a_name_like_the_ones_the_lowering_makes(name: str) -> None:
+    """Found by review: a value called "_1", "h_prev" or "d_h" met the lowering's own
+    names; the NumPy backend computed wrong numbers without a word. The same cell
+    with the value called "u" is the reference, on every backend."""
+    renamed = rnnc.parse_spec(spec_text(NAMED.replace("NAME", "u")))
+    spec = rnnc.parse_spec(spec_text(NAMED.replace("NAME", name)))
+    rng = np.random.default_rng(0)
+    inputs, lengths = random_inputs(spec, rng, batch=3, steps=4)
+    for backend in rnnc.registry.usable_backends():
+        reference = rnnc.compile(renamed, backend=backend, dtype="float64")
+        model = rnnc.compile(spec, backend=backend, dtype="float64")
+        model.load_params(reference.params())
+        out, expected = model.run(inputs, lengths=lengths), reference.run(inputs, lengths=lengths)
+        np.testing.assert_allclose(out["y"], expected["y"], rtol=1e-13, atol=1e-15)
+        cotangents = {"y": rng.standard_normal(out["y"].shape)}
+        grads = model.vjp(inputs, cotangents, lengths=lengths)
+        for key, value in reference.vjp(inputs, cotangents, lengths=lengths).items():
+            np.testing.assert_allclose(grads[key], value, rtol=1e-12, atol=1e-14)
 
 
 def test_ragged_batches_match_running_each_example_alone() -> None:
