@@ -344,3 +344,51 @@ def test_the_c_source_compiles_without_a_warning(tmp_path: Path) -> None:
         [os.environ.get("CC", "cc"), *flags, str(source)], cwd=tmp_path, capture_output=True
     )
     assert done.returncode == 0, done.stderr.decode()[:2000]
+
+
+@needs_cc
+def test_a_cached_library_others_may_write_is_not_loaded(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("RNNC_CACHE", str(tmp_path))
+    assert uses_c_steps(compile_torch(SPEC), torch.float64)
+    (library,) = tmp_path.glob("cells-*.so")
+    library.chmod(0o666)
+    with pytest.warns(UserWarning, match="not this user's alone"):
+        assert not uses_c_steps(compile_torch(SPEC), torch.float64)
+
+
+@needs_cc
+def test_a_damaged_cached_library_is_built_again(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """In a new process (this one keeps the library it loaded mapped, by name)."""
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("RNNC_CACHE", str(tmp_path))
+    assert uses_c_steps(compile_torch(SPEC), torch.float64)
+    (library,) = tmp_path.glob("cells-*.so")
+    damaged = tmp_path / "damaged"
+    damaged.write_bytes(b"not a library")
+    damaged.replace(library)  # a new file: the mapped one stays as it was
+    program = (
+        "import numpy as np, rnnc, torch\n"
+        "from tests.helpers import spec_text\n"
+        "from tests.test_native import SPEC, batch, uses_c_steps\n"
+        "model = rnnc.compile(rnnc.parse_spec(spec_text(SPEC)), backend='torch', dtype='float64')\n"
+        "assert uses_c_steps(model, torch.float64)\n"
+        "inputs, lengths = batch(model, 2, 3)\n"
+        "assert np.isfinite(model.run(inputs, lengths=lengths)['y']).all()\n"
+    )
+    root = Path(__file__).parent.parent
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, cwd=root)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert library.read_bytes()[:4] == b"\x7fELF"
+
+
+@needs_cc
+def test_cc_may_carry_its_own_arguments(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("RNNC_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", f"{shutil.which(os.environ.get('CC', 'cc'))} -w")
+    assert uses_c_steps(compile_torch(SPEC), torch.float64)

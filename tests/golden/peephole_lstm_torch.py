@@ -9,6 +9,7 @@ import ctypes
 import hashlib
 import os
 import platform
+import shlex
 import subprocess
 import tempfile
 import warnings
@@ -182,35 +183,31 @@ def native_kernels(fn, xs):
 
 def native_library():
     """NATIVE_SOURCE compiled by the machine's C compiler ($CC, else cc) and loaded, or
-    None. The library is kept in $RNNC_CACHE (default ~/.cache/rnnc) under a hash of
-    the source, the compiler, the flags and the CPU: a machine compiles it once."""
+    None (with a warning saying why). The library is kept in $RNNC_CACHE (default
+    ~/.cache/rnnc) under a hash of the source, the compiler and its version, the
+    flags and the CPU: a machine compiles it once. A cached library that this user
+    does not own, or that others may write, is not loaded."""
     if os.environ.get("RNNC_NATIVE", "1") == "0":
         return None
-    compiler = os.environ.get("CC", "cc")
-    cpu = platform.machine()
-    with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo") as info:
-            cpu += next((line for line in info if line.startswith("flags")), "")
-    key = "\0".join([NATIVE_SOURCE, compiler, *NATIVE_FLAGS, cpu]).encode()
+    compiler = shlex.split(os.environ.get("CC") or "cc")
     folder = os.environ.get("RNNC_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "rnnc")
-    path = os.path.join(folder, f"cells-{hashlib.sha256(key).hexdigest()[:24]}.so")
     try:
+        version = subprocess.run([*compiler, "--version"], capture_output=True, text=True)
+        key = "\0".join([NATIVE_SOURCE, *compiler, version.stdout, *NATIVE_FLAGS, _cpu()])
+        path = os.path.join(folder, f"cells-{hashlib.sha256(key.encode()).hexdigest()[:24]}.so")
+        if os.path.exists(path):
+            owner = os.stat(path)
+            if owner.st_uid != os.getuid() or owner.st_mode & 0o022:
+                raise OSError(f"{path} is not this user's alone; not loading it")
+            try:
+                library = ctypes.CDLL(path)
+            except OSError:  # a damaged file: built again below
+                os.remove(path)
         if not os.path.exists(path):
-            os.makedirs(folder, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=folder) as work:
-                source, built = os.path.join(work, "cells.c"), os.path.join(work, "cells.so")
-                with open(source, "w") as out:
-                    out.write(NATIVE_SOURCE)
-                for extra in (["-lmvec", "-lm"], ["-DRNNC_SCALAR_MATH", "-lm"]):
-                    command = [compiler, *NATIVE_FLAGS, source, "-o", built, *extra]
-                    if subprocess.run(command, capture_output=True).returncode == 0:
-                        break
-                else:
-                    raise OSError(f"{compiler} could not compile the cells")
-                os.replace(built, path)  # whole or not at all, for other processes too
-        library = ctypes.CDLL(path)
-    except OSError as error:
-        warnings.warn(f"rnnc: cells run in Python, without their C steps ({error})", stacklevel=2)
+            _build(compiler, folder, path)
+            library = ctypes.CDLL(path)
+    except (OSError, subprocess.SubprocessError) as error:
+        warnings.warn(f"rnnc: cells run in Python, without their C steps: {error}", stacklevel=2)
         return None
     for fn, functions in NATIVE_CELLS.items():
         for name, pointers in functions.items():
@@ -219,6 +216,36 @@ def native_library():
                 function.argtypes = [ctypes.c_long] * 4 + [ctypes.c_void_p] * pointers
                 function.restype = None
     return library
+
+
+def _build(compiler, folder, path):
+    """Compile NATIVE_SOURCE to path, whole or not at all (other processes may be
+    building the same library)."""
+    os.makedirs(folder, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder) as work:
+        source, built = os.path.join(work, "cells.c"), os.path.join(work, "cells.so")
+        with open(source, "w") as out:
+            out.write(NATIVE_SOURCE)
+        for extra in (["-lmvec", "-lm"], ["-DRNNC_SCALAR_MATH", "-lm"]):  # vector math, or not
+            command = [*compiler, *NATIVE_FLAGS, source, "-o", built, *extra]
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode == 0:
+                break
+        else:
+            last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+            raise OSError(f"{' '.join(compiler)} could not compile them ({last})")
+        os.chmod(built, 0o755)
+        os.replace(built, path)
+
+
+def _cpu():
+    """What the library was compiled for (-march=native): the machine and its CPU's
+    feature flags, where the system says them."""
+    found = platform.machine()
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as info:
+            found += next((line for line in info if line.startswith(("flags", "Features"))), "")
+    return found
 
 
 def pointers(*tensors):
