@@ -22,8 +22,9 @@ written by ``repr`` of a float, and the functions come from an allow-list
 (:data:`rnnc.equations.FUNCTIONS`).
 
 Each C function comes in float32 and float64 and takes the batch size, the step, the
-slots of the previous and the new state, this step's products, this step's kept
-values, and one table of base pointers (laid out as :class:`NativePlan` says). The
+slots of the previous and the new state, this step's products (or, in the reverse,
+the gradients coming back through them), this step's kept values, and one table of
+base pointers (all laid out as :class:`NativePlan` says). The
 module is compiled at run time by the machine's C compiler (``native_library`` in
 the generated module) with ``#pragma omp simd`` loops, so ``exp`` and ``tanh`` run as
 glibc's vector functions; without a compiler the Python scan runs instead.
@@ -61,14 +62,17 @@ class NativePlan:
     """How a step runs as C: stages cut at the products inside it, and what each
     keeps per step.
 
-    Forward table: xp (if the step has hoisted blocks), the state buffers (T + 1, B, H;
-    two slots in turn when no gradient is wanted) of every state, the outputs (T, B, H), the vector parameters, the step mask (T, B)
-    bytes or NULL. Reverse table: d_ys (T, B, H), the carried state gradients (B, H)
-    of every state, the state buffers, the vector parameters, the projection gradients
-    (d_xp (T, B, nx H) unless shared, then d_rp (T, B, n_s H) of every recurrent
-    state), the parameter gradients (len(grad_params), H), the step mask. Every call
-    also gets this step's ``stored`` values (len(stored), B, H) and, in the reverse,
-    its ``dstored`` ones.
+    Forward table: xp (if the step has hoisted blocks); the state buffers of every
+    state ((T + 1, B, H), or two slots in turn when no gradient is wanted); ys, the
+    outputs (T, B, H); the vector parameters; the step mask (T, B) bytes or NULL.
+    Reverse table: d_ys (T, B, H); the carried state gradients (B, H) of every state;
+    the state buffers; the vector parameters; the projection gradients (d_xp
+    (T, B, nx H) unless shared, then d_rp (T, B, n_s H) of every recurrent state);
+    the parameter gradients DP (len(grad_params), H); the step mask. Besides the
+    table, a forward stage gets this step's recurrent products and the products just
+    made for it; a reverse stage gets the gradients of the recurrent products from
+    the step after (rec) and of its products' operands (dop); both get this step's
+    ``stored`` values (len(stored), B, H), the reverse also its ``dstored`` ones.
     """
 
     states: tuple[str, ...]
@@ -138,8 +142,9 @@ def _results(adjoint: Adjoint) -> set[str]:
 
 
 def _recomputed(op: Op, kinds: dict[str, str], backward: bool = False) -> bool:
-    """Leaves and values of parameters alone: read or computed again where used (the
-    reverse has no recurrent products: values read from them are kept)."""
+    """Leaves and values of parameters alone: read or computed again where used. The
+    reverse gets neither the projections nor the recurrent products, so a value it
+    reads from those is kept instead."""
     leaves = ("prev", "param", "const") if backward else LEAVES
     return op.kind in leaves or kinds[op.out] != "batch"
 

@@ -175,8 +175,9 @@ def fused_scan(kind, xs, lengths, hx, weights, bidirectional):
 def register(root, name, parameter):
     """Put a parameter at a dotted canonical name, so state_dict() keys are the names,
     and return the key. Containers are plain Modules; a part that nn.Module keeps as
-    an attribute of its own ('training', '_modules', ...) gets a trailing '_'."""
-    taken = vars(torch.nn.Module())
+    an attribute of its own ('training', '_modules', ...), or Model's rnnc_like, gets a
+    trailing '_'."""
+    taken = {*vars(torch.nn.Module()), "rnnc_like"}
     path = []
     module = root
     for part in name.split("."):
@@ -559,13 +560,13 @@ class _TorchProgram(Program):
     def run_function(self) -> str:
         self.emit_schedule("torch")
         lines = [
-            "def run(params, inputs, lengths, tf_masks, uniform):",
+            "def run(params, inputs, lengths, tf_masks, uniform, like):",
             '    """The forward pass. inputs: batch-first tensors; lengths: (B,) per sequence\n'
             "    input; tf_masks: (B, T) booleans per time axis with feedback (true: read the\n"
             "    ground truth); uniform: None (no dropout) or shape -> uniform [0, 1) tensor.\n"
-            '    Returns the outputs, batch-first."""',
-            "    any_param = next(iter(params.values()))",
-            "    dtype, device = any_param.dtype, any_param.device",
+            "    like: a tensor of the model's dtype and device. Returns the outputs,\n"
+            '    batch-first."""',
+            "    dtype, device = like.dtype, like.device",
             "    v = {}",
             "    outputs = {}",
             *self.fwd,
@@ -594,6 +595,10 @@ class Model(torch.nn.Module):
         for name, shape in PARAM_SHAPES.items():
             empty = torch.empty(shape, dtype=dtype, device=device)
             self.canonical[register(self, name, torch.nn.Parameter(empty))] = name
+        # The dtype and device (moved by .to() like the parameters), for a model that
+        # has none; not part of the state dict.
+        like = torch.empty(0, dtype=dtype, device=device)
+        self.register_buffer("rnnc_like", like, persistent=False)
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -621,8 +626,8 @@ class Model(torch.nn.Module):
         torch.rand while training).
         """
         params = {{self.canonical[key]: p for key, p in self.named_parameters()}}
-        any_param = next(iter(params.values()))
-        device = any_param.device
+        like = self.rnnc_like
+        device = like.device
         inputs = dict(inputs)
         if mode not in ("train", "generate"):
             raise ValueError(f"mode must be 'train' or 'generate', found {{mode!r}}")
@@ -655,8 +660,8 @@ class Model(torch.nn.Module):
         if mode != "train":
             uniform = None
         elif uniform is None and self.training:
-            uniform = lambda shape: torch.rand(shape, dtype=any_param.dtype, device=device)  # noqa: E731
-        return run(params, inputs, by_axis, tf_masks, uniform)'''
+            uniform = lambda shape: torch.rand(shape, dtype=like.dtype, device=device)  # noqa: E731
+        return run(params, inputs, by_axis, tf_masks, uniform, like)'''
 
     def module(self, header: str) -> str:
         run = self.run_function()

@@ -365,3 +365,30 @@ def test_without_pytorch_verify_says_how_to_get_a_second_backend(cli, monkeypatc
     result = cli("verify", str(GALLERY[0]))
     assert result.code == 1
     assert "pip install 'rnnc[torch]'" in result.err and "Traceback" not in result.err
+
+
+def test_a_model_without_parameters_runs_in_its_dtype() -> None:
+    """Found by review: a cell with no parameters and no dense layer made forward()
+    fail looking for a parameter to take the dtype and device from."""
+    text = """
+rnnc: 1
+name: noparams
+cells:
+  decay:
+    state: [h]
+    equations:
+      h: sigmoid(h * 0.5)
+inputs:
+  x: {size: 3}
+layers:
+  l: {cell: decay, hidden: 4, input: x}
+outputs:
+  y: {from: l}
+"""
+    analysis = rnnc.analyze(rnnc.parse_spec(spec_text(text)))
+    assert_agree(verify(analysis, ("numpy", "torch"), dtype="float64"))
+    module = rnnc.compile(analysis, backend="torch", dtype="float32").module
+    assert not list(module.parameters()) and not module.state_dict()
+    x = {"x": torch.zeros(2, 5, 3)}
+    assert module(x)["y"].dtype == torch.float32
+    assert module.double()(x)["y"].dtype == torch.float64
