@@ -51,3 +51,13 @@ def write_spec(tmp_path: Path) -> Callable[[str, str], Path]:
         return path
 
     return write
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _c_step_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The torch backend's compiled C steps go to a folder of this run's own (unless
+    RNNC_CACHE says where): tests neither depend on nor fill a user's cache."""
+    import os
+
+    if "RNNC_CACHE" not in os.environ:
+        os.environ["RNNC_CACHE"] = str(tmp_path_factory.mktemp("rnnc-cache"))
