@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rnnc.graph import input_edges
-from rnnc.lower import Adjoint, CellStep, Op, grad_name, lower_cell, prev_name, reverse
+from rnnc.lower import Adjoint, CellStep, Op, grad_name, lower_cell, prev_name, reverse, uses_of
 from rnnc.program import Program
 from rnnc.spec import RecurrentLayer
 
@@ -265,17 +265,9 @@ class _StepWriter:
         return out
 
 
-def _uses(ops: tuple[Op, ...]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for op in ops:
-        for arg in op.args:
-            counts[arg] = counts.get(arg, 0) + 1
-    return counts
-
-
 def _forward_named(step: CellStep) -> set[str]:
     """Vars that get a line of their own: equations, and what the reverse reads."""
-    uses = _uses(step.ops)
+    uses = uses_of(step.ops)
     named = {eq.target for eq in step.cell.equations}
     for op in step.ops:
         if op.kind == "call":
@@ -419,7 +411,7 @@ def _emit_step_backward(
         writer.exprs[op.out] = (names(op.out), 4) if op.out in kept or leaf is None else (leaf, 4)
     for s in states:
         writer.exprs[grad_name(s)] = (d[s], 4)
-    uses = _uses(adjoint.ops)
+    uses = uses_of(adjoint.ops)
     results = set(adjoint.grads.values()) | {g for _, g, _ in adjoint.block_grads}
     named = {v for v in ({v for v, n in uses.items() if n > 1} | results) if v.startswith("$d")}
     lines += writer.lines(adjoint.ops, named, "    ")

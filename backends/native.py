@@ -93,6 +93,8 @@ class NativePlan:
     # gradient after the loop) and what a later reverse stage reads.
     dstored: tuple[str, ...]
     d_out: dict[str, str]  # product output -> the gradient its reverse multiplies
+    adjoint: Adjoint  # the step's reverse (rnnc.lower.reverse)
+    kinds: dict[str, str]  # forward and adjoint var -> "batch" | "vector" | "scalar"
 
     def products_of(self, stage: int) -> tuple[Product, ...]:
         return tuple(p for p in self.products if p.stage == stage)
@@ -258,6 +260,8 @@ def plan(step: CellStep) -> NativePlan | None:
         stored=stored,
         dstored=dstored,
         d_out=d_out,
+        adjoint=adjoint,
+        kinds=kinds,
     )
 
 
@@ -452,10 +456,9 @@ def _emit_forward(step: CellStep, p: NativePlan, fn: str, tag: str, stage: int) 
             return "kept"
         if op.kind == "matmul":
             return "product"
-        assert p.stage[op.out] == stage or _recomputed(op, kinds), op
+        assert p.stage[op.out] == stage or _recomputed(op, p.kinds), op
         return "here"
 
-    kinds = step.kinds
     live = set(wanted)
     for op in reversed(step.ops):
         if op.out in live and source(op) == "here":
@@ -490,8 +493,7 @@ def _emit_reverse(step: CellStep, p: NativePlan, fn: str, tag: str, stage: int) 
     from the gradients of the products' operands after it; stage 0 writes the results."""
     t = _TYPES[tag]
     real = t["real"]
-    adjoint = reverse(step)
-    kinds = _kinds_of_reverse(step, adjoint)
+    adjoint, kinds = p.adjoint, p.kinds
     w = _CWriter(step, p, t)
     by_out = {op.out: op for op in adjoint.ops}
     after = p.products_of(stage + 1)  # their operands' gradients come in

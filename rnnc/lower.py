@@ -228,7 +228,8 @@ def lower_cell(cell: Cell, input_size: int, hidden: int) -> CellStep:
     return _group_activations(_fold_biases(_fuse_pairs(step)))
 
 
-def _uses_of(ops: tuple[Op, ...] | list[Op]) -> dict[str, int]:
+def uses_of(ops: tuple[Op, ...] | list[Op]) -> dict[str, int]:
+    """How many times each var is an argument of an op."""
     counts: dict[str, int] = {}
     for op in ops:
         for arg in op.args:
@@ -276,7 +277,7 @@ def _fold_biases(step: CellStep) -> CellStep:
     """
     ops = list(step.ops)
     by_out = {op.out: op for op in ops}
-    uses = _uses_of(ops)
+    uses = uses_of(ops)
     bias = list(step.x_bias)
     param_uses: dict[str, int] = {}
     for op in ops:
@@ -348,7 +349,7 @@ def _fold_biases(step: CellStep) -> CellStep:
             out_ops += replaced[op.out]
         elif op.out not in dropped:
             out_ops.append(op)
-    live = _uses_of(out_ops)
+    live = uses_of(out_ops)
     kept = [op for op in out_ops if op.kind != "param" or live.get(op.out, 0) > 0]
     kinds = dict(step.kinds)
     for op in kept:
@@ -365,7 +366,7 @@ def _group_activations(step: CellStep) -> CellStep:
     if step.fused is None:
         return step
     state, n = step.fused
-    uses = _uses_of(step.ops)
+    uses = uses_of(step.ops)
     by_out = {op.out: op for op in step.ops}
     activation: dict[int, str] = {}  # fused block -> the function it alone goes through
     for op in step.ops:

@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+import os
+import shlex
+import shutil
 import textwrap
+from typing import Any
 
 from rnnc.verify import random_inputs
 
-__all__ = ["directional_errors", "random_inputs", "spec_text"]
+__all__ = ["c_compiler", "directional_errors", "python_scans", "random_inputs", "spec_text"]
+
+
+def c_compiler() -> str | None:
+    """The C compiler the torch backend's C steps would be built with ($CC, else cc),
+    as a path, or None where there is none."""
+    return shutil.which(shlex.split(os.environ.get("CC") or "cc")[0])
+
+
+def python_scans(model: Any) -> None:
+    """Make a compiled torch model run its Python scans, not the cells' C steps."""
+    model.namespace["_native"]["library"] = None
 
 
 def spec_text(text: str) -> str:

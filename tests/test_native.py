@@ -5,8 +5,6 @@ without a C compiler still runs every model."""
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +17,13 @@ from rnnc.cells import builtin_cells
 from rnnc.equations import parse_cell
 from rnnc.lower import lower_cell
 from rnnc.verify import random_inputs, verify
-from tests.helpers import spec_text
+from tests.helpers import c_compiler, python_scans, spec_text
 
 torch = pytest.importorskip("torch")
 
 # make test installs gcc where it can; a machine with no C compiler at all still runs
 # every model (tested below), only not through C steps.
-needs_cc = pytest.mark.skipif(
-    shutil.which(os.environ.get("CC", "cc")) is None, reason="no C compiler on this machine"
-)
+needs_cc = pytest.mark.skipif(c_compiler() is None, reason="no C compiler on this machine")
 
 SPEC = """
 rnnc: 1
@@ -44,11 +40,6 @@ outputs:
 
 def compile_torch(text: str, dtype: str = "float64") -> Any:
     return rnnc.compile(rnnc.parse_spec(spec_text(text)), backend="torch", dtype=dtype)
-
-
-def python_scans(model: Any) -> None:
-    """Make a compiled torch model run its Python scans, not the cells' C steps."""
-    model.namespace["_native"]["library"] = None
 
 
 def uses_c_steps(model: Any, dtype: Any) -> bool:
@@ -341,7 +332,7 @@ def test_the_c_source_compiles_without_a_warning(tmp_path: Path) -> None:
     source.write_text("\n\n".join(parts))
     flags = ["-O2", "-fopenmp-simd", "-Wall", "-Wextra", "-Werror", "-c", "-o", "cells.o"]
     done = subprocess.run(
-        [os.environ.get("CC", "cc"), *flags, str(source)], cwd=tmp_path, capture_output=True
+        [str(c_compiler()), *flags, str(source)], cwd=tmp_path, capture_output=True
     )
     assert done.returncode == 0, done.stderr.decode()[:2000]
 
@@ -374,7 +365,7 @@ def test_a_damaged_cached_library_is_built_again(
     damaged.replace(library)  # a new file: the mapped one stays as it was
     program = (
         "import numpy as np, rnnc, torch\n"
-        "from tests.helpers import spec_text\n"
+        "from tests.helpers import c_compiler, python_scans, spec_text\n"
         "from tests.test_native import SPEC, batch, uses_c_steps\n"
         "model = rnnc.compile(rnnc.parse_spec(spec_text(SPEC)), backend='torch', dtype='float64')\n"
         "assert uses_c_steps(model, torch.float64)\n"
@@ -390,5 +381,5 @@ def test_a_damaged_cached_library_is_built_again(
 @needs_cc
 def test_cc_may_carry_its_own_arguments(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("RNNC_CACHE", str(tmp_path))
-    monkeypatch.setenv("CC", f"{shutil.which(os.environ.get('CC', 'cc'))} -w")
+    monkeypatch.setenv("CC", f"{c_compiler()} -w")
     assert uses_c_steps(compile_torch(SPEC), torch.float64)

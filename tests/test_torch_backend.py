@@ -8,8 +8,6 @@ import ast
 import importlib.util
 import io
 import itertools
-import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -21,7 +19,7 @@ from hypothesis import strategies as st
 import rnnc
 from rnnc.verify import TOLERANCE, random_inputs, verify
 from tests.conftest import GALLERY
-from tests.helpers import spec_text
+from tests.helpers import c_compiler, python_scans, spec_text
 from tests.test_properties import BASE_EXAMPLES, Generated, _settings, any_valid_specs, dump
 
 torch = pytest.importorskip("torch")  # the torch extra is installed by make test
@@ -112,11 +110,6 @@ outputs:
 """
 
 
-def python_scans(model) -> None:  # type: ignore[no-untyped-def]
-    """Make a compiled torch model run its Python scans, not the cells' C steps."""
-    model.namespace["_native"]["library"] = None
-
-
 GRADCHECK = [
     ("user", "python"),  # reads x outside its product: no C steps
     ("mgu", "python"),  # the same without that: a product inside the step
@@ -145,7 +138,7 @@ def test_generated_backward_passes_gradcheck(source: str, scan: str) -> None:
     if scan == "python" and has_native:
         python_scans(model)
     if scan == "native":
-        if shutil.which(os.environ.get("CC", "cc")) is None:
+        if c_compiler() is None:
             pytest.skip("no C compiler on this machine")
         (fn,) = model.namespace["NATIVE_CELLS"]
         assert model.namespace["native_kernels"](fn, torch.zeros(1, dtype=torch.float64))
