@@ -863,8 +863,7 @@ def emit_torch_scan(step: CellStep, p: NativePlan, fn: str) -> str:
         b = pr.block
         forward.append(f"    operand_{k} = V[:, {p.stored.index(pr.operand)}].unbind(0)")
         forward.append(
-            f"    W_{k} = recurrent_weight(P[{b.param!r}][:, {b.start}:{b.stop}].T.contiguous(), "
-            f"operand_{k}[0])"
+            f"    W_{k} = recurrent_weight(P[{b.param!r}][:, {b.start}:{b.stop}].T, operand_{k}[0])"
         )
     forward.append(_bind_kernels("forward", p.stages))
     forward += [

@@ -383,3 +383,21 @@ def test_cc_may_carry_its_own_arguments(monkeypatch: pytest.MonkeyPatch, tmp_pat
     monkeypatch.setenv("RNNC_CACHE", str(tmp_path))
     monkeypatch.setenv("CC", f"{c_compiler()} -w")
     assert uses_c_steps(compile_torch(SPEC), torch.float64)
+
+
+@needs_cc
+def test_float32_at_32_rows_with_a_product_inside_the_step_agrees() -> None:
+    """gru_reset_before's in-step product through packed oneDNN weights (float32, 32
+    rows) against the NumPy backend."""
+    text = SPEC.replace("lstm_peephole", "gru_reset_before").replace(
+        "  c: {from: r, state: c}\n", ""
+    )
+    native = compile_torch(text, "float32")
+    assert uses_c_steps(native, torch.float32)
+    numpy_model = rnnc.compile(native.analysis, backend="numpy", dtype="float32")
+    numpy_model.load_params(native.params())
+    inputs, lengths = batch(native, 32, 12)
+    out_c, grads_c = run_both(native, inputs, lengths)
+    out, grads = run_both(numpy_model, inputs, lengths)
+    assert_close(out_c, out, 1e-4)
+    assert_close(grads_c, grads, 1e-4)
