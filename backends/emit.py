@@ -136,8 +136,6 @@ class Namespace:
 
 # --- one cell step ---------------------------------------------------------------------
 
-_PRECEDENCE = {"add": 1, "sub": 1, "mul": 2, "neg": 3}
-
 
 class _StepWriter:
     """Renders the ops of a step (or its reverse) as Python lines, inlining what it can."""
