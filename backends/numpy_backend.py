@@ -22,7 +22,7 @@ import rnnc
 from backends.emit import NUMPY, CellFunctions, Joined, joined_inputs, merge, pack
 from rnnc.checks import Analysis
 from rnnc.errors import RnncError
-from rnnc.params import param_shapes
+from rnnc.params import param_shapes, require_memory
 from rnnc.program import (
     CompiledModelBase,
     Loss,
@@ -973,13 +973,21 @@ class NumpyModel(CompiledModelBase):
         self.namespace = load_module(self.source, analysis, "numpy")
         self._forward = self.namespace["forward"]
         self._backward = self.namespace["backward"]
-        self._params = {
-            k: v.astype(self.dtype) for k, v in rnnc.init_params(analysis, seed=0).items()
-        }
+        self._loaded: dict[str, np.ndarray] | None = None  # see _params
+
+    @property
+    def _params(self) -> dict[str, np.ndarray]:
+        """The parameters; rnnc.init_params(seed=0) drawn on first use, so compiling
+        allocates none (``rnnc compile`` of a model too big to run still works)."""
+        if self._loaded is None:
+            require_memory(self._shapes, 8 + self.dtype.itemsize)  # drawn, then cast
+            initial = rnnc.init_params(self.analysis, seed=0)
+            self._loaded = {k: v.astype(self.dtype) for k, v in initial.items()}
+        return self._loaded
 
     def load_params(self, params: Mapping[str, np.ndarray]) -> None:
         checked = rnnc.check_params(params, self._shapes)
-        self._params = {k: np.asarray(v, dtype=self.dtype) for k, v in checked.items()}
+        self._loaded = {k: np.asarray(v, dtype=self.dtype) for k, v in checked.items()}
 
     def params(self) -> dict[str, np.ndarray]:
         return {k: v.copy() for k, v in self._params.items()}

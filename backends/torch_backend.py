@@ -18,6 +18,7 @@ same :class:`rnnc.program.Program` as the NumPy backend:
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -31,7 +32,7 @@ from rnnc.checks import Analysis
 from rnnc.errors import RnncError
 from rnnc.interop import TORCH_ORDER
 from rnnc.lower import CellStep
-from rnnc.params import param_shapes
+from rnnc.params import param_shapes, require_memory
 from rnnc.program import (
     CompiledModelBase,
     Loss,
@@ -712,16 +713,27 @@ class TorchModel(CompiledModelBase):
         self.source = generate(analysis)
         self._shapes = param_shapes(analysis)
         self.namespace = load_module(self.source, analysis, "torch")
-        self.module = self.namespace["Model"](dtype=getattr(torch, dtype), device=self.device)
-        self.module.eval()  # dropout only when run/vjp get a dropout_seed
-        self.load_params(rnnc.init_params(analysis, seed=0))
+
+    @functools.cached_property
+    def module(self) -> Any:
+        """The generated ``torch.nn.Module``, built on first use with the parameters of
+        rnnc.init_params(seed=0), so compiling allocates none."""
+        require_memory(self._shapes, 8 + self.dtype.itemsize)  # drawn, then copied in
+        torch = self.torch
+        module = self.namespace["Model"](dtype=getattr(torch, str(self.dtype)), device=self.device)
+        module.eval()  # dropout only when run/vjp get a dropout_seed
+        self._copy_in(module, rnnc.init_params(self.analysis, seed=0))
+        return module
 
     def load_params(self, params: Mapping[str, np.ndarray]) -> None:
+        self._copy_in(self.module, params)
+
+    def _copy_in(self, module: Any, params: Mapping[str, np.ndarray]) -> None:
         checked = rnnc.check_params(params, self._shapes)
         torch = self.torch
         with torch.no_grad():
-            for key, p in self.module.named_parameters():
-                value = np.asarray(checked[self.module.canonical[key]], dtype=self.dtype)
+            for key, p in module.named_parameters():
+                value = np.asarray(checked[module.canonical[key]], dtype=self.dtype)
                 p.copy_(torch.as_tensor(value))
 
     def params(self) -> dict[str, np.ndarray]:

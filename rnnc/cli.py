@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from importlib import resources
 
@@ -20,11 +22,11 @@ from rnnc.compiler import DTYPES
 from rnnc.compiler import compile as compile_spec
 from rnnc.equations import Cell
 from rnnc.errors import Diagnostic, RnncError, SpecError, did_you_mean
-from rnnc.files import write_atomic
+from rnnc.files import overwritten_input, write_atomic
 from rnnc.parse import load_spec
 from rnnc.registry import available_backends, usable_backends
 from rnnc.spec import Spec
-from rnnc.summary import summarize
+from rnnc.summary import memory_warning, summarize
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 SCHEMA_FILE = "rnnc.schema.json"
@@ -39,7 +41,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     run: Callable[[argparse.Namespace], int] = args.run
     try:
-        return run(args)
+        with warnings.catch_warnings():
+            # NumPy's overflow warnings say less than the commands do (verify names the
+            # arrays that are not finite, and on which backend)
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return run(args)
     except UsageError as exc:
         parser.exit(EXIT_USAGE, f"rnnc: error: {exc}\n")
     except RnncError as exc:
@@ -49,6 +55,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return EXIT_OK
+    except MemoryError:
+        print(
+            "rnnc: out of memory: the model or its data does not fit in this machine's "
+            "memory (rnnc check shows the size of its parameters)",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
     except OSError as exc:  # a file we were asked to write or read
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"rnnc: {where}{exc.strerror or exc}", file=sys.stderr)
@@ -150,9 +163,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--backend", default="torch", help="torch (default) or numpy")
     train.add_argument("--steps", type=_positive, default=1500, help="optimiser steps (1500)")
     train.add_argument("--batch", type=_positive, default=64, help="examples per step (64)")
-    train.add_argument("--lr", type=float, default=3e-3, help="Adam's learning rate (3e-3)")
-    train.add_argument("--clip", type=float, default=1.0, help="gradient norm clip (1.0)")
-    train.add_argument("--seed", type=int, default=0, help="parameters and data (0)")
+    train.add_argument(
+        "--lr", type=_positive_real, default=3e-3, help="Adam's learning rate (3e-3)"
+    )
+    train.add_argument("--clip", type=_positive_real, default=1.0, help="gradient norm clip (1.0)")
+    train.add_argument("--seed", type=_seed, default=0, help="parameters and data (0)")
     train.add_argument("--vocab", type=_positive, default=10, help="task symbols (10)")
     train.add_argument("--lengths", default="3-12", help="sequence lengths, MIN-MAX (3-12)")
     train.add_argument("-o", "--output", help="save the weights (.safetensors or .npz)")
@@ -168,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gradflow.add_argument("--steps", type=_positive, default=100, help="sequence length (100)")
     gradflow.add_argument("--batch", type=_positive, default=16, help="random examples (16)")
-    gradflow.add_argument("--seed", type=int, default=0, help="parameters and inputs (0)")
+    gradflow.add_argument("--seed", type=_seed, default=0, help="parameters and inputs (0)")
     gradflow.set_defaults(run=run_gradflow)
 
     verify = sub.add_parser("verify", help="run every backend on the same inputs and compare")
@@ -187,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument(
         "--mode", choices=("train", "generate", "both"), default="both", help="both (default)"
     )
-    verify.add_argument("--seed", type=int, default=0, help="parameters and inputs (0)")
+    verify.add_argument("--seed", type=_seed, default=0, help="parameters and inputs (0)")
     verify.add_argument("--batch", type=_positive, default=3, help="batch size (3)")
     verify.add_argument("--steps", type=_positive, default=5, help="steps per sequence (5)")
     verify.add_argument("--quiet", action="store_true", help="one line per spec, no table")
@@ -214,14 +229,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _positive(text: str) -> int:
+def _integer(low: int, high: int, high_text: str | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer from ``low`` to ``high``, else a usage error."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, found {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(
+                f"expected an integer from {low} to {high_text or high}, found {value}"
+            )
+        return value
+
+    return parse
+
+
+_positive = _integer(1, 1_000_000)
+_seed = _integer(0, 2**63 - 1, "2**63 - 1")
+
+
+def _positive_real(text: str) -> float:
     try:
-        value = int(text)
+        value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, found {text!r}") from None
-    if not 1 <= value <= 1_000_000:
-        raise argparse.ArgumentTypeError(f"expected an integer from 1 to 1000000, found {value}")
+        raise argparse.ArgumentTypeError(f"expected a positive number, found {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, found {text!r}")
     return value
+
+
+def _output(path: str, inputs: Sequence[str | None], suffixes: Sequence[str] = ()) -> str:
+    """``path`` as an output file: no input of the command under it and, when
+    ``suffixes`` are given, one of them (else a usage error, exit 2)."""
+    if suffixes and not path.endswith(tuple(suffixes)):
+        raise UsageError(f"-o takes a {' or '.join(suffixes)} file, found {path!r}")
+    clash = overwritten_input(path, inputs)
+    if clash is not None:
+        raise UsageError(f"-o {path} would write over the input {clash}; choose another file")
+    return path
 
 
 # --- check -----------------------------------------------------------------------------
@@ -242,6 +289,9 @@ def run_check(args: argparse.Namespace) -> int:
         _print_diagnostics(analysis.diagnostics, path)
         if analysis.ok:
             print(f"{path}: " + summarize(analysis, batch=args.batch, steps=args.steps))
+            warning = memory_warning(analysis)
+            if warning:
+                print(f"{path}: warning: {warning}", file=sys.stderr)
         else:
             status = EXIT_INVALID
     return status
@@ -286,6 +336,8 @@ def _checked(path: str) -> Analysis:
 
 def run_compile(args: argparse.Namespace) -> int:
     _installed(args.backend)
+    if args.output:
+        _output(args.output, [args.spec])
     model = compile_spec(load_spec(args.spec), backend=args.backend, dtype=args.dtype)
     if args.output:
         write_atomic(args.output, model.source)
@@ -300,7 +352,12 @@ def run_render(args: argparse.Namespace) -> int:
 
     if args.spec is None and not (args.view == "cell" and args.cell):
         raise UsageError("render needs a SPEC (or --view cell --cell NAME for a built-in cell)")
-    fmt = output_format(args.output, args.format)
+    try:
+        fmt = output_format(args.output, args.format)
+    except RnncError as exc:
+        raise UsageError(str(exc)) from None
+    if args.output:
+        _output(args.output, [args.spec])
     analysis = analyze(load_spec(args.spec)) if args.spec else None
     if analysis is not None:
         for diagnostic in analysis.diagnostics:  # drawn in red too; said here as well
@@ -322,16 +379,18 @@ def run_render(args: argparse.Namespace) -> int:
 def run_gradflow(args: argparse.Namespace) -> int:
     from rnnc.gradflow import csv_text, describe, gradient_flow, plot_png
 
-    if not args.output.endswith((".png", ".csv")):
-        raise UsageError("-o takes a .png (with the CSV beside it) or a .csv")
+    _output(args.output, [args.spec], (".png", ".csv"))
+    picture_wanted = args.output.endswith(".png")
+    csv_path = args.output.removesuffix(".png") + ".csv"
+    if picture_wanted:
+        _output(csv_path, [args.spec])
     analysis = _checked(args.spec)
     flows = gradient_flow(analysis, steps=args.steps, batch=args.batch, seed=args.seed)
     cells = {name: analysis.spec.layers[name].cell for name in flows}  # type: ignore[union-attr]
     table = csv_text(flows)
-    if args.output.endswith(".png"):
+    if picture_wanted:
         title = f"{analysis.spec.name}: gradient of a loss at step {args.steps - 1}"
         picture = plot_png(flows, title, cells)  # made before anything is written
-        csv_path = args.output[: -len(".png")] + ".csv"
         write_atomic(args.output, picture)
         write_atomic(csv_path, table)
         print(f"wrote {args.output} and {csv_path}", file=sys.stderr)
@@ -351,8 +410,8 @@ def run_train(args: argparse.Namespace) -> int:
             f"unknown task {args.task!r}{did_you_mean(args.task, TASKS)}; tasks: {', '.join(TASKS)}"
         )
     _installed(args.backend)
-    if args.output and not args.output.endswith((".safetensors", ".npz")):
-        raise UsageError("-o takes a .safetensors or .npz file")
+    if args.output:
+        _output(args.output, [args.spec], (".safetensors", ".npz"))
     try:
         low, high = (int(n) for n in args.lengths.split("-"))
         assert 1 <= low <= high
@@ -419,7 +478,7 @@ def _backend_names(text: str | None) -> list[str]:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from rnnc.verify import TOLERANCE, format_rows, verify
+    from rnnc.verify import format_rows, summary, verify
 
     backends = _backend_names(args.backends)
     modes = ("train", "generate") if args.mode == "both" else (args.mode,)
@@ -436,19 +495,20 @@ def run_verify(args: argparse.Namespace) -> int:
             batch=args.batch,
             steps=args.steps,
         )
-        differ = [r for r in rows if not r.ok]
-        worst = max((r.rel_diff for r in rows), default=0.0)
-        verdict = "agree" if not differ else f"{len(differ)} of {len(rows)} DIFFER"
-        print(
-            f"{path}: {', '.join(backends)} {verdict} ({len(rows)} arrays, {args.dtype}, "
-            f"worst relative difference {worst:.1e}, tolerance {TOLERANCE[args.dtype]:.0e})"
-        )
+        print(f"{path}: {', '.join(backends)} {summary(rows, args.dtype)}")
         if not args.quiet:
             print(format_rows(rows, backends[0]))
-        if differ:
+        differ = sorted({f"{r.mode} {r.what} {r.name}" for r in rows if not r.ok and r.finite})
+        not_finite = sorted(
+            f"{r.mode} {r.what} {r.name} (on {r.not_finite_on(backends[0])})"
+            for r in rows
+            if not r.finite
+        )
+        for says, names in (("backends differ in", differ), ("not finite", not_finite)):
+            if names:
+                print(f"rnnc: {path}: {says}: {', '.join(names[:10])}", file=sys.stderr)
+        if differ or not_finite:
             failed.append(path)
-            names = ", ".join(sorted({f"{r.mode} {r.what} {r.name}" for r in differ})[:10])
-            print(f"rnnc: {path}: backends differ in: {names}", file=sys.stderr)
     return EXIT_INVALID if failed else EXIT_OK
 
 

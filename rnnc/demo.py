@@ -133,10 +133,12 @@ def verify_gallery(specs: list[Path]) -> bool:
         rows = verify(analyze(load_spec(path)), backends)
         for mode in dict.fromkeys(r.mode for r in rows):
             mine = [r for r in rows if r.mode == mode]
-            worst = max(r.rel_diff for r in mine)
+            worst = max((r.rel_diff for r in mine if r.finite), default=float("nan"))
             agree = all(r.ok for r in mine)
             ok = ok and agree
             verdict = "agree" if agree else "DIFFER"
+            if not all(r.finite for r in mine):
+                verdict = "NOT FINITE"
             print(f"{path.stem:24} {mode:9} {len(mine):>6} {worst:>9.1e}  {verdict}")
     return ok
 

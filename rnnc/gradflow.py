@@ -15,8 +15,14 @@ are left out: their states also flow through what they feed back.
 
 from __future__ import annotations
 
+import atexit
 import csv
 import io
+import math
+import os
+import shutil
+import sys
+import tempfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -70,10 +76,17 @@ def gradient_flow(
 
 def slope(norms: np.ndarray) -> float:
     """Decades per step of the norm, fitted by least squares over the steps back from
-    the last (negative: the gradient shrinks going back)."""
-    back = np.arange(len(norms))[::-1]  # steps back from the last
-    logs = np.log10(np.maximum(norms, 1e-300))
-    return float(np.polyfit(back, logs, 1)[0])
+    the last (negative: the gradient shrinks going back); nan when fewer than two
+    steps have a finite norm (a line needs two points)."""
+    back = np.arange(len(norms))[::-1].astype(np.float64)  # steps back from the last
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logs = np.log10(np.maximum(norms, 1e-300))
+    finite = np.isfinite(logs)
+    if np.count_nonzero(finite) < 2:
+        return float("nan")
+    x, y = back[finite], logs[finite]
+    x_centred = x - x.mean()
+    return float(np.dot(x_centred, y - y.mean()) / np.dot(x_centred, x_centred))
 
 
 def csv_text(flows: Mapping[str, np.ndarray]) -> str:
@@ -91,6 +104,7 @@ def csv_text(flows: Mapping[str, np.ndarray]) -> str:
 def plot_png(flows: Mapping[str, np.ndarray], title: str, cells: Mapping[str, str]) -> bytes:
     """The gradient norms against steps back from the loss, log scale, one line per
     layer (labelled with its cell and fitted decades per step)."""
+    _private_matplotlib_config()
     try:
         import matplotlib
     except ImportError:  # pragma: no cover - depends on the environment
@@ -104,7 +118,10 @@ def plot_png(flows: Mapping[str, np.ndarray], title: str, cells: Mapping[str, st
     figure, axes = plt.subplots(figsize=(7, 4.2), dpi=120)
     for name, norms in flows.items():
         back = np.arange(len(norms))[::-1]
-        label = f"{name} ({cells[name]}): {slope(norms):+.3f} decades/step"
+        fitted = slope(norms)
+        label = f"{name} ({cells[name]})"
+        if math.isfinite(fitted):
+            label += f": {fitted:+.3f} decades/step"
         axes.semilogy(back, np.maximum(norms, 1e-300), label=label, linewidth=1.8)
     axes.set_xlabel("steps back from the loss at the last step")
     axes.set_ylabel("||dL / dh_t||")
@@ -118,15 +135,32 @@ def plot_png(flows: Mapping[str, np.ndarray], title: str, cells: Mapping[str, st
     return buffer.getvalue()
 
 
+def _private_matplotlib_config() -> None:
+    """Point matplotlib's cache and config at a temporary folder removed at exit, so
+    drawing writes nothing in the user's home (unless MPLCONFIGDIR says where, or
+    matplotlib is already in use in this process)."""
+    if "MPLCONFIGDIR" in os.environ or "matplotlib" in sys.modules:
+        return
+    folder = tempfile.mkdtemp(prefix="rnnc-matplotlib-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    os.environ["MPLCONFIGDIR"] = folder
+
+
 def describe(flows: Mapping[str, np.ndarray], cells: Mapping[str, Any]) -> str:
-    """A table: per layer, the norm at the last step, 10, 50 and T-1 steps back."""
+    """A table: per layer, the norm at the last step, 10, 50 and T-1 steps back, and
+    the fitted decades per step ("-" where a sequence is too short for one)."""
+
+    def number(value: float, form: str, width: int) -> str:
+        return f"{value:{width}{form}}" if math.isfinite(value) else "-".rjust(width)
+
     lines = [
         f"{'layer':16} {'cell':14} {'last':>9} {'-10':>9} {'-50':>9} {'first':>9} {'decades/step':>13}"
     ]
     for name, norms in flows.items():
         T = len(norms)
         at = [norms[T - 1 - k] if T - 1 - k >= 0 else float("nan") for k in (0, 10, 50)]
+        values = [number(v, ".2e", 9) for v in (*at, norms[0])]
         lines.append(
-            f"{name:16} {cells[name]:14} {at[0]:9.2e} {at[1]:9.2e} {at[2]:9.2e} {norms[0]:9.2e} {slope(norms):13.4f}"
+            f"{name:16} {cells[name]:14} {' '.join(values)} {number(slope(norms), '.4f', 13)}"
         )
     return "\n".join(lines)

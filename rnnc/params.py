@@ -15,7 +15,10 @@ order written. The order of this mapping is the order parameters are listed in.
 
 from __future__ import annotations
 
+import os
+
 from rnnc.checks import Analysis, cell_input_width, final_state_width
+from rnnc.errors import RnncError
 from rnnc.graph import input_edges
 from rnnc.spec import DenseLayer, EmbeddingLayer, RecurrentLayer, TokenInput
 
@@ -82,3 +85,41 @@ def count(shapes: Shapes) -> int:
             size *= dim
         total += size
     return total
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this machine can give a new allocation now (Linux's
+    MemAvailable; elsewhere free physical pages), or None where neither is known."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def format_bytes(n: float) -> str:
+    """``n`` bytes in the largest binary unit that keeps it at 1 or more (``1.5 GiB``)."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def require_memory(shapes: Shapes, itemsize: int, what: str = "the parameters") -> None:
+    """Refuse (RnncError) to allocate ``shapes`` of ``itemsize``-byte numbers when they
+    would not fit in the memory this machine has available now."""
+    needed = count(shapes) * itemsize
+    free = available_memory()
+    if free is not None and needed > free:
+        raise RnncError(
+            f"{what} take {format_bytes(needed)}, more than the {format_bytes(free)} of "
+            "memory available on this machine: make the model smaller (rnnc check shows "
+            "each layer's parameter count)"
+        )

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 from rnnc.checks import Analysis, final_state_width
 from rnnc.graph import output_node
-from rnnc.params import count, layer_param_shapes, param_shapes
+from rnnc.params import available_memory, count, format_bytes, layer_param_shapes, param_shapes
 from rnnc.spec import DenseLayer, EmbeddingLayer, RecurrentLayer, TokenInput
 
 
@@ -93,9 +93,26 @@ def summarize(analysis: Analysis, batch: int = 32, steps: Mapping[str, int] | in
         lines.append("  " + spec.description.strip().splitlines()[0])
     lines += _table(rows)
     lines += links
-    lines.append(f"  total parameters: {total:,}")
+    lines.append(
+        f"  total parameters: {total:,} ({format_bytes(4 * total)} in float32, "
+        f"{format_bytes(8 * total)} in float64)"
+    )
     shape_of = output_shapes(analysis, batch, per_axis)
     where = ", ".join(f"{a} steps {t}" for a, t in per_axis.items())
     lines.append(f"  outputs for batch {batch}" + (f", {where}" if where else "") + ":")
     lines += _table([[name, str(shape)] for name, shape in shape_of.items()])
     return "\n".join(lines)
+
+
+def memory_warning(analysis: Analysis) -> str | None:
+    """A warning when the parameters alone (in float32, the smallest dtype rnnc runs
+    in) would not fit in the memory this machine has available now."""
+    needed = 4 * count(param_shapes(analysis))
+    free = available_memory()
+    if free is None or needed <= free:
+        return None
+    return (
+        f"the parameters take {format_bytes(needed)} in float32, more than the "
+        f"{format_bytes(free)} of memory available here: rnnc compile writes its source, "
+        "but running it here will be refused"
+    )

@@ -36,9 +36,26 @@ class Row:
     what: str  # "output" | "grad"
     name: str
     backend: str  # compared with the reference backend
-    abs_diff: float
+    abs_diff: float  # over the entries finite on both backends
     rel_diff: float
-    ok: bool
+    ok: bool  # finite on both, and within the tolerance
+    not_finite: tuple[int, int] = (0, 0)  # nan/inf entries: on the reference, on this one
+    size: int = 0
+
+    @property
+    def finite(self) -> bool:
+        return self.not_finite == (0, 0)
+
+    def not_finite_on(self, reference: str) -> str:
+        """Where entries are not finite: ``numpy 3 of 12, torch 3 of 12``."""
+        counts = zip((reference, self.backend), self.not_finite, strict=True)
+        return ", ".join(f"{name} {bad} of {self.size}" for name, bad in counts if bad)
+
+    def verdict(self, reference: str) -> str:
+        """``ok``, ``DIFFERS``, or where and how many entries are not finite."""
+        if not self.finite:
+            return f"NOT FINITE on {self.not_finite_on(reference)}"
+        return "ok" if self.ok else "DIFFERS"
 
 
 def random_inputs(
@@ -72,15 +89,24 @@ def random_inputs(
 SCALE_FLOOR = 1e-4
 
 
-def _compare(reference: np.ndarray, other: np.ndarray) -> tuple[float, float]:
+def _compare(
+    mode: str, what: str, name: str, backend: str, tolerance: float, reference: Any, other: Any
+) -> Row:
+    """The row comparing one array: differences over the entries finite on both, and
+    the count of entries that are not finite on each (such a row never passes)."""
     reference, other = np.asarray(reference, np.float64), np.asarray(other, np.float64)
     if reference.shape != other.shape:
-        return float("inf"), float("inf")
-    if reference.size == 0:
-        return 0.0, 0.0
-    diff = float(np.max(np.abs(reference - other)))
-    scale = max(float(np.max(np.abs(reference))), SCALE_FLOOR)
-    return diff, diff / scale
+        return Row(mode, what, name, backend, float("inf"), float("inf"), False)
+    good_reference, good_other = np.isfinite(reference), np.isfinite(other)
+    not_finite = (int(np.count_nonzero(~good_reference)), int(np.count_nonzero(~good_other)))
+    both = good_reference & good_other
+    if not np.any(both):
+        diff = rel = 0.0
+    else:
+        diff = float(np.max(np.abs(reference[both] - other[both])))
+        rel = diff / max(float(np.max(np.abs(reference[both]))), SCALE_FLOOR)
+    ok = not_finite == (0, 0) and rel <= tolerance
+    return Row(mode, what, name, backend, diff, rel, ok, not_finite, reference.size)
 
 
 def verify(
@@ -116,18 +142,35 @@ def verify(
             options["tf_mask"] = {axis: rng.random((batch, steps)) < 0.5 for axis in fed_axes}
         else:
             options["steps"] = steps
-        results = [model.run(inputs, **options) for model in models]
-        cotangents = {k: rng.standard_normal(np.shape(v)) for k, v in results[0].items()}
-        grads = [model.vjp(inputs, cotangents, **options) for model in models]
+        with np.errstate(all="ignore"):  # overflow is reported per array, below
+            results = [model.run(inputs, **options) for model in models]
+            cotangents = {k: rng.standard_normal(np.shape(v)) for k, v in results[0].items()}
+            grads = [model.vjp(inputs, cotangents, **options) for model in models]
         for backend, result, grad in zip(backends[1:], results[1:], grads[1:], strict=True):
             for what, ref, other in (("output", results[0], result), ("grad", grads[0], grad)):
                 for key in sorted(set(ref) | set(other)):
                     if key in ref and key in other:
-                        a, r = _compare(ref[key], other[key])
+                        row = _compare(mode, what, key, backend, tolerance, ref[key], other[key])
                     else:
-                        a = r = float("inf")
-                    rows.append(Row(mode, what, key, backend, a, r, r <= tolerance))
+                        row = Row(mode, what, key, backend, float("inf"), float("inf"), False)
+                    rows.append(row)
     return rows
+
+
+def summary(rows: Sequence[Row], dtype: str) -> str:
+    """One line for a spec's rows: ``agree``, or how many differ and how many are not
+    finite; the worst relative difference among the arrays finite everywhere; the
+    tolerance."""
+    differ = sum(not r.ok and r.finite for r in rows)
+    not_finite = sum(not r.finite for r in rows)
+    counts = ((differ, "DIFFER"), (not_finite, "NOT FINITE"))
+    verdict = " and ".join(f"{n} of {len(rows)} {word}" for n, word in counts if n) or "agree"
+    finite = [r.rel_diff for r in rows if r.finite]
+    worst = "no array finite on every backend"
+    if finite:
+        among = " among the finite arrays" if not_finite else ""
+        worst = f"worst relative difference{among} {max(finite):.1e}"
+    return f"{verdict} ({len(rows)} arrays, {dtype}, {worst}, tolerance {TOLERANCE[dtype]:.0e})"
 
 
 def format_rows(rows: Sequence[Row], reference: str) -> str:
@@ -141,7 +184,7 @@ def format_rows(rows: Sequence[Row], reference: str) -> str:
             r.backend,
             f"{r.abs_diff:.2e}",
             f"{r.rel_diff:.2e}",
-            "ok" if r.ok else "DIFFERS",
+            r.verdict(reference),
         )
         for r in rows
     ]

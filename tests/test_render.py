@@ -172,7 +172,7 @@ def test_cli_picks_the_format_from_the_suffix(cli, tmp_path: Path) -> None:  # t
     target = tmp_path / "g.svg"
     assert cli("render", spec, "-o", str(target), "--format", "dot").code == 0
     assert target.read_bytes().startswith(b"digraph")  # --format wins over the suffix
-    assert cli("render", spec, "-o", str(tmp_path / "g.gif")).code == 1
+    assert cli("render", spec, "-o", str(tmp_path / "g.gif")).code == 2  # usage
     assert (
         cli("render", "--view", "cell", "--cell", "lstm", "-o", str(tmp_path / "c.svg")).code == 0
     )
