@@ -11,9 +11,13 @@ functions, which a :class:`Dialect` names: NumPy arrays and torch tensors share
 from __future__ import annotations
 
 import keyword
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from rnnc import functions
+from rnnc.functions import Renderer
 from rnnc.graph import input_edges
 from rnnc.lower import Adjoint, CellStep, Op, grad_name, lower_cell, prev_name, reverse, uses_of
 from rnnc.program import Program
@@ -26,17 +30,13 @@ class Dialect:
 
     lib: str  # the module: np.where, torch.where, ...
     cat: str  # concatenation along an axis
+    functions: Renderer  # the cell language's functions and their slopes
 
     def broadcast(self, ref: str, steps: str) -> str:
         """``ref`` (B, width) repeated for every one of ``steps`` time steps."""
         if self.lib == "np":
             return f"np.broadcast_to({ref}, ({steps},) + {ref}.shape)"
         return f"{ref}.expand(({steps},) + tuple({ref}.shape))"
-
-    def like(self, mask: str, array: str) -> str:
-        """A boolean ``mask`` as numbers of ``array``'s dtype: torch would make 0.2 * mask
-        a float32 tensor (its default dtype), rounding 0.2 in a float64 model."""
-        return mask if self.lib == "np" else f"{mask}.to({array}.dtype)"
 
     def zeros_like(self, a: str) -> str:
         return f"{self.lib}.zeros_like({a})"
@@ -91,12 +91,11 @@ class Dialect:
         return f"{like}.new_zeros({shape})"
 
 
-NUMPY = Dialect("np", "np.concatenate")
-TORCH = Dialect("torch", "torch.cat")
+NUMPY = Dialect("np", "np.concatenate", functions.NUMPY)
+TORCH = Dialect("torch", "torch.cat", functions.TORCH)
 
 RESERVED = {
-    "np", "torch", "sigmoid", "tanh", "relu", "hard_sigmoid", "softsign", "identity", "softmax",
-    "log_softmax", "accumulate", "step_mask", "range", "len", "reversed", "zip", "add_in_place",
+    *functions.FUNCTIONS, "np", "torch", "softmax", "log_softmax", "accumulate", "step_mask", "range", "len", "reversed", "zip", "add_in_place",
     "mm", "shift", "attend", "flip_within", "fused_scan", "register", "ONEDNN", "FUSED",
     "onednn", "recurrent_weight", "pointers", "native_kernels", "native_library",
     "xs", "mask", "mask_t", "xp", "xp_t", "W_x", "T", "B", "H", "t", "ys", "tape", "saved",
@@ -105,6 +104,25 @@ RESERVED = {
 }  # fmt: skip
 
 ACTIVATIONS = ("identity", "tanh", "relu", "sigmoid", "softmax", "log_softmax")
+
+
+def function_definitions(xp: Dialect, own: Mapping[str, str]) -> str:
+    """A Python function for every function of the cell language, as ``xp`` writes its
+    value (rnnc.functions), or its source in ``own``."""
+    blocks: list[str] = []  # definitions, and runs of aliases
+    aliases: list[str] = []
+    for name in functions.FUNCTIONS:
+        value = xp.functions.value(name, "a")[0]
+        library_call = re.fullmatch(r"([\w.]+)\(a\)", value)
+        if name not in own and library_call:  # an alias: no Python call in between
+            aliases.append(f"{name} = {library_call[1]}")
+            continue
+        if aliases:
+            blocks.append("\n".join(aliases))
+            aliases = []
+        code = own.get(name) or f"def {name}(a):\n    return {value}"
+        blocks.append(code.strip())
+    return "\n\n\n".join(blocks + (["\n".join(aliases)] if aliases else []))
 
 
 def unpack(names: list[str]) -> str:
@@ -203,15 +221,7 @@ class _StepWriter:
             )
             return product, self.xp.matmul_precedence
         if op.kind == "dcall":
-            y = self.ref(a[0], 3)
-            return {
-                "sigmoid": (f"{y} * (1.0 - {y})", 2),
-                "tanh": (f"1.0 - {y} * {y}", 1),
-                "relu": (f"({y} > 0)", 4),
-                "identity": ("1.0", 4),
-                "softsign": (f"(1.0 - {self.xp.lib}.abs({y})) ** 2", 2),
-                "hard_sigmoid": (f"0.2 * {self.xp.like(f'(({y} > 0) & ({y} < 1))', y)}", 2),
-            }[op.attr]
+            return self.xp.functions.slope(op.attr, y=self.ref(a[0], 4))
         if op.kind == "slice":
             offset, width = op.attr
             return f"{self.ref(a[0], 4)}[:, {offset}:{offset + width}]", 4

@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 
 import rnnc
-from backends.emit import NUMPY, CellFunctions, Joined, joined_inputs, merge, pack
 from rnnc.checks import Analysis
 from rnnc.errors import RnncError
 from rnnc.params import param_shapes, require_memory
@@ -35,36 +34,22 @@ from rnnc.program import (
 )
 from rnnc.spec import DenseLayer, EmbeddingLayer, RecurrentLayer, TokenInput
 
-PRELUDE = '''\
-import numpy as np
+from .emit import NUMPY, CellFunctions, Joined, function_definitions, joined_inputs, merge, pack
 
-
+# The NumPy sigmoid: the one function written here rather than from rnnc.functions.
+SIGMOID = '''\
 def sigmoid(a):
     """1 / (1 + exp(-a)), as 0.5 (1 + tanh(a / 2)): one transcendental call, no overflow."""
     y = np.tanh(0.5 * a)
     y += 1.0  # in place: no more temporaries
     y *= 0.5
     return y
+'''
 
-
-def tanh(a):
-    return np.tanh(a)
-
-
-def relu(a):
-    return np.maximum(a, 0.0)
-
-
-def hard_sigmoid(a):
-    return np.clip(0.2 * a + 0.5, 0.0, 1.0)
-
-
-def softsign(a):
-    return a / (1.0 + np.abs(a))
-
-
-def identity(a):
-    return a
+PRELUDE = (
+    "import numpy as np\n\n\n"
+    + function_definitions(NUMPY, {"sigmoid": SIGMOID})
+    + '''
 
 
 def softmax(a):
@@ -140,6 +125,22 @@ def step_mask(lengths, steps, dtype):
     """(T, B, 1) booleans: true where step t is within the example's length."""
     return (np.arange(steps)[:, None] < lengths[None, :])[:, :, None]
 '''
+)
+
+
+def _dense_slope(activation: str, y: str, d: str, pre: str) -> str:
+    """The gradient of a dense layer's pre-activation ``pre`` from ``d``, that of its
+    output ``y = activation(pre)``: an elementwise function's slope (rnnc.functions),
+    or softmax's and log_softmax's Jacobian products."""
+    if activation == "softmax":
+        return f"{y} * ({d} - ({d} * {y}).sum(axis=-1, keepdims=True))"
+    if activation == "log_softmax":
+        return f"{d} - softmax({pre}) * {d}.sum(axis=-1, keepdims=True)"
+    slope, precedence = NUMPY.functions.slope(activation, y)
+    if slope == "1.0":
+        return d
+    return f"{d} * {slope if precedence >= 3 else f'({slope})'}"
+
 
 BLOCK_HELPER = '''
 
@@ -217,14 +218,7 @@ class _Program(Program):
         self.fwd.append(f"    v[{name + ':pre'!r}] = v[{name + ':in'!r}] @ {W}.T + {b}")
         self.fwd.append(f"    v[{name!r}] = {layer.activation}(v[{name + ':pre'!r}])")
         y, d = f"v[{name!r}]", f"g[{name!r}]"
-        slope = {
-            "identity": d,
-            "tanh": f"{d} * (1.0 - {y} * {y})",
-            "relu": f"{d} * ({y} > 0)",
-            "sigmoid": f"{d} * {y} * (1.0 - {y})",
-            "softmax": f"{y} * ({d} - ({d} * {y}).sum(axis=-1, keepdims=True))",
-            "log_softmax": f"{d} - softmax(v[{name + ':pre'!r}]) * {d}.sum(axis=-1, keepdims=True)",
-        }[layer.activation]
+        slope = _dense_slope(layer.activation, y, d, f"v[{name + ':pre'!r}]")
         block = [
             f"    if {name!r} in g:",
             f"        d_pre = {slope}",
@@ -698,14 +692,8 @@ class _Program(Program):
             W = f"params[{name + '.W'!r}]"
             y = f"v[{name!r}][t]"
             d = f"g[{name!r}][t]"
-            slope = {
-                "identity": d,
-                "tanh": f"{d} * (1.0 - {y} * {y})",
-                "relu": f"{d} * ({y} > 0)",
-                "sigmoid": f"{d} * {y} * (1.0 - {y})",
-                "softmax": f"{y} * ({d} - ({d} * {y}).sum(axis=-1, keepdims=True))",
-                "log_softmax": f"{d} - softmax(v[{name + ':in'!r}][t] @ {W}.T + params[{name + '.b'!r}]) * {d}.sum(axis=-1, keepdims=True)",
-            }[layer.activation]
+            pre = f"(v[{name + ':in'!r}][t] @ {W}.T + params[{name + '.b'!r}])"
+            slope = _dense_slope(layer.activation, y, d, pre)
             lines += [
                 f"    d_pre = {slope}",
                 f"    accumulate(grads, {name + '.W'!r}, d_pre.T @ v[{name + ':in'!r}][t])",
@@ -986,7 +974,7 @@ class NumpyModel(CompiledModelBase):
         return self._loaded
 
     def load_params(self, params: Mapping[str, np.ndarray]) -> None:
-        checked = rnnc.check_params(params, self._shapes)
+        checked = rnnc.check_params(params, self._shapes, dtype=self.dtype)
         self._loaded = {k: np.asarray(v, dtype=self.dtype) for k, v in checked.items()}
 
     def params(self) -> dict[str, np.ndarray]:

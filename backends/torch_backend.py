@@ -26,8 +26,6 @@ from typing import Any
 import numpy as np
 
 import rnnc
-from backends import native
-from backends.emit import TORCH, CellFunctions, joined_inputs, merge, pack
 from rnnc.checks import Analysis
 from rnnc.errors import RnncError
 from rnnc.interop import TORCH_ORDER
@@ -46,25 +44,18 @@ from rnnc.program import (
 from rnnc.spec import DenseLayer, EmbeddingLayer, RecurrentLayer, TokenInput
 from rnnc.weights import init_rules
 
-PRELUDE = '''\
+from . import native
+from .emit import TORCH, CellFunctions, function_definitions, joined_inputs, merge, pack
+
+PRELUDE = (
+    """\
 import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-sigmoid = torch.sigmoid
-tanh = torch.tanh
-relu = torch.relu
 
-
-def hard_sigmoid(a):
-    return torch.clamp(0.2 * a + 0.5, 0.0, 1.0)
-
-
-def softsign(a):
-    return a / (1.0 + torch.abs(a))
-
-
-def identity(a):
-    return a
+"""
+    + function_definitions(TORCH, {})
+    + '''
 
 
 def softmax(a):
@@ -192,6 +183,7 @@ def register(root, name, parameter):
     module._parameters[path[-1]] = parameter
     return ".".join(path)
 '''
+)
 
 FUNCTION = '''
 
@@ -729,7 +721,7 @@ class TorchModel(CompiledModelBase):
         self._copy_in(self.module, params)
 
     def _copy_in(self, module: Any, params: Mapping[str, np.ndarray]) -> None:
-        checked = rnnc.check_params(params, self._shapes)
+        checked = rnnc.check_params(params, self._shapes, dtype=self.dtype)
         torch = self.torch
         with torch.no_grad():
             for key, p in module.named_parameters():

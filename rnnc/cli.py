@@ -564,6 +564,8 @@ def gallery() -> dict[str, str]:
 
 def run_init(args: argparse.Namespace) -> int:
     templates = gallery()
+    if args.template is None and (args.output or args.force):
+        raise UsageError("init -o and --force need a TEMPLATE (rnnc init lists them)")
     if args.template is None:
         for name, text in templates.items():
             first = next((line[2:] for line in text.splitlines() if line.startswith("# ")), "")

@@ -25,14 +25,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from rnnc import functions
 from rnnc.errors import did_you_mean, one_of
 
-# The functions of the language, elementwise (every backend implements exactly these):
-#   sigmoid(a) = 1 / (1 + exp(-a))         tanh(a)
-#   relu(a) = max(a, 0)                    identity(a) = a
-#   hard_sigmoid(a) = clip(0.2 a + 0.5, 0, 1)   (ONNX's HardSigmoid defaults, as its RNN ops use)
-#   softsign(a) = a / (1 + |a|)
-FUNCTIONS = ("sigmoid", "tanh", "relu", "hard_sigmoid", "softsign", "identity")
+# The functions of the language, elementwise: each declared once in rnnc.functions.
+FUNCTIONS = tuple(functions.FUNCTIONS)
 INPUT = "x"
 MAX_EQUATION_CHARS = 1000
 MAX_NESTING = 24

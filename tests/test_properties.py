@@ -42,6 +42,7 @@ from hypothesis import strategies as st
 
 import rnnc
 from rnnc.cli import main
+from rnnc.functions import FUNCTIONS as CELL_FUNCTIONS
 
 pytestmark = pytest.mark.slow
 
@@ -84,7 +85,7 @@ BUILTIN_CELLS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "gru": (("h",), ("W_r", "W_z", "W_in", "W_hn", "b_r", "b_z", "b_in", "b_hn")),
     "gru_reset_before": (("h",), ("W_r", "W_z", "W_n", "b_r", "b_z", "b_n")),
 }
-FUNCTIONS = ("sigmoid", "tanh", "relu", "hard_sigmoid", "softsign", "identity")
+FUNCTIONS = tuple(CELL_FUNCTIONS)  # every function the cell language has
 
 # The keys of each part of a spec.
 TOP_KEYS = ("rnnc", "name", "description", "inputs", "layers", "outputs", "cells")

@@ -17,6 +17,7 @@ import warnings
 import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+
 sigmoid = torch.sigmoid
 tanh = torch.tanh
 relu = torch.relu

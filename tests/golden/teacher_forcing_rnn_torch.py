@@ -7,6 +7,7 @@ Do not edit: regenerate with `rnnc compile SPEC --backend torch`.
 import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+
 sigmoid = torch.sigmoid
 tanh = torch.tanh
 relu = torch.relu
