@@ -1,7 +1,5 @@
-"""Code generators of rnnc, one module per backend.
+"""rnnc's code generators, one module per backend, installed as ``rnnc.backends``.
 
 Backends are found through the entry-point group ``rnnc.backends`` (see
 ``rnnc.registry``), so a backend in another package plugs in the same way as ours.
-The NumPy and PyTorch backends arrive with their own issues; until then the registry
-is empty.
 """

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import rnnc
-from backends.native import plan
+from rnnc.backends.native import plan
 from rnnc.cells import builtin_cells
 from rnnc.equations import parse_cell
 from rnnc.lower import lower_cell
@@ -318,7 +318,7 @@ def test_the_c_source_compiles_without_a_warning(tmp_path: Path) -> None:
     """Every built-in cell's steps and the staged cells above, under -Wall -Wextra."""
     import subprocess
 
-    from backends.native import HEADER, emit_c
+    from rnnc.backends.native import HEADER, emit_c
 
     parts = [HEADER]
     for name, cell in builtin_cells().items():

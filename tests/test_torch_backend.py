@@ -352,7 +352,7 @@ def test_generated_specs_agree_across_backends(gen: Generated, seed: int) -> Non
 
 
 def test_without_pytorch_verify_says_how_to_get_a_second_backend(cli, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from backends.torch_backend import TorchBackend
+    from rnnc.backends.torch_backend import TorchBackend
 
     monkeypatch.setattr(TorchBackend, "ready", staticmethod(lambda: False))
     result = cli("verify", str(GALLERY[0]))
