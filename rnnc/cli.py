@@ -15,7 +15,6 @@ import warnings
 from collections.abc import Callable, Sequence
 from importlib import resources
 
-from rnnc import __version__
 from rnnc.cells import builtin_cells
 from rnnc.checks import Analysis, analyze
 from rnnc.compiler import DTYPES
@@ -27,6 +26,7 @@ from rnnc.parse import load_spec
 from rnnc.registry import available_backends, usable_backends
 from rnnc.spec import Spec
 from rnnc.summary import memory_warning, summarize
+from rnnc.version import __version__
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 SCHEMA_FILE = "rnnc.schema.json"

@@ -31,6 +31,7 @@ from typing import Any
 
 import graphviz
 
+from rnnc import notebook
 from rnnc.cells import builtin_cells
 from rnnc.checks import Analysis, analyze
 from rnnc.equations import Binary, Call, Cell, Concat, Expr, MatMul, Neg, Num, Ref
@@ -983,5 +984,7 @@ def encode(drawing: graphviz.Digraph, fmt: str) -> bytes:
         raise RnncError(DOT_MISSING.format(fmt=fmt))
     return drawing.pipe(format=fmt)  # type: ignore[no-any-return]
 
+
+notebook.register(show)  # specs and analyses show in Jupyter as their drawings
 
 __all__ = ["VIEWS", "Drawing", "encode", "has_dot", "output_format", "render", "show"]

@@ -28,6 +28,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from rnnc import notebook
 from rnnc.load import SourceMap
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -317,9 +318,7 @@ class Spec(_Model):
         self, include: Any = None, exclude: Any = None, **_: Any
     ) -> dict[str, Any]:
         """Jupyter shows a spec as its unrolled diagram (its DOT text without Graphviz)."""
-        from rnnc.drawing import show
-
-        return show(self)
+        return notebook.mimebundle(self, "unrolled")
 
 
 def strip_union_tags(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
