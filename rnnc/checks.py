@@ -13,6 +13,7 @@ from typing import Any
 
 import networkx as nx
 
+from rnnc import notebook
 from rnnc.cells import builtin_cells, equation_diagnostic, parse_user_cells
 from rnnc.equations import Cell
 from rnnc.errors import Diagnostic, a_or_an, did_you_mean, one_of
@@ -47,9 +48,7 @@ class Analysis:
         self, include: Any = None, exclude: Any = None, **_: Any
     ) -> dict[str, Any]:
         """Jupyter shows an analysis as the spec's rolled graph, problems in red."""
-        from rnnc.drawing import show
-
-        return show(self, view="rolled")
+        return notebook.mimebundle(self, "rolled")
 
 
 def analyze(spec: Spec) -> Analysis:
@@ -529,16 +528,77 @@ def _written_at(spec: Spec, path: tuple[Any, ...]) -> tuple[int, int]:
 
 def _shortest_cycle(graph: nx.MultiDiGraph) -> list[Any]:
     """The nodes of a shortest cycle of a graph that has one, the same one every run:
-    of the shortest, the first in sorted order, started at its smallest node."""
-    for bound in range(1, 16):
-        cycles = [list(c) for c in nx.simple_cycles(graph, length_bound=bound)]
-        if cycles:
-            rotated = []
-            for cycle in cycles:
-                start = min(range(len(cycle)), key=lambda i: repr(cycle[i]))
-                rotated.append(cycle[start:] + cycle[:start])
-            return min(rotated, key=lambda c: [repr(n) for n in c])
-    return [edge[0] for edge in nx.find_cycle(graph)]
+    of the shortest, the first in sorted order, started at its smallest node.
+
+    NOTE: enumerating cycles is exponential in a deep stack (every bidirectional layer
+    doubles the paths: depth 64 took minutes). Instead, a breadth-first search from
+    each node on a cycle, in sorted order and cut at the shortest length found so far,
+    finds the first node of the answer: the smallest node on a shortest cycle, which is
+    the smallest node of every shortest cycle through it. The cycle is then walked from
+    it, taking at each step the smallest successor that still closes it in that length.
+    """
+    by_repr = {node: repr(node) for node in graph}
+    best, first, within = len(graph) + 1, None, {}
+    for scc in nx.strongly_connected_components(graph):
+        node = next(iter(scc))
+        if len(scc) == 1 and not graph.has_edge(node, node):
+            continue
+        successors = {u: [n for n in graph.succ[u] if n in scc] for u in scc}
+        for node in sorted(scc, key=by_repr.__getitem__):
+            length = _cycle_length(successors, node, limit=best)
+            if length is None:
+                continue
+            if length < best or (length == best and by_repr[node] < by_repr[first]):
+                best, first, within = length, node, successors
+    assert first is not None, "the graph has no cycle"
+    predecessors: dict[Any, list[Any]] = {u: [] for u in within}
+    for u, following in within.items():
+        for n in following:
+            predecessors[n].append(u)
+    to_first = _distances(predecessors, first, limit=best - 1)
+    cycle = [first]
+    for remaining in range(best - 1, 0, -1):
+        cycle.append(
+            min(
+                (n for n in within[cycle[-1]] if to_first.get(n) == remaining),
+                key=by_repr.__getitem__,
+            )
+        )
+    return cycle
+
+
+def _distances(adjacency: dict[Any, list[Any]], source: Any, limit: int) -> dict[Any, int]:
+    """Steps from ``source`` along ``adjacency`` to every node, up to ``limit``."""
+    seen, frontier = {source: 0}, [source]
+    for steps in range(1, limit + 1):
+        following = []
+        for u in frontier:
+            for n in adjacency[u]:
+                if n not in seen:
+                    seen[n] = steps
+                    following.append(n)
+        if not following:
+            break
+        frontier = following
+    return seen
+
+
+def _cycle_length(adjacency: dict[Any, list[Any]], node: Any, limit: int) -> int | None:
+    """The length of a shortest cycle through ``node`` along ``adjacency``, up to ``limit``."""
+    seen, frontier = {node}, [node]
+    for steps in range(1, limit + 1):
+        following = []
+        for u in frontier:
+            for n in adjacency[u]:
+                if n == node:
+                    return steps
+                if n not in seen:
+                    seen.add(n)
+                    following.append(n)
+        if not following:
+            return None
+        frontier = following
+    return None
 
 
 def _kind_words(kind: str) -> str:

@@ -151,6 +151,28 @@ def test_unidirectional_decoder_with_feedback_is_causal_but_bidirectional_is_not
     assert any("dec.bwd.l0" in line for line in d.detail)
 
 
+def test_a_deep_bidirectional_layer_with_feedback_reports_its_shortest_cycle() -> None:
+    # Found by tests/test_fuzz_specs.py: every bidirectional layer of a stack doubles the
+    # paths through it, and enumerating cycles up to length 15 took minutes at depth 64.
+    # The shortest cycle here climbs the whole stack on the backward side at t=0.
+    (d,) = errors(
+        """
+        rnnc: 1
+        name: deep
+        inputs:
+          tgt: {vocab: 40, embed: 32}
+        layers:
+          dec: {cell: lstm, hidden: 8, depth: 64, input: tgt, feedback: out, direction: bidirectional}
+          out: {dense: 40, input: dec}
+        outputs:
+          logits: {from: out}
+        """
+    )
+    assert "not causal" in d.message
+    stack = [f"dec.bwd.l{k}[t=0]" for k in range(64)]
+    assert d.detail == (" -> ".join([*stack, "out[t=0]", "dec.bwd.l0[t=1]", stack[0]]),)
+
+
 def test_zero_delay_cycle_prints_its_path() -> None:
     (d,) = errors(
         """
