@@ -22,11 +22,10 @@ import rnnc
 from rnnc.checks import Analysis
 from rnnc.errors import RnncError
 from rnnc.params import param_shapes, require_memory
-from rnnc.program import (
+from rnnc.program import Piece, Program
+from rnnc.runtime import (
     CompiledModelBase,
     Loss,
-    Piece,
-    Program,
     RunOptions,
     dropout_generator,
     load_module,

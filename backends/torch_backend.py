@@ -31,16 +31,8 @@ from rnnc.errors import RnncError
 from rnnc.interop import TORCH_ORDER
 from rnnc.lower import CellStep
 from rnnc.params import param_shapes, require_memory
-from rnnc.program import (
-    CompiledModelBase,
-    Loss,
-    Piece,
-    Program,
-    RunOptions,
-    load_module,
-    module_header,
-    time_axes,
-)
+from rnnc.program import Piece, Program, time_axes
+from rnnc.runtime import CompiledModelBase, Loss, RunOptions, load_module, module_header
 from rnnc.spec import DenseLayer, EmbeddingLayer, RecurrentLayer, TokenInput
 from rnnc.weights import init_rules
 

@@ -31,7 +31,8 @@ import numpy as np
 from rnnc.checks import Analysis
 from rnnc.compiler import compile as compile_spec
 from rnnc.errors import RnncError
-from rnnc.program import Program, RunOptions
+from rnnc.program import Program
+from rnnc.runtime import RunOptions
 from rnnc.verify import random_inputs
 from rnnc.weights import init_params
 

@@ -1,0 +1,246 @@
+"""What every compiled model shares at run time, written once for every backend.
+
+The CompiledModel conventions (DESIGN.md): checking and preparing the inputs a user
+passes (batch-first arrays, lengths, teacher-forcing masks), the keyword options of
+``run``/``vjp``, the :class:`CompiledModelBase` every backend's model builds on, and
+how generated source becomes a module (a header, a hash of the spec, ``linecache``).
+The schedule a backend writes code from is :mod:`rnnc.program`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import linecache
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from rnnc.checks import Analysis
+from rnnc.errors import RnncError
+from rnnc.program import time_axes
+from rnnc.spec import TokenInput
+from rnnc.version import __version__
+
+
+def _check_inputs(analysis: Analysis, inputs: Mapping[str, np.ndarray]) -> None:
+    """Every input present, with the rank, width, dtype and token range the spec says."""
+    problems = []
+    for name, inp in analysis.spec.inputs.items():
+        if name not in inputs:
+            problems.append(f"{name}: missing")
+            continue
+        value = inputs[name]
+        steps = "(B, T" if inp.sequence else "(B"
+        if isinstance(inp, TokenInput):
+            if value.ndim != (2 if inp.sequence else 1):
+                problems.append(f"{name}: expected shape {steps}), found {value.shape}")
+            elif value.dtype.kind not in "iu":
+                problems.append(f"{name}: expected integer token ids, found dtype {value.dtype}")
+            elif value.size and (value.min() < 0 or value.max() >= inp.vocab):
+                problems.append(f"{name}: token ids must be in 0..{inp.vocab - 1}")
+        elif value.ndim != (3 if inp.sequence else 2) or value.shape[-1] != inp.size:
+            problems.append(f"{name}: expected shape {steps}, {inp.size}), found {value.shape}")
+        elif value.dtype.kind not in "fiu":
+            problems.append(f"{name}: expected real numbers, found dtype {value.dtype}")
+    unknown = [n for n in inputs if n not in analysis.spec.inputs]
+    problems += [f"{n}: not an input of the spec" for n in unknown]
+    if problems:
+        raise RnncError("inputs do not fit the spec: " + "; ".join(problems))
+
+
+def dropout_generator(mode: str, seed: int | None) -> np.random.Generator | None:
+    """Dropout happens in train mode when a seed is given (off by default and in verify)."""
+    return np.random.default_rng(seed) if mode == "train" and seed is not None else None
+
+
+def prepare_inputs(
+    analysis: Analysis,
+    inputs: Mapping[str, Any],
+    lengths: Any,
+    mode: str,
+    steps: int | None,
+    tf_mask: Any,
+    seed: int,
+) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The CompiledModel conventions, turned into what a generated forward takes.
+
+    ``lengths``: (B,) for a spec with one time axis, else a dict by sequence input
+    (default: full length). ``mode="train"``: layers with feedback read the ground truth
+    where ``tf_mask`` (B, T) is true; without a mask one is drawn with each layer's
+    teacher_forcing probability from ``numpy.random.default_rng(seed)``.
+    ``mode="generate"``: a layer with feedback reads the first ground-truth step, then
+    its own predictions, for ``steps`` steps.
+    """
+    if mode not in ("train", "generate"):
+        raise RnncError(f"mode must be 'train' or 'generate', found {mode!r}")
+    g = analysis.graph
+    axes, fed_axes, truths = time_axes(analysis)
+    inputs = {name: np.asarray(value) for name, value in inputs.items()}
+    _check_inputs(analysis, inputs)
+    if mode == "generate":
+        if not fed_axes:
+            raise RnncError("mode='generate' needs a layer with feedback")
+        if steps is None or steps < 1:
+            raise RnncError("mode='generate' needs steps >= 1")
+        for name in analysis.spec.inputs:
+            if g.nodes[name].get("axis") not in fed_axes:
+                continue
+            value = np.asarray(inputs[name])
+            if name in truths:  # only the first step is read; the rest are predictions
+                pad = np.zeros((value.shape[0], steps - 1, *value.shape[2:]), dtype=value.dtype)
+                inputs[name] = np.concatenate([value[:, :1], pad], axis=1)
+            elif value.shape[1] != steps:
+                raise RnncError(
+                    f"mode='generate' with steps={steps} needs input {name!r} with {steps} steps, "
+                    f"found {value.shape[1]}"
+                )
+    out: dict[str, np.ndarray] = {}
+    for axis in axes:
+        value = np.asarray(inputs[axis])
+        batch, total = value.shape[0], value.shape[1]
+        if lengths is None or (mode == "generate" and axis in fed_axes):
+            length = np.full(batch, total)
+        elif isinstance(lengths, Mapping):
+            length = np.asarray(lengths.get(axis, np.full(batch, total)))
+        else:
+            length = np.asarray(lengths)
+        length = length.astype(np.int64)
+        if length.shape != (batch,) or length.min(initial=1) < 1 or length.max(initial=1) > total:
+            raise RnncError(f"lengths[{axis!r}] must be (B,) = ({batch},) integers in 1..{total}")
+        out[axis] = length
+    masks: dict[str, np.ndarray] = {}
+    rng = np.random.default_rng(seed)
+    for axis, p in fed_axes.items():
+        batch, total = np.asarray(inputs[axis]).shape[:2]
+        if mode == "generate":
+            mask = np.zeros((batch, total), dtype=bool)
+            mask[:, 0] = True
+        elif tf_mask is not None:
+            given = tf_mask.get(axis) if isinstance(tf_mask, Mapping) else tf_mask
+            mask = np.asarray(given, dtype=bool)
+            if mask.shape != (batch, total):
+                raise RnncError(f"tf_mask for {axis!r} must be (B, T) = ({batch}, {total})")
+        else:
+            mask = rng.random((batch, total)) < p
+        masks[axis] = mask
+    return inputs, out, masks
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """The keyword options of ``run``, ``vjp`` and ``value_and_grad`` (docs/backends.md)."""
+
+    lengths: Any = None
+    mode: str = "train"
+    steps: int | None = None
+    tf_mask: Any = None
+    seed: int = 0
+    dropout_seed: int | None = None
+
+    def prepare(
+        self, analysis: Analysis, inputs: Mapping[str, Any]
+    ) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Inputs, lengths by time axis and teacher-forcing masks (see prepare_inputs)."""
+        return prepare_inputs(
+            analysis, inputs, self.lengths, self.mode, self.steps, self.tf_mask, self.seed
+        )
+
+
+Loss = Callable[[dict[str, np.ndarray]], tuple[float, Mapping[str, np.ndarray]]]
+
+
+class CompiledModelBase:
+    """The CompiledModel interface every backend shares, written once: a backend sets
+    ``analysis``, ``source`` and ``_shapes`` and implements ``_outputs``,
+    ``_value_and_grad``, ``load_params`` and ``params``."""
+
+    analysis: Analysis
+    source: str
+    _shapes: dict[str, tuple[int, ...]]
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        return dict(self._shapes)
+
+    def run(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        *,
+        lengths: Any = None,
+        mode: str = "train",
+        steps: int | None = None,
+        tf_mask: Any = None,
+        seed: int = 0,
+        dropout_seed: int | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Outputs of the model, batch-first (see docs/backends.md for the options)."""
+        options = RunOptions(lengths, mode, steps, tf_mask, seed, dropout_seed)
+        return self._outputs(inputs, options)
+
+    def vjp(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        cotangents: Mapping[str, np.ndarray],
+        *,
+        lengths: Any = None,
+        mode: str = "train",
+        steps: int | None = None,
+        tf_mask: Any = None,
+        seed: int = 0,
+        dropout_seed: int | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Gradients of sum(output * cotangent) for every parameter and real input."""
+        options = RunOptions(lengths, mode, steps, tf_mask, seed, dropout_seed)
+        return self._value_and_grad(inputs, lambda _: (0.0, cotangents), options)[1]
+
+    def value_and_grad(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        loss: Loss,
+        *,
+        lengths: Any = None,
+        mode: str = "train",
+        steps: int | None = None,
+        tf_mask: Any = None,
+        seed: int = 0,
+        dropout_seed: int | None = None,
+    ) -> tuple[float, dict[str, np.ndarray]]:
+        """``loss(outputs) -> (value, cotangents)`` on NumPy outputs; returns the value
+        and the gradients of every parameter and real input, from one forward and one
+        backward pass (what rnnc train uses)."""
+        options = RunOptions(lengths, mode, steps, tf_mask, seed, dropout_seed)
+        return self._value_and_grad(inputs, loss, options)
+
+    def _outputs(self, inputs: Mapping[str, Any], options: RunOptions) -> dict[str, np.ndarray]:
+        raise NotImplementedError  # pragma: no cover - every backend has its own
+
+    def _value_and_grad(
+        self, inputs: Mapping[str, Any], loss: Loss, options: RunOptions
+    ) -> tuple[float, dict[str, np.ndarray]]:
+        raise NotImplementedError  # pragma: no cover - every backend has its own
+
+
+def spec_hash(analysis: Analysis) -> str:
+    """A short hash of the spec, for the header of generated modules."""
+    source = analysis.spec.model_dump_json(by_alias=True)
+    return hashlib.sha256(source.encode("utf-8")).hexdigest()[:16]
+
+
+def module_header(analysis: Analysis, library: str, backend: str) -> str:
+    """The docstring a generated module starts with: rnnc's version and the spec's hash."""
+    return (
+        f'"""{library} model {analysis.spec.name!r}, generated by rnnc {__version__} '
+        f"(spec sha256 {spec_hash(analysis)}).\n\nDo not edit: regenerate with "
+        f'`rnnc compile SPEC --backend {backend}`.\n"""'
+    )
+
+
+def load_module(source: str, analysis: Analysis, backend: str) -> dict[str, Any]:
+    """Run generated source as a module and return its namespace; the source is
+    registered with linecache so tracebacks show the generated lines."""
+    filename = f"<rnnc-{backend}:{analysis.spec.name}:{spec_hash(analysis)}>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    namespace: dict[str, Any] = {"__name__": f"rnnc_generated_{analysis.spec.name}"}
+    exec(compile(source, filename, "exec"), namespace)
+    return namespace
