@@ -13,7 +13,7 @@ from __future__ import annotations
 import keyword
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from rnnc import functions
@@ -26,73 +26,92 @@ from rnnc.spec import RecurrentLayer
 
 @dataclass(frozen=True)
 class Dialect:
-    """How a backend's generated code spells the array functions that differ."""
+    """How a backend's generated code spells the array functions that differ: a table
+    of templates, one instance per target (a new target fills its own)."""
 
     lib: str  # the module: np.where, torch.where, ...
     cat: str  # concatenation along an axis
     functions: Renderer  # the cell language's functions and their slopes
+    matmul_template: str  # a @ b: {a}, {b}
+    matmul_bias_template: str  # (a @ b + bias), as one call where the library has one
+    matmul_precedence: int
+    broadcast_template: str  # {ref} (B, width) repeated for {steps} time steps
+    empty_template: str  # an uninitialised array of {shape} like {like}
+    zeros_template: str  # zeros of {shape} with the dtype (and device) of {like}
+    steps_template: str  # something indexed by step t giving {array}[t]
+    buffer_template: str  # where a loop writes one step at a time: buf[t] = value
+    buffer_done_template: str | None  # what turns that buffer into an array, if anything
+    # Whether a step multiplies by a contiguous copy of R_s.T (faster in OpenBLAS than
+    # R_s.T as a view; the backward multiplies by R_s itself).
+    transposed_recurrent: bool
 
     def broadcast(self, ref: str, steps: str) -> str:
-        """``ref`` (B, width) repeated for every one of ``steps`` time steps."""
-        if self.lib == "np":
-            return f"np.broadcast_to({ref}, ({steps},) + {ref}.shape)"
-        return f"{ref}.expand(({steps},) + tuple({ref}.shape))"
+        return self.broadcast_template.format(ref=ref, steps=steps)
 
     def zeros_like(self, a: str) -> str:
         return f"{self.lib}.zeros_like({a})"
 
     def matmul(self, a: str, b: str) -> str:
-        """``a @ b``; the torch backend calls its prelude's ``mm`` (see there)."""
-        return f"{a} @ {b}" if self.lib == "np" else f"mm({a}, {b})"
+        return self.matmul_template.format(a=a, b=b)
 
     def matmul_bias(self, a: str, b: str, bias: str | None) -> str:
-        """``(a @ b + bias)``; in torch, one call (oneDNN adds the bias in the product's
-        own pass, instead of another pass over a (T B, 4 H) array)."""
         if bias is None:
             return f"({self.matmul(a, b)})"
-        if self.lib == "np":
-            return f"({a} @ {b} + {bias})"
-        return f"mm({a}, {b}, {bias})"
-
-    @property
-    def matmul_precedence(self) -> int:
-        return 2 if self.lib == "np" else 4
-
-    @property
-    def transposed_recurrent(self) -> bool:
-        """Whether a step multiplies by a contiguous copy of R_s.T (faster in OpenBLAS
-        than R_s.T as a view; the backward multiplies by R_s itself)."""
-        return self.lib == "np"
+        return self.matmul_bias_template.format(a=a, b=b, bias=bias)
 
     def steps(self, array: str) -> str:
-        """Something indexed by step (t) giving array[t]: torch's unbind makes every
-        step's view at once, which indexing in the loop would do one by one."""
-        return array if self.lib == "np" else f"{array}.unbind(0)"
+        return self.steps_template.format(array=array)
 
     def buffer(self, shape: str, like: str) -> str:
-        """Where a loop writes one step at a time (``buf[t] = value``): an array in
-        NumPy; a list in torch (stacked at the end by :meth:`buffer_done`), as a
-        tensor written step by step costs a kernel launch per write."""
-        return self.empty(shape, like) if self.lib == "np" else "[None] * T"
+        return self.buffer_template.format(shape=shape, like=like)
 
     def buffer_done(self, name: str) -> list[str]:
-        return [] if self.lib == "np" else [f"    {name} = torch.stack({name})"]
+        template = self.buffer_done_template
+        return [] if template is None else [f"    {name} = {template.format(name=name)}"]
 
     def empty(self, shape: str, like: str) -> str:
-        """An uninitialised array, for buffers whose every entry is written."""
-        if self.lib == "np":
-            return f"np.empty({shape}, dtype={like}.dtype)"
-        return f"{like}.new_empty({shape})"
+        return self.empty_template.format(shape=shape, like=like)
 
     def zeros(self, shape: str, like: str) -> str:
-        """Zeros of ``shape`` with the dtype (and device) of the array ``like``."""
-        if self.lib == "np":
-            return f"np.zeros({shape}, dtype={like}.dtype)"
-        return f"{like}.new_zeros({shape})"
+        return self.zeros_template.format(shape=shape, like=like)
 
 
-NUMPY = Dialect("np", "np.concatenate", functions.NUMPY)
-TORCH = Dialect("torch", "torch.cat", functions.TORCH)
+NUMPY = Dialect(
+    lib="np",
+    cat="np.concatenate",
+    functions=functions.NUMPY,
+    matmul_template="{a} @ {b}",
+    matmul_bias_template="({a} @ {b} + {bias})",
+    matmul_precedence=2,
+    broadcast_template="np.broadcast_to({ref}, ({steps},) + {ref}.shape)",
+    empty_template="np.empty({shape}, dtype={like}.dtype)",
+    zeros_template="np.zeros({shape}, dtype={like}.dtype)",
+    steps_template="{array}",
+    buffer_template="np.empty({shape}, dtype={like}.dtype)",
+    buffer_done_template=None,
+    transposed_recurrent=True,
+)
+
+TORCH = replace(
+    NUMPY,
+    lib="torch",
+    cat="torch.cat",
+    functions=functions.TORCH,
+    # the prelude's mm: oneDNN where it is faster, which adds the bias in the product's
+    # own pass instead of another pass over a (T B, 4 H) array
+    matmul_template="mm({a}, {b})",
+    matmul_bias_template="mm({a}, {b}, {bias})",
+    matmul_precedence=4,
+    broadcast_template="{ref}.expand(({steps},) + tuple({ref}.shape))",
+    empty_template="{like}.new_empty({shape})",
+    zeros_template="{like}.new_zeros({shape})",
+    # unbind makes every step's view at once, which indexing in the loop does one by one;
+    # a tensor written step by step costs a kernel launch per write: a list, stacked
+    steps_template="{array}.unbind(0)",
+    buffer_template="[None] * T",
+    buffer_done_template="torch.stack({name})",
+    transposed_recurrent=False,
+)
 
 RESERVED = {
     *functions.FUNCTIONS, "np", "torch", "softmax", "log_softmax", "accumulate", "step_mask", "range", "len", "reversed", "zip", "add_in_place",
