@@ -19,7 +19,17 @@ from typing import Any
 from rnnc import functions
 from rnnc.functions import Renderer
 from rnnc.graph import input_edges
-from rnnc.lower import Adjoint, CellStep, Op, grad_name, lower_cell, prev_name, reverse, uses_of
+from rnnc.lower import (
+    Adjoint,
+    CellStep,
+    Op,
+    OpKind,
+    grad_name,
+    lower_cell,
+    prev_name,
+    reverse,
+    uses_of,
+)
 from rnnc.program import Program
 from rnnc.spec import RecurrentLayer
 
@@ -191,19 +201,19 @@ class _StepWriter:
         return f"{k * self.H}:{(k + 1) * self.H}"
 
     def leaf(self, op: Op) -> str | None:
-        if op.kind == "x":
+        if op.kind == OpKind.X:
             return "x_t"
-        if op.kind == "prev":
+        if op.kind == OpKind.PREV:
             return self.var(prev_name(op.attr))
-        if op.kind == "param":
+        if op.kind == OpKind.PARAM:
             return self.var(op.attr)
-        if op.kind == "const":
+        if op.kind == OpKind.CONST:
             return repr(float(op.attr))
-        if op.kind == "xproj":
+        if op.kind == OpKind.XPROJ:
             return f"xp_t[:, {self.block(op.attr)}]"
-        if op.kind == "rproj":
+        if op.kind == OpKind.RPROJ:
             return f"rp_{self.var(op.attr[0])}[:, {self.block(op.attr[1])}]"
-        if op.kind == "fused":
+        if op.kind == OpKind.FUSED:
             return f"pre_{self.var(op.attr[0])}[:, {self.block(op.attr[1])}]"
         return None
 
@@ -213,48 +223,48 @@ class _StepWriter:
 
     def render(self, op: Op) -> tuple[str, int]:
         a = op.args
-        if op.kind == "add":
+        if op.kind == OpKind.ADD:
             return f"{self.ref(a[0], 1)} + {self.ref(a[1], 2)}", 1
-        if op.kind == "sub":
+        if op.kind == OpKind.SUB:
             return f"{self.ref(a[0], 1)} - {self.ref(a[1], 2)}", 1
-        if op.kind == "mul":
+        if op.kind == OpKind.MUL:
             return f"{self.ref(a[0], 2)} * {self.ref(a[1], 3)}", 2
-        if op.kind == "neg":
+        if op.kind == OpKind.NEG:
             return f"-{self.ref(a[0], 3)}", 3
-        if op.kind == "broadcast":
+        if op.kind == OpKind.BROADCAST:
             return f"{self.ref(a[0], 1)} + {self.xp.lib}.zeros_like({self.ref(a[1], 4)})", 1
-        if op.kind == "call":
+        if op.kind == OpKind.CALL:
             return f"{op.attr}({self.ref(a[0], 0)})", 4
-        if op.kind == "concat":
+        if op.kind == OpKind.CONCAT:
             return f"{self.xp.cat}([" + ", ".join(self.ref(x, 0) for x in a) + "], axis=-1)", 4
-        if op.kind == "matmul":
+        if op.kind == OpKind.MATMUL:
             b = op.attr
             product = self.xp.matmul(
                 self.ref(a[0], 3), f"{self.var(b.param)}[:, {b.start}:{b.stop}].T"
             )
             return product, self.xp.matmul_precedence
-        if op.kind == "matmul_t":
+        if op.kind == OpKind.MATMUL_T:
             b = op.attr
             product = self.xp.matmul(
                 self.ref(a[0], 3), f"{self.var(b.param)}[:, {b.start}:{b.stop}]"
             )
             return product, self.xp.matmul_precedence
-        if op.kind == "dcall":
+        if op.kind == OpKind.DCALL:
             return self.xp.functions.slope(op.attr, y=self.ref(a[0], 4))
-        if op.kind == "slice":
+        if op.kind == OpKind.SLICE:
             offset, width = op.attr
             return f"{self.ref(a[0], 4)}[:, {offset}:{offset + width}]", 4
-        if op.kind == "sum_batch":
+        if op.kind == OpKind.SUM_BATCH:
             return f"{self.ref(a[0], 4)}.sum(axis=0)", 4
         raise AssertionError(f"no rendering for {op.kind}")  # pragma: no cover
 
     def grouped(self, op: Op, by_out: dict[str, Op], out: list[str], indent: str) -> str | None:
         """A gate's value as its slice of one activation over its group (see
         CellStep.groups), writing that activation's line the first time."""
-        if op.kind != "call" or self.step.fused is None:
+        if op.kind != OpKind.CALL or self.step.fused is None:
             return None
         arg = by_out.get(op.args[0])
-        if arg is None or arg.kind != "fused":
+        if arg is None or arg.kind != OpKind.FUSED:
             return None
         state, k = arg.attr
         for fn, start, count in self.step.groups:
@@ -297,14 +307,16 @@ def _forward_named(step: CellStep) -> set[str]:
     uses = uses_of(step.ops)
     named = {eq.target for eq in step.cell.equations}
     for op in step.ops:
-        if op.kind == "call":
+        if op.kind == OpKind.CALL:
             named.add(op.out)
-        if op.kind in ("mul", "matmul"):
+        if op.kind in (OpKind.MUL, OpKind.MATMUL):
             named.update(op.args)
     named.update(v for v, n in uses.items() if n > 1)
     # x, previous states, parameters and constants are names already; projections
     # that the reverse reads get a line of their own like any other value.
-    leaves = {op.out for op in step.ops if op.kind in ("x", "prev", "param", "const")}
+    leaves = {
+        op.out for op in step.ops if op.kind in (OpKind.X, OpKind.PREV, OpKind.PARAM, OpKind.CONST)
+    }
     return named - leaves
 
 
@@ -362,8 +374,8 @@ def _step_params(
     """Lines binding to local names the vector parameters of a step and the matrices
     whose blocks ``block_ops`` multiply in the step (``transposed``: R_s_T for R_s)."""
     used = sorted(
-        {op.attr for op in step.ops if op.kind == "param"}
-        | {op.attr.param for op in block_ops if op.kind in ("matmul", "matmul_t")}
+        {op.attr for op in step.ops if op.kind == OpKind.PARAM}
+        | {op.attr.param for op in block_ops if op.kind in (OpKind.MATMUL, OpKind.MATMUL_T)}
     )
     lines = [f"    {names(p)} = P[{p!r}]" for p in used]
     suffix = "_T" if transposed else ""

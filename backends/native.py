@@ -36,14 +36,21 @@ import re
 from dataclasses import dataclass
 
 from rnnc.functions import FUNCTIONS, c_renderer
-from rnnc.lower import Adjoint, Block, CellStep, Op, grad_name, reverse
+from rnnc.lower import Adjoint, Block, CellStep, Op, OpKind, grad_name, reverse
 
 from .emit import TORCH, _shared_projection, gradient_products, pack
 
-FORWARD_KINDS = {"prev", "param", "const", "xproj", "rproj", "fused", "broadcast"} | {
+FORWARD_KINDS = {OpKind.PREV, OpKind.PARAM, OpKind.CONST, OpKind.XPROJ, OpKind.RPROJ, OpKind.FUSED, OpKind.BROADCAST} | {
     "add", "sub", "mul", "neg", "call", "matmul",
 }  # fmt: skip
-REVERSE_KINDS = {"add", "neg", "mul", "dcall", "sum_batch", "matmul_t"}
+REVERSE_KINDS = {
+    OpKind.ADD,
+    OpKind.NEG,
+    OpKind.MUL,
+    OpKind.DCALL,
+    OpKind.SUM_BATCH,
+    OpKind.MATMUL_T,
+}
 LEAVES = ("prev", "param", "const", "xproj", "rproj", "fused")  # read anew where used
 
 
@@ -107,7 +114,7 @@ def _kinds_of_reverse(step: CellStep, adjoint: Adjoint) -> dict[str, str]:
         kinds[grad_name(s)] = "batch"
     order = ("scalar", "vector", "batch")
     for op in adjoint.ops:
-        if op.kind == "sum_batch":
+        if op.kind == OpKind.SUM_BATCH:
             kinds[op.out] = "vector"
         else:
             kinds[op.out] = max((kinds[a] for a in op.args), key=order.index)
@@ -116,7 +123,7 @@ def _kinds_of_reverse(step: CellStep, adjoint: Adjoint) -> dict[str, str]:
 
 def _reads(op: Op) -> tuple[str, ...]:
     """The values an op's C reads: a slope reads f(a) alone, a broadcast its vector."""
-    return op.args[:1] if op.kind in ("dcall", "broadcast") else op.args
+    return op.args[:1] if op.kind in (OpKind.DCALL, OpKind.BROADCAST) else op.args
 
 
 def _sums(var: str, by_out: dict[str, Op], kinds: dict[str, str]) -> list[Op] | None:
@@ -125,9 +132,9 @@ def _sums(var: str, by_out: dict[str, Op], kinds: dict[str, str]) -> list[Op] | 
     op = by_out.get(var)
     if op is None:
         return None
-    if op.kind == "sum_batch":
+    if op.kind == OpKind.SUM_BATCH:
         return [op] if kinds[op.args[0]] == "batch" else None
-    if op.kind != "add":
+    if op.kind != OpKind.ADD:
         return None
     found: list[Op] = []
     for arg in op.args:
@@ -158,9 +165,9 @@ def plan(step: CellStep) -> NativePlan | None:
     if step.uses_x:
         return None
     for op in step.ops:
-        if op.kind not in FORWARD_KINDS or (op.kind == "call" and op.attr not in FUNCTIONS):
+        if op.kind not in FORWARD_KINDS or (op.kind == OpKind.CALL and op.attr not in FUNCTIONS):
             return None
-        if op.kind == "matmul":
+        if op.kind == OpKind.MATMUL:
             block = op.attr
             if step.kinds[op.args[0]] != "batch" or block.stop - block.start != H:
                 return None
@@ -173,7 +180,7 @@ def plan(step: CellStep) -> NativePlan | None:
     for op in adjoint.ops:
         if op.kind not in REVERSE_KINDS:
             return None
-        if kinds[op.out] == "vector" and op.kind not in ("sum_batch", "add"):
+        if kinds[op.out] == "vector" and op.kind not in (OpKind.SUM_BATCH, OpKind.ADD):
             return None
     grad_params = []
     for p in step.cell.params:
@@ -186,17 +193,19 @@ def plan(step: CellStep) -> NativePlan | None:
     stage: dict[str, int] = {}
     for op in step.ops:
         base = max((stage[a] for a in op.args), default=0)
-        stage[op.out] = base + (op.kind == "matmul")
+        stage[op.out] = base + (op.kind == OpKind.MATMUL)
     live = _live(step.ops, set(step.states.values()) | {step.output})
     ops = tuple(op for op in step.ops if op.out in live)  # a value nothing reads is not made
     products = tuple(
-        Product(op.out, op.args[0], op.attr, stage[op.out]) for op in ops if op.kind == "matmul"
+        Product(op.out, op.args[0], op.attr, stage[op.out])
+        for op in ops
+        if op.kind == OpKind.MATMUL
     )
     # Reverse stages: an adjoint op belongs to the stage of the forward op it came
     # from; a product's reverse (matmul_t) sits between stages, in the array library,
     # and counts as the stage that reads its result.
     for op, origin in zip(adjoint.ops, adjoint.origins, strict=True):
-        stage[op.out] = stage[origin] - (op.kind == "matmul_t")  # where its result comes in
+        stage[op.out] = stage[origin] - (op.kind == OpKind.MATMUL_T)  # where its result comes in
 
     def uses(ops: tuple[Op, ...]) -> dict[str, set[int]]:
         found: dict[str, set[int]] = {}
@@ -229,7 +238,7 @@ def plan(step: CellStep) -> NativePlan | None:
     d_out = {
         origin: op.args[0]
         for op, origin in zip(adjoint.ops, adjoint.origins, strict=True)
-        if op.kind == "matmul_t"
+        if op.kind == OpKind.MATMUL_T
     }
     if any(product.out not in d_out for product in products):
         return None  # a product no gradient reaches: left to the Python scan
@@ -245,7 +254,7 @@ def plan(step: CellStep) -> NativePlan | None:
         if kinds[op.out] == "batch"
         and (any(at < stage[op.out] for at in reverse_uses.get(op.out, ())) or op.out in d_outs)
     ) + tuple(sorted(d_outs & incoming))
-    used = {op.attr for op in step.ops if op.kind == "param"}
+    used = {op.attr for op in step.ops if op.kind == OpKind.PARAM}
     return NativePlan(
         states=states,
         recurrent=tuple(step.r_blocks),
@@ -302,37 +311,37 @@ class _CWriter:
 
     def leaf(self, op: Op) -> str | None:
         H = self.plan.hidden
-        if op.kind == "prev":
+        if op.kind == OpKind.PREV:
             return f"s{self.plan.states.index(op.attr)}_prev[j]"
-        if op.kind == "param":
+        if op.kind == OpKind.PARAM:
             return f"p{self.plan.params.index(op.attr)}[j]"
-        if op.kind == "const":
+        if op.kind == OpKind.CONST:
             return self.lit(op.attr)
-        if op.kind == "xproj":
+        if op.kind == OpKind.XPROJ:
             return f"xp_b[{op.attr * H} + j]"
-        if op.kind == "rproj":
+        if op.kind == OpKind.RPROJ:
             r = self.plan.recurrent.index(op.attr[0])
             return f"rp{r}_b[{op.attr[1] * H} + j]"
-        if op.kind == "fused":
+        if op.kind == OpKind.FUSED:
             r = self.plan.recurrent.index(op.attr[0])
             return f"(xp_b[{op.attr[1] * H} + j] + rp{r}_b[{op.attr[1] * H} + j])"
         return None
 
     def value(self, op: Op) -> str:
-        if op.kind == "dcall":
+        if op.kind == OpKind.DCALL:
             return self.functions.slope(op.attr, self.names[op.args[0]])[0]
         a = [self.names[x] for x in _reads(op)]
-        if op.kind == "add":
+        if op.kind == OpKind.ADD:
             return f"{a[0]} + {a[1]}"
-        if op.kind == "sub":
+        if op.kind == OpKind.SUB:
             return f"{a[0]} - {a[1]}"
-        if op.kind == "mul":
+        if op.kind == OpKind.MUL:
             return f"{a[0]} * {a[1]}"
-        if op.kind == "neg":
+        if op.kind == OpKind.NEG:
             return f"-{a[0]}"
-        if op.kind == "broadcast":
+        if op.kind == OpKind.BROADCAST:
             return a[0]
-        if op.kind == "call":
+        if op.kind == OpKind.CALL:
             return self.functions.value(op.attr, a[0])[0]
         raise AssertionError(f"no C for {op.kind}")  # pragma: no cover - plan() refuses it
 
@@ -422,7 +431,7 @@ def _emit_forward(step: CellStep, p: NativePlan, fn: str, tag: str, stage: int) 
         made, or computed here (this stage's ops, leaves, values of parameters alone)."""
         if p.stage[op.out] < stage and op.out in p.stored:
             return "kept"
-        if op.kind == "matmul":
+        if op.kind == OpKind.MATMUL:
             return "product"
         assert p.stage[op.out] == stage or _recomputed(op, p.kinds), op
         return "here"
@@ -516,7 +525,7 @@ def _emit_reverse(step: CellStep, p: NativePlan, fn: str, tag: str, stage: int) 
     here = [
         op
         for op in adjoint.ops
-        if p.stage[op.out] == stage and op.kind != "matmul_t" and kinds[op.out] != "vector"
+        if p.stage[op.out] == stage and op.kind != OpKind.MATMUL_T and kinds[op.out] != "vector"
     ]
     results = _results(adjoint) if stage == 0 else set()
     # Sums over the batch for vector parameters: each term is added to DP in the stage
@@ -556,9 +565,9 @@ def _emit_reverse(step: CellStep, p: NativePlan, fn: str, tag: str, stage: int) 
     index = {op.out: n for n, op in enumerate(adjoint.ops)}
     origin = dict(zip((op.out for op in adjoint.ops), adjoint.origins, strict=True))
     for op in adjoint.ops:  # gradients from before this stage: kept, or just multiplied
-        if op.out not in need or (p.stage[op.out] == stage and op.kind != "matmul_t"):
+        if op.out not in need or (p.stage[op.out] == stage and op.kind != OpKind.MATMUL_T):
             continue
-        if op.kind == "matmul_t" and p.stage[op.out] == stage:  # from the array library
+        if op.kind == OpKind.MATMUL_T and p.stage[op.out] == stage:  # from the array library
             k = next(k for k, pr in enumerate(after) if pr.out == origin[op.out])
             w.load(op.out, f"g{index[op.out]}", f"dop{k}[b * H + j]", lines, ind)
         else:

@@ -21,6 +21,7 @@ broadcast over the batch; constants are scalars.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from typing import Any
 
 from rnnc.equations import Binary, Call, Cell, Concat, Expr, MatMul, Neg, Num, Ref
@@ -49,22 +50,41 @@ class Block:
     stop: int
 
 
+class OpKind(StrEnum):
+    """What an :class:`Op` computes; ``attr`` holds what is not a value."""
+
+    # leaves
+    X = "x"  # the cell input at this step
+    PREV = "prev"  # a state's value before the step (attr: the state)
+    PARAM = "param"  # a vector parameter, (H,) (attr: its name)
+    CONST = "const"  # a number (attr: the value)
+    XPROJ = "xproj"  # block k of the hoisted input product x @ W_x.T (attr: k)
+    RPROJ = "rproj"  # block k of the product of a previous state (attr: (state, k))
+    FUSED = "fused"  # xproj(k) + rproj(state, k), added for n blocks at once
+    # forward
+    BROADCAST = "broadcast"  # a vector repeated for every row of the second argument
+    MATMUL = "matmul"  # operand @ block.T (attr: the Block)
+    ADD = "add"
+    SUB = "sub"
+    MUL = "mul"
+    NEG = "neg"
+    CALL = "call"  # a function of the cell language (attr: its name; rnnc.functions)
+    CONCAT = "concat"  # side by side (attr: the widths)
+    # reverse
+    MATMUL_T = "matmul_t"  # gradient @ block (attr: the Block)
+    DCALL = "dcall"  # the function's slope from its value (args: value, argument)
+    SLICE = "slice"  # columns offset:offset + width (attr: (offset, width))
+    SUM_BATCH = "sum_batch"  # summed over the batch: the gradient of a broadcast vector
+
+
 @dataclass(frozen=True)
 class Op:
     """``out = kind(*args)``; ``attr`` holds what is not a value (a function, a block)."""
 
     out: str
-    kind: str
+    kind: OpKind
     args: tuple[str, ...] = ()
     attr: Any = None
-
-
-# Forward kinds:  x | prev(state) | param(name) | const(value) | xproj(k) | rproj(state, k)
-#                 fused(state, k): xproj(k) + rproj(state, k), from one add of n blocks
-#                 broadcast(a, like): a (a vector) repeated for every row of like
-#                 matmul(operand; Block) | add | sub | mul | neg | call(fn) | concat(widths)
-# Reverse adds:   dcall(fn; y) = f'(a) written in terms of y = f(a) (and a for relu-like)
-#                 slice(offset, width) | zeros_like | sum_batch | scale(const)
 
 
 @dataclass(frozen=True)
@@ -90,7 +110,7 @@ class CellStep:
 
     @property
     def uses_x(self) -> bool:
-        return any(op.kind == "x" for op in self.ops)
+        return any(op.kind == OpKind.X for op in self.ops)
 
 
 def _width(expr: Expr, cell_widths: dict[str, int], X: int, H: int) -> int:
@@ -125,53 +145,61 @@ class _Builder:
         self.leaves: dict[tuple[Any, ...], str] = {}
 
     def emit(
-        self, kind: str, args: tuple[str, ...] = (), attr: Any = None, out: str | None = None
+        self, kind: OpKind, args: tuple[str, ...] = (), attr: Any = None, out: str | None = None
     ) -> str:
         if out is None:
             self.counter += 1
             out = f"${self.counter}"
         self.ops.append(Op(out, kind, args, attr))
         arg_kinds = [self.kinds[a] for a in args]
-        if kind in ("x", "prev", "xproj", "rproj", "fused", "broadcast"):
+        if kind in (
+            OpKind.X,
+            OpKind.PREV,
+            OpKind.XPROJ,
+            OpKind.RPROJ,
+            OpKind.FUSED,
+            OpKind.BROADCAST,
+        ):
             self.kinds[out] = "batch"
-        elif kind == "param":
+        elif kind == OpKind.PARAM:
             self.kinds[out] = "vector"
-        elif kind == "const":
+        elif kind == OpKind.CONST:
             self.kinds[out] = "scalar"
         else:
             order = ("scalar", "vector", "batch")
             self.kinds[out] = max(arg_kinds, key=order.index)
         return out
 
-    def leaf(self, key: tuple[Any, ...], kind: str, attr: Any = None) -> str:
+    def leaf(self, key: tuple[Any, ...], kind: OpKind, attr: Any = None) -> str:
         """One op per distinct leaf (x, a previous state, a parameter, a constant)."""
         if key not in self.leaves:
-            names = {"x": "x", "prev": prev_name(attr)}
+            names = {OpKind.X: "x", OpKind.PREV: prev_name(attr)}
             self.leaves[key] = self.emit(kind, (), attr, out=names.get(kind))
         return self.leaves[key]
 
     def expr(self, e: Expr) -> str:
         if isinstance(e, Num):
-            return self.leaf(("const", e.value), "const", e.value)
+            return self.leaf((OpKind.CONST, e.value), OpKind.CONST, e.value)
         if isinstance(e, Ref):
             if e.kind == "input":
-                return self.leaf(("x",), "x")
+                return self.leaf((OpKind.X,), OpKind.X)
             if e.kind == "previous":
-                return self.leaf(("prev", e.name), "prev", e.name)
-            if e.kind == "param":
-                return self.leaf(("param", e.name), "param", e.name)
+                return self.leaf((OpKind.PREV, e.name), OpKind.PREV, e.name)
+            if e.kind == OpKind.PARAM:
+                return self.leaf((OpKind.PARAM, e.name), OpKind.PARAM, e.name)
             return self.names[e.name]
         if isinstance(e, Call):
-            return self.emit("call", (self.expr(e.arg),), e.function)
+            return self.emit(OpKind.CALL, (self.expr(e.arg),), e.function)
         if isinstance(e, Neg):
-            return self.emit("neg", (self.expr(e.operand),))
+            return self.emit(OpKind.NEG, (self.expr(e.operand),))
         if isinstance(e, Binary):
             left, right = self.expr(e.left), self.expr(e.right)
-            return self.emit({"+": "add", "-": "sub", "*": "mul"}[e.op], (left, right))
+            arithmetic = {"+": OpKind.ADD, "-": OpKind.SUB, "*": OpKind.MUL}
+            return self.emit(arithmetic[e.op], (left, right))
         if isinstance(e, Concat):
             parts = [self.expr(p) for p in e.parts]
             widths = tuple(_width(p, self.widths, self.X, self.H) for p in e.parts)
-            return self.emit("concat", tuple(parts), widths)
+            return self.emit(OpKind.CONCAT, tuple(parts), widths)
         assert isinstance(e, MatMul)
         return self.matmul(e)
 
@@ -184,17 +212,17 @@ class _Builder:
             block = Block(e.param, start, stop)
             if isinstance(part, Ref) and part.kind == "input":
                 self.x_blocks.append(block)
-                terms.append(self.emit("xproj", (), len(self.x_blocks) - 1))
+                terms.append(self.emit(OpKind.XPROJ, (), len(self.x_blocks) - 1))
             elif isinstance(part, Ref) and part.kind == "previous":
                 blocks = self.r_blocks.setdefault(part.name, [])
                 blocks.append(block)
-                terms.append(self.emit("rproj", (), (part.name, len(blocks) - 1)))
+                terms.append(self.emit(OpKind.RPROJ, (), (part.name, len(blocks) - 1)))
             else:
-                terms.append(self.emit("matmul", (self.expr(part),), block))
+                terms.append(self.emit(OpKind.MATMUL, (self.expr(part),), block))
             start = stop
         total = terms[0]
         for term in terms[1:]:
-            total = self.emit("add", (total, term))
+            total = self.emit(OpKind.ADD, (total, term))
         return total
 
 
@@ -205,9 +233,13 @@ def lower_cell(cell: Cell, input_size: int, hidden: int) -> CellStep:
         var = b.expr(eq.expr)
         if eq.target in cell.state and b.kinds[var] != "batch":
             # A state computed from parameters alone is still one row per example.
-            var = b.emit("broadcast", (var, b.leaf(("prev", eq.target), "prev", eq.target)))
+            var = b.emit(
+                OpKind.BROADCAST, (var, b.leaf((OpKind.PREV, eq.target), OpKind.PREV, eq.target))
+            )
         elif var in b.leaves.values() or var in b.names.values():
-            var = b.emit("add", (var, b.leaf(("const", 0.0), "const", 0.0)))  # a fresh name
+            var = b.emit(
+                OpKind.ADD, (var, b.leaf((OpKind.CONST, 0.0), OpKind.CONST, 0.0))
+            )  # a fresh name
         b.ops[-1] = Op(eq.target, b.ops[-1].kind, b.ops[-1].args, b.ops[-1].attr)
         b.kinds[eq.target] = b.kinds.pop(var)
         b.names[eq.target] = eq.target
@@ -243,9 +275,9 @@ def _fuse_pairs(step: CellStep) -> CellStep:
     kinds = {op.out: op for op in step.ops}
     pairs: dict[str, set[int]] = {}
     for op in step.ops:
-        if op.kind == "add" and len(op.args) == 2:
+        if op.kind == OpKind.ADD and len(op.args) == 2:
             a, b = (kinds[x] for x in op.args)
-            if a.kind == "xproj" and b.kind == "rproj" and a.attr == b.attr[1]:
+            if a.kind == OpKind.XPROJ and b.kind == OpKind.RPROJ and a.attr == b.attr[1]:
                 pairs.setdefault(b.attr[0], set()).add(a.attr)
     best, n = None, 0
     for state, ks in pairs.items():
@@ -258,10 +290,15 @@ def _fuse_pairs(step: CellStep) -> CellStep:
         return step
     ops = []
     for op in step.ops:
-        if op.kind == "add" and len(op.args) == 2:
+        if op.kind == OpKind.ADD and len(op.args) == 2:
             a, b = (kinds[x] for x in op.args)
-            if a.kind == "xproj" and b.kind == "rproj" and b.attr == (best, a.attr) and a.attr < n:
-                ops.append(Op(op.out, "fused", (), (best, a.attr)))
+            if (
+                a.kind == OpKind.XPROJ
+                and b.kind == OpKind.RPROJ
+                and b.attr == (best, a.attr)
+                and a.attr < n
+            ):
+                ops.append(Op(op.out, OpKind.FUSED, (), (best, a.attr)))
                 continue
         ops.append(op)
     return replace(step, ops=tuple(ops), fused=(best, n))
@@ -281,7 +318,7 @@ def _fold_biases(step: CellStep) -> CellStep:
     bias = list(step.x_bias)
     param_uses: dict[str, int] = {}
     for op in ops:
-        if op.kind == "param":
+        if op.kind == OpKind.PARAM:
             param_uses[op.attr] = param_uses.get(op.attr, 0) + uses.get(op.out, 0)
 
     targets = {eq.target for eq in step.cell.equations}
@@ -289,27 +326,29 @@ def _fold_biases(step: CellStep) -> CellStep:
     def inner(arg: str) -> bool:
         """Whether an add's argument is part of the same sum: an add used only there,
         and not a value the equations name (h in s = h + b must keep its own value)."""
-        return by_out[arg].kind == "add" and uses.get(arg, 0) == 1 and arg not in targets
+        return by_out[arg].kind == OpKind.ADD and uses.get(arg, 0) == 1 and arg not in targets
 
     def terms(var: str) -> list[str]:
         op = by_out[var]
-        if op.kind == "add":
+        if op.kind == OpKind.ADD:
             found = []
             for arg in op.args:
                 found += terms(arg) if inner(arg) else [arg]
             return found
         return [var]
 
-    consumed_by_add = {a for op in ops if op.kind == "add" for a in op.args if inner(a)}
-    roots = [op for op in ops if op.kind == "add" and op.out not in consumed_by_add]
+    consumed_by_add = {a for op in ops if op.kind == OpKind.ADD for a in op.args if inner(a)}
+    roots = [op for op in ops if op.kind == OpKind.ADD and op.out not in consumed_by_add]
     replaced: dict[str, list[Op]] = {}
     dropped: set[str] = set()
     counter = 0
     for root in roots:
         found = terms(root.out)
-        hoisted = [t for t in found if by_out[t].kind in ("xproj", "fused")]
+        hoisted = [t for t in found if by_out[t].kind in (OpKind.XPROJ, OpKind.FUSED)]
         vectors = [
-            t for t in found if by_out[t].kind == "param" and param_uses.get(by_out[t].attr) == 1
+            t
+            for t in found
+            if by_out[t].kind == OpKind.PARAM and param_uses.get(by_out[t].attr) == 1
         ]
         if not hoisted or not vectors:
             continue
@@ -337,9 +376,9 @@ def _fold_biases(step: CellStep) -> CellStep:
             for term in keep[1:-1]:
                 counter += 1
                 name = f"$f{counter}"
-                new.append(Op(name, "add", (acc, term)))
+                new.append(Op(name, OpKind.ADD, (acc, term)))
                 acc = name
-            new.append(Op(root.out, "add", (acc, keep[-1])))
+            new.append(Op(root.out, OpKind.ADD, (acc, keep[-1])))
         replaced[root.out] = new
     if not replaced:
         return step
@@ -350,7 +389,7 @@ def _fold_biases(step: CellStep) -> CellStep:
         elif op.out not in dropped:
             out_ops.append(op)
     live = uses_of(out_ops)
-    kept = [op for op in out_ops if op.kind != "param" or live.get(op.out, 0) > 0]
+    kept = [op for op in out_ops if op.kind != OpKind.PARAM or live.get(op.out, 0) > 0]
     kinds = dict(step.kinds)
     for op in kept:
         if op.out.startswith("$f"):
@@ -370,9 +409,9 @@ def _group_activations(step: CellStep) -> CellStep:
     by_out = {op.out: op for op in step.ops}
     activation: dict[int, str] = {}  # fused block -> the function it alone goes through
     for op in step.ops:
-        if op.kind == "call":
+        if op.kind == OpKind.CALL:
             arg = by_out[op.args[0]]
-            if arg.kind == "fused" and uses[arg.out] == 1:
+            if arg.kind == OpKind.FUSED and uses[arg.out] == 1:
                 activation[arg.attr[1]] = op.attr
     functions = list(dict.fromkeys(activation[k] for k in range(n) if k in activation))
     if all(list(activation.values()).count(fn) < 2 for fn in functions):
@@ -384,9 +423,9 @@ def _group_activations(step: CellStep) -> CellStep:
     moved = {old: new for new, old in enumerate(order)}
 
     def renumber(op: Op) -> Op:
-        if op.kind == "xproj" and op.attr < n:
+        if op.kind == OpKind.XPROJ and op.attr < n:
             return replace(op, attr=moved[op.attr])
-        if op.kind in ("rproj", "fused") and op.attr[0] == state and op.attr[1] < n:
+        if op.kind in (OpKind.RPROJ, OpKind.FUSED) and op.attr[0] == state and op.attr[1] < n:
             return replace(op, attr=(state, moved[op.attr[1]]))
         return op
 
@@ -443,7 +482,7 @@ def reverse(step: CellStep) -> Adjoint:
     counter = [0]
     current = [""]  # the forward var being differentiated
 
-    def emit(kind: str, args: tuple[str, ...], attr: Any = None) -> str:
+    def emit(kind: OpKind, args: tuple[str, ...], attr: Any = None) -> str:
         counter[0] += 1
         out = f"$d{counter[0]}"
         ops.append(Op(out, kind, args, attr))
@@ -459,7 +498,7 @@ def reverse(step: CellStep) -> Adjoint:
             return None
         acc = parts[0]
         for part in parts[1:]:
-            acc = emit("add", (acc, part))
+            acc = emit(OpKind.ADD, (acc, part))
         return acc
 
     kinds = step.kinds
@@ -469,57 +508,57 @@ def reverse(step: CellStep) -> Adjoint:
     grads: dict[str, str] = {}
     block_grads: list[tuple[Block, str, str]] = []
     for op in reversed(step.ops):
-        if op.kind == "const":
+        if op.kind == OpKind.CONST:
             continue
         current[0] = op.out
         grad = total(op.out)
         if grad is None:
             continue
-        if op.kind == "x":
+        if op.kind == OpKind.X:
             grads["x"] = grad
-        elif op.kind == "prev":
+        elif op.kind == OpKind.PREV:
             grads[f"prev:{op.attr}"] = grad
-        elif op.kind == "param":
+        elif op.kind == OpKind.PARAM:
             grads[f"param:{op.attr}"] = grad  # summed over the batch by the caller
-        elif op.kind == "xproj":
+        elif op.kind == OpKind.XPROJ:
             grads[f"xproj:{op.attr}"] = grad
-        elif op.kind == "fused":
+        elif op.kind == OpKind.FUSED:
             grads[f"xproj:{op.attr[1]}"] = grad
             grads[f"rproj:{op.attr[0]}:{op.attr[1]}"] = grad
-        elif op.kind == "rproj":
+        elif op.kind == OpKind.RPROJ:
             grads[f"rproj:{op.attr[0]}:{op.attr[1]}"] = grad
-        elif op.kind == "matmul":
+        elif op.kind == OpKind.MATMUL:
             block: Block = op.attr
             block_grads.append((block, grad, op.args[0]))
-            add_term(op.args[0], emit("matmul_t", (grad,), block))
-        elif op.kind == "add":
+            add_term(op.args[0], emit(OpKind.MATMUL_T, (grad,), block))
+        elif op.kind == OpKind.ADD:
             for arg in op.args:
                 if kinds[arg] != "scalar":
                     add_term(arg, _reduce(emit, grad, kinds, arg, op.out))
-        elif op.kind == "sub":
+        elif op.kind == OpKind.SUB:
             left, right = op.args
             if kinds[left] != "scalar":
                 add_term(left, _reduce(emit, grad, kinds, left, op.out))
             if kinds[right] != "scalar":
-                add_term(right, _reduce(emit, emit("neg", (grad,)), kinds, right, op.out))
-        elif op.kind == "broadcast":
+                add_term(right, _reduce(emit, emit(OpKind.NEG, (grad,)), kinds, right, op.out))
+        elif op.kind == OpKind.BROADCAST:
             add_term(op.args[0], _reduce(emit, grad, kinds, op.args[0], op.out))
-        elif op.kind == "neg":
-            add_term(op.args[0], emit("neg", (grad,)))
-        elif op.kind == "mul":
+        elif op.kind == OpKind.NEG:
+            add_term(op.args[0], emit(OpKind.NEG, (grad,)))
+        elif op.kind == OpKind.MUL:
             left, right = op.args
             if kinds[left] != "scalar":
-                add_term(left, _reduce(emit, emit("mul", (grad, right)), kinds, left, op.out))
+                add_term(left, _reduce(emit, emit(OpKind.MUL, (grad, right)), kinds, left, op.out))
             if kinds[right] != "scalar":
-                add_term(right, _reduce(emit, emit("mul", (grad, left)), kinds, right, op.out))
-        elif op.kind == "call":
+                add_term(right, _reduce(emit, emit(OpKind.MUL, (grad, left)), kinds, right, op.out))
+        elif op.kind == OpKind.CALL:
             (arg,) = op.args
-            slope = emit("dcall", (op.out, arg), op.attr)
-            add_term(arg, emit("mul", (grad, slope)))
-        elif op.kind == "concat":
+            slope = emit(OpKind.DCALL, (op.out, arg), op.attr)
+            add_term(arg, emit(OpKind.MUL, (grad, slope)))
+        elif op.kind == OpKind.CONCAT:
             offset = 0
             for arg, width in zip(op.args, op.attr, strict=True):
-                add_term(arg, emit("slice", (grad,), (offset, width)))
+                add_term(arg, emit(OpKind.SLICE, (grad,), (offset, width)))
                 offset += width
         else:  # pragma: no cover - every forward kind is handled above
             raise AssertionError(f"no reverse rule for {op.kind}")
@@ -529,5 +568,5 @@ def reverse(step: CellStep) -> Adjoint:
 def _reduce(emit: Any, grad: str, kinds: dict[str, str], arg: str, out: str) -> str:
     """Sum a batch gradient over the batch where the operand was a broadcast vector."""
     if kinds[arg] == "vector" and kinds[out] == "batch":
-        return emit("sum_batch", (grad,))  # type: ignore[no-any-return]
+        return emit(OpKind.SUM_BATCH, (grad,))  # type: ignore[no-any-return]
     return grad
