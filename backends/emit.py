@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import keyword
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -201,62 +201,24 @@ class _StepWriter:
         return f"{k * self.H}:{(k + 1) * self.H}"
 
     def leaf(self, op: Op) -> str | None:
-        if op.kind == OpKind.X:
-            return "x_t"
-        if op.kind == OpKind.PREV:
-            return self.var(prev_name(op.attr))
-        if op.kind == OpKind.PARAM:
-            return self.var(op.attr)
-        if op.kind == OpKind.CONST:
-            return repr(float(op.attr))
-        if op.kind == OpKind.XPROJ:
-            return f"xp_t[:, {self.block(op.attr)}]"
-        if op.kind == OpKind.RPROJ:
-            return f"rp_{self.var(op.attr[0])}[:, {self.block(op.attr[1])}]"
-        if op.kind == OpKind.FUSED:
-            return f"pre_{self.var(op.attr[0])}[:, {self.block(op.attr[1])}]"
-        return None
+        """How a leaf reads (x, a previous state, a parameter, a number, a block of a
+        projection); None for an op that computes."""
+        rule = _LEAVES.get(op.kind)
+        return None if rule is None else rule(self, op)
 
     def ref(self, var: str, level: int) -> str:
         text, precedence = self.exprs[var]
         return f"({text})" if precedence < level else text
 
     def render(self, op: Op) -> tuple[str, int]:
-        a = op.args
-        if op.kind == OpKind.ADD:
-            return f"{self.ref(a[0], 1)} + {self.ref(a[1], 2)}", 1
-        if op.kind == OpKind.SUB:
-            return f"{self.ref(a[0], 1)} - {self.ref(a[1], 2)}", 1
-        if op.kind == OpKind.MUL:
-            return f"{self.ref(a[0], 2)} * {self.ref(a[1], 3)}", 2
-        if op.kind == OpKind.NEG:
-            return f"-{self.ref(a[0], 3)}", 3
-        if op.kind == OpKind.BROADCAST:
-            return f"{self.ref(a[0], 1)} + {self.xp.lib}.zeros_like({self.ref(a[1], 4)})", 1
-        if op.kind == OpKind.CALL:
-            return f"{op.attr}({self.ref(a[0], 0)})", 4
-        if op.kind == OpKind.CONCAT:
-            return f"{self.xp.cat}([" + ", ".join(self.ref(x, 0) for x in a) + "], axis=-1)", 4
-        if op.kind == OpKind.MATMUL:
-            b = op.attr
-            product = self.xp.matmul(
-                self.ref(a[0], 3), f"{self.var(b.param)}[:, {b.start}:{b.stop}].T"
-            )
-            return product, self.xp.matmul_precedence
-        if op.kind == OpKind.MATMUL_T:
-            b = op.attr
-            product = self.xp.matmul(
-                self.ref(a[0], 3), f"{self.var(b.param)}[:, {b.start}:{b.stop}]"
-            )
-            return product, self.xp.matmul_precedence
-        if op.kind == OpKind.DCALL:
-            return self.xp.functions.slope(op.attr, y=self.ref(a[0], 4))
-        if op.kind == OpKind.SLICE:
-            offset, width = op.attr
-            return f"{self.ref(a[0], 4)}[:, {offset}:{offset + width}]", 4
-        if op.kind == OpKind.SUM_BATCH:
-            return f"{self.ref(a[0], 4)}.sum(axis=0)", 4
-        raise AssertionError(f"no rendering for {op.kind}")  # pragma: no cover
+        """An op that computes, as an expression of its arguments, and its precedence."""
+        return _RENDERINGS[op.kind](self, op, [*op.args])
+
+    def product(self, operand: str, block: Any, transposed: bool) -> tuple[str, int]:
+        """``operand`` times a column block of a weight (transposed: the forward's)."""
+        weight = f"{self.var(block.param)}[:, {block.start}:{block.stop}]"
+        product = self.xp.matmul(self.ref(operand, 3), weight + (".T" if transposed else ""))
+        return product, self.xp.matmul_precedence
 
     def grouped(self, op: Op, by_out: dict[str, Op], out: list[str], indent: str) -> str | None:
         """A gate's value as its slice of one activation over its group (see
@@ -300,6 +262,46 @@ class _StepWriter:
             else:
                 self.exprs[op.out] = (text, precedence)
         return out
+
+
+Leaf = Callable[[_StepWriter, Op], str]
+Rendering = Callable[[_StepWriter, Op, list[str]], tuple[str, int]]
+
+_LEAVES: dict[OpKind, Leaf] = {
+    OpKind.X: lambda w, op: "x_t",
+    OpKind.PREV: lambda w, op: w.var(prev_name(op.attr)),
+    OpKind.PARAM: lambda w, op: w.var(op.attr),
+    OpKind.CONST: lambda w, op: repr(float(op.attr)),
+    OpKind.XPROJ: lambda w, op: f"xp_t[:, {w.block(op.attr)}]",
+    OpKind.RPROJ: lambda w, op: f"rp_{w.var(op.attr[0])}[:, {w.block(op.attr[1])}]",
+    OpKind.FUSED: lambda w, op: f"pre_{w.var(op.attr[0])}[:, {w.block(op.attr[1])}]",
+}
+
+# Every op that computes, as Python over the Dialect's arrays (precedence: 4 an atom
+# or a call, 3 unary minus, 2 a product, 1 a sum; see rnnc.functions).
+_RENDERINGS: dict[OpKind, Rendering] = {
+    OpKind.ADD: lambda w, op, a: (f"{w.ref(a[0], 1)} + {w.ref(a[1], 2)}", 1),
+    OpKind.SUB: lambda w, op, a: (f"{w.ref(a[0], 1)} - {w.ref(a[1], 2)}", 1),
+    OpKind.MUL: lambda w, op, a: (f"{w.ref(a[0], 2)} * {w.ref(a[1], 3)}", 2),
+    OpKind.NEG: lambda w, op, a: (f"-{w.ref(a[0], 3)}", 3),
+    OpKind.BROADCAST: lambda w, op, a: (
+        f"{w.ref(a[0], 1)} + {w.xp.zeros_like(w.ref(a[1], 4))}",
+        1,
+    ),
+    OpKind.CALL: lambda w, op, a: (f"{op.attr}({w.ref(a[0], 0)})", 4),
+    OpKind.CONCAT: lambda w, op, a: (
+        f"{w.xp.cat}([" + ", ".join(w.ref(x, 0) for x in a) + "], axis=-1)",
+        4,
+    ),
+    OpKind.MATMUL: lambda w, op, a: w.product(a[0], op.attr, transposed=True),
+    OpKind.MATMUL_T: lambda w, op, a: w.product(a[0], op.attr, transposed=False),
+    OpKind.DCALL: lambda w, op, a: w.xp.functions.slope(op.attr, y=w.ref(a[0], 4)),
+    OpKind.SLICE: lambda w, op, a: (
+        f"{w.ref(a[0], 4)}[:, {op.attr[0]}:{op.attr[0] + op.attr[1]}]",
+        4,
+    ),
+    OpKind.SUM_BATCH: lambda w, op, a: (f"{w.ref(a[0], 4)}.sum(axis=0)", 4),
+}
 
 
 def _forward_named(step: CellStep) -> set[str]:

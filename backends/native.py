@@ -40,8 +40,10 @@ from rnnc.lower import Adjoint, Block, CellStep, Op, OpKind, grad_name, reverse
 
 from .emit import TORCH, _shared_projection, gradient_products, pack
 
-FORWARD_KINDS = {OpKind.PREV, OpKind.PARAM, OpKind.CONST, OpKind.XPROJ, OpKind.RPROJ, OpKind.FUSED, OpKind.BROADCAST} | {
-    "add", "sub", "mul", "neg", "call", "matmul",
+FORWARD_KINDS = {
+    OpKind.PREV, OpKind.PARAM, OpKind.CONST, OpKind.XPROJ, OpKind.RPROJ, OpKind.FUSED,
+    OpKind.BROADCAST, OpKind.ADD, OpKind.SUB, OpKind.MUL, OpKind.NEG, OpKind.CALL,
+    OpKind.MATMUL,
 }  # fmt: skip
 REVERSE_KINDS = {
     OpKind.ADD,

@@ -20,6 +20,7 @@ broadcast over the batch; constants are scalars.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
@@ -474,99 +475,129 @@ class Adjoint:
     origins: tuple[str, ...] = ()  # per op: the forward var whose reverse emitted it
 
 
-def reverse(step: CellStep) -> Adjoint:
-    """Reverse-mode differentiation of a step, as ops (see :class:`Adjoint`)."""
-    ops: list[Op] = []
-    origins: list[str] = []
-    terms: dict[str, list[str]] = {}
-    counter = [0]
-    current = [""]  # the forward var being differentiated
+class _Reverse:
+    """The state of one reverse pass: the ops written so far, and the gradient terms
+    collected for each forward var until its own rule runs."""
 
-    def emit(kind: OpKind, args: tuple[str, ...], attr: Any = None) -> str:
-        counter[0] += 1
-        out = f"$d{counter[0]}"
-        ops.append(Op(out, kind, args, attr))
-        origins.append(current[0])
+    def __init__(self, step: CellStep):
+        self.kinds = step.kinds
+        self.ops: list[Op] = []
+        self.origins: list[str] = []
+        self.terms: dict[str, list[str]] = {}
+        self.grads: dict[str, str] = {}
+        self.block_grads: list[tuple[Block, str, str]] = []
+        self.current = ""  # the forward var being differentiated
+
+    def emit(self, kind: OpKind, args: tuple[str, ...], attr: Any = None) -> str:
+        out = f"$d{len(self.ops) + 1}"
+        self.ops.append(Op(out, kind, args, attr))
+        self.origins.append(self.current)
         return out
 
-    def add_term(var: str, grad: str) -> None:
-        terms.setdefault(var, []).append(grad)
+    def add_term(self, var: str, grad: str) -> None:
+        self.terms.setdefault(var, []).append(grad)
 
-    def total(var: str) -> str | None:
-        parts = terms.get(var)
+    def total(self, var: str) -> str | None:
+        """The sum of the terms collected for ``var`` (None: it gets no gradient)."""
+        parts = self.terms.get(var)
         if not parts:
             return None
         acc = parts[0]
         for part in parts[1:]:
-            acc = emit(OpKind.ADD, (acc, part))
+            acc = self.emit(OpKind.ADD, (acc, part))
         return acc
 
-    kinds = step.kinds
-    for state, var in step.states.items():
-        add_term(var, grad_name(state))
+    def pass_to(self, arg: str, out: str, grad: Callable[[], str]) -> None:
+        """Give operand ``arg`` of ``out`` the gradient ``grad()`` (written only if
+        ``arg`` takes one: not a constant), summed over the batch where ``arg`` is a
+        vector that ``out`` broadcast."""
+        if self.kinds[arg] == "scalar":
+            return
+        value = grad()
+        if self.kinds[arg] == "vector" and self.kinds[out] == "batch":
+            value = self.emit(OpKind.SUM_BATCH, (value,))
+        self.add_term(arg, value)
 
-    grads: dict[str, str] = {}
-    block_grads: list[tuple[Block, str, str]] = []
+
+Rule = Callable[[_Reverse, Op, str], None]
+
+
+def _reverse_matmul(r: _Reverse, op: Op, grad: str) -> None:
+    r.block_grads.append((op.attr, grad, op.args[0]))
+    r.add_term(op.args[0], r.emit(OpKind.MATMUL_T, (grad,), op.attr))
+
+
+def _reverse_add(r: _Reverse, op: Op, grad: str) -> None:
+    for arg in op.args:
+        r.pass_to(arg, op.out, lambda: grad)
+
+
+def _reverse_sub(r: _Reverse, op: Op, grad: str) -> None:
+    left, right = op.args
+    r.pass_to(left, op.out, lambda: grad)
+    r.pass_to(right, op.out, lambda: r.emit(OpKind.NEG, (grad,)))
+
+
+def _reverse_mul(r: _Reverse, op: Op, grad: str) -> None:
+    left, right = op.args
+    r.pass_to(left, op.out, lambda: r.emit(OpKind.MUL, (grad, right)))
+    r.pass_to(right, op.out, lambda: r.emit(OpKind.MUL, (grad, left)))
+
+
+def _reverse_call(r: _Reverse, op: Op, grad: str) -> None:
+    (arg,) = op.args
+    slope = r.emit(OpKind.DCALL, (op.out, arg), op.attr)  # rnnc.functions: f' from f
+    r.add_term(arg, r.emit(OpKind.MUL, (grad, slope)))
+
+
+def _reverse_concat(r: _Reverse, op: Op, grad: str) -> None:
+    offset = 0
+    for arg, width in zip(op.args, op.attr, strict=True):
+        r.add_term(arg, r.emit(OpKind.SLICE, (grad,), (offset, width)))
+        offset += width
+
+
+def _result(key: Callable[[Op], list[str]]) -> Rule:
+    """A leaf's rule: its gradient is a result of the reverse, under ``key(op)``."""
+
+    def rule(r: _Reverse, op: Op, grad: str) -> None:
+        for name in key(op):
+            r.grads[name] = grad
+
+    return rule
+
+
+# The reverse rule of every forward kind (as a JAX primitive's transpose rule): given
+# the op and the gradient of its value, pass gradients to its arguments.
+REVERSE_RULES: dict[OpKind, Rule] = {
+    OpKind.X: _result(lambda op: ["x"]),
+    OpKind.PREV: _result(lambda op: [f"prev:{op.attr}"]),
+    OpKind.PARAM: _result(lambda op: [f"param:{op.attr}"]),  # the caller sums the batch
+    OpKind.XPROJ: _result(lambda op: [f"xproj:{op.attr}"]),
+    OpKind.RPROJ: _result(lambda op: [f"rproj:{op.attr[0]}:{op.attr[1]}"]),
+    OpKind.FUSED: _result(lambda op: [f"xproj:{op.attr[1]}", f"rproj:{op.attr[0]}:{op.attr[1]}"]),
+    OpKind.MATMUL: _reverse_matmul,
+    OpKind.ADD: _reverse_add,
+    OpKind.SUB: _reverse_sub,
+    OpKind.BROADCAST: lambda r, op, grad: r.pass_to(op.args[0], op.out, lambda: grad),
+    OpKind.NEG: lambda r, op, grad: r.add_term(op.args[0], r.emit(OpKind.NEG, (grad,))),
+    OpKind.MUL: _reverse_mul,
+    OpKind.CALL: _reverse_call,
+    OpKind.CONCAT: _reverse_concat,
+}
+
+
+def reverse(step: CellStep) -> Adjoint:
+    """Reverse-mode differentiation of a step, as ops (see :class:`Adjoint`): the ops
+    in reverse order, each passing its gradient on by its rule in REVERSE_RULES."""
+    r = _Reverse(step)
+    for state, var in step.states.items():
+        r.add_term(var, grad_name(state))
     for op in reversed(step.ops):
         if op.kind == OpKind.CONST:
             continue
-        current[0] = op.out
-        grad = total(op.out)
-        if grad is None:
-            continue
-        if op.kind == OpKind.X:
-            grads["x"] = grad
-        elif op.kind == OpKind.PREV:
-            grads[f"prev:{op.attr}"] = grad
-        elif op.kind == OpKind.PARAM:
-            grads[f"param:{op.attr}"] = grad  # summed over the batch by the caller
-        elif op.kind == OpKind.XPROJ:
-            grads[f"xproj:{op.attr}"] = grad
-        elif op.kind == OpKind.FUSED:
-            grads[f"xproj:{op.attr[1]}"] = grad
-            grads[f"rproj:{op.attr[0]}:{op.attr[1]}"] = grad
-        elif op.kind == OpKind.RPROJ:
-            grads[f"rproj:{op.attr[0]}:{op.attr[1]}"] = grad
-        elif op.kind == OpKind.MATMUL:
-            block: Block = op.attr
-            block_grads.append((block, grad, op.args[0]))
-            add_term(op.args[0], emit(OpKind.MATMUL_T, (grad,), block))
-        elif op.kind == OpKind.ADD:
-            for arg in op.args:
-                if kinds[arg] != "scalar":
-                    add_term(arg, _reduce(emit, grad, kinds, arg, op.out))
-        elif op.kind == OpKind.SUB:
-            left, right = op.args
-            if kinds[left] != "scalar":
-                add_term(left, _reduce(emit, grad, kinds, left, op.out))
-            if kinds[right] != "scalar":
-                add_term(right, _reduce(emit, emit(OpKind.NEG, (grad,)), kinds, right, op.out))
-        elif op.kind == OpKind.BROADCAST:
-            add_term(op.args[0], _reduce(emit, grad, kinds, op.args[0], op.out))
-        elif op.kind == OpKind.NEG:
-            add_term(op.args[0], emit(OpKind.NEG, (grad,)))
-        elif op.kind == OpKind.MUL:
-            left, right = op.args
-            if kinds[left] != "scalar":
-                add_term(left, _reduce(emit, emit(OpKind.MUL, (grad, right)), kinds, left, op.out))
-            if kinds[right] != "scalar":
-                add_term(right, _reduce(emit, emit(OpKind.MUL, (grad, left)), kinds, right, op.out))
-        elif op.kind == OpKind.CALL:
-            (arg,) = op.args
-            slope = emit(OpKind.DCALL, (op.out, arg), op.attr)
-            add_term(arg, emit(OpKind.MUL, (grad, slope)))
-        elif op.kind == OpKind.CONCAT:
-            offset = 0
-            for arg, width in zip(op.args, op.attr, strict=True):
-                add_term(arg, emit(OpKind.SLICE, (grad,), (offset, width)))
-                offset += width
-        else:  # pragma: no cover - every forward kind is handled above
-            raise AssertionError(f"no reverse rule for {op.kind}")
-    return Adjoint(tuple(ops), grads, tuple(block_grads), tuple(origins))
-
-
-def _reduce(emit: Any, grad: str, kinds: dict[str, str], arg: str, out: str) -> str:
-    """Sum a batch gradient over the batch where the operand was a broadcast vector."""
-    if kinds[arg] == "vector" and kinds[out] == "batch":
-        return emit(OpKind.SUM_BATCH, (grad,))  # type: ignore[no-any-return]
-    return grad
+        r.current = op.out
+        grad = r.total(op.out)
+        if grad is not None:
+            REVERSE_RULES[op.kind](r, op, grad)
+    return Adjoint(tuple(r.ops), r.grads, tuple(r.block_grads), tuple(r.origins))

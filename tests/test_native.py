@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from rnnc.backends.native import plan
 
 import rnnc
+from rnnc.backends.native import plan
 from rnnc.cells import builtin_cells
 from rnnc.equations import parse_cell
 from rnnc.lower import lower_cell
