@@ -454,7 +454,8 @@ def _emit_step_backward(
         writer.exprs[grad_name(s)] = (d[s], 4)
     uses = uses_of(adjoint.ops)
     results = set(adjoint.grads.values()) | {g for _, g, _ in adjoint.block_grads}
-    named = {v for v in ({v for v, n in uses.items() if n > 1} | results) if v.startswith("$d")}
+    written = {op.out for op in adjoint.ops}
+    named = {v for v in ({v for v, n in uses.items() if n > 1} | results) if v in written}
     lines += writer.lines(adjoint.ops, named, "    ")
 
     def grad(key: str) -> str | None:

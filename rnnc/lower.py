@@ -258,7 +258,43 @@ def lower_cell(cell: Cell, input_size: int, hidden: int) -> CellStep:
         b.kinds,
         (None,) * len(b.x_blocks),
     )
-    return _group_activations(_fold_biases(_fuse_pairs(step)))
+    return _readable_names(_group_activations(_fold_biases(_fuse_pairs(step))))
+
+
+def _readable_names(step: CellStep) -> CellStep:
+    """Name the values the lowering made after what they are, as torch.fx names a node
+    after its op: the argument of the function an equation applies is ``pre$t`` (the
+    pre-activation of gate t), a function of a named value ``tanh$c``. Backends write
+    these (``pre_o``, ``tanh_c``), and the reverse names gradients after them
+    (``d_pre_o``). Values with no such name keep their number."""
+    targets = {eq.target for eq in step.cell.equations}
+    uses = uses_of(step.ops)
+    taken = {op.out for op in step.ops}
+    renamed: dict[str, str] = {}
+
+    def rename(var: str, name: str) -> None:
+        if var.startswith("$") and var not in renamed and name not in taken and uses.get(var, 0):
+            renamed[var] = name
+            taken.add(name)
+
+    for op in step.ops:
+        if op.kind == OpKind.PARAM:  # a parameter's own name (never a value's)
+            rename(op.out, op.attr)
+    for op in step.ops:
+        if op.kind == OpKind.CALL and op.out in targets and uses.get(op.args[0]) == 1:
+            rename(op.args[0], f"pre${op.out}")
+    for op in step.ops:
+        arg = renamed.get(op.args[0], op.args[0]) if op.args else ""
+        if op.kind == OpKind.CALL and not arg.startswith("$"):
+            rename(op.out, f"{op.attr}${arg}")
+    if not renamed:
+        return step
+    ops = tuple(
+        Op(renamed.get(op.out, op.out), op.kind, tuple(renamed.get(a, a) for a in op.args), op.attr)
+        for op in step.ops
+    )
+    kinds = {renamed.get(v, v): k for v, k in step.kinds.items()}
+    return replace(step, ops=ops, kinds=kinds)
 
 
 def uses_of(ops: tuple[Op, ...] | list[Op]) -> dict[str, int]:
@@ -487,6 +523,9 @@ class _Reverse:
         self.grads: dict[str, str] = {}
         self.block_grads: list[tuple[Block, str, str]] = []
         self.current = ""  # the forward var being differentiated
+        # what each written value is, for its name: (rank, name); rank 0 first
+        self.hints: dict[str, tuple[int, str]] = {}
+        self.inputs = {grad_name(s) for s in step.states} | {op.out for op in step.ops}
 
     def emit(self, kind: OpKind, args: tuple[str, ...], attr: Any = None) -> str:
         out = f"$d{len(self.ops) + 1}"
@@ -496,6 +535,11 @@ class _Reverse:
 
     def add_term(self, var: str, grad: str) -> None:
         self.terms.setdefault(var, []).append(grad)
+        self.hint(grad, 1, f"d${var}")
+
+    def hint(self, value: str, rank: int, name: str) -> None:
+        if value not in self.inputs and value not in self.hints:
+            self.hints[value] = (rank, name)
 
     def total(self, var: str) -> str | None:
         """The sum of the terms collected for ``var`` (None: it gets no gradient)."""
@@ -505,7 +549,23 @@ class _Reverse:
         acc = parts[0]
         for part in parts[1:]:
             acc = self.emit(OpKind.ADD, (acc, part))
+        if len(parts) > 1:
+            self.hint(acc, 0, f"d${var}")
         return acc
+
+    def names(self) -> dict[str, str]:
+        """A name for every value written: ``d$v`` for the gradient of forward value v
+        (the whole of it first, then its terms ``d$v$2`` ...), else its number."""
+        taken = set(self.inputs)
+        names: dict[str, str] = {}
+        for value, (_, base) in sorted(self.hints.items(), key=lambda item: item[1][0]):
+            name, n = base, 1
+            while name in taken:
+                n += 1
+                name = f"{base}$total" if n == 2 and base in self.inputs else f"{base}${n}"
+            taken.add(name)
+            names[value] = name
+        return names
 
     def pass_to(self, arg: str, out: str, grad: Callable[[], str]) -> None:
         """Give operand ``arg`` of ``out`` the gradient ``grad()`` (written only if
@@ -547,6 +607,7 @@ def _reverse_mul(r: _Reverse, op: Op, grad: str) -> None:
 def _reverse_call(r: _Reverse, op: Op, grad: str) -> None:
     (arg,) = op.args
     slope = r.emit(OpKind.DCALL, (op.out, arg), op.attr)  # rnnc.functions: f' from f
+    r.hint(slope, 2, f"slope${op.out}")
     r.add_term(arg, r.emit(OpKind.MUL, (grad, slope)))
 
 
@@ -600,4 +661,12 @@ def reverse(step: CellStep) -> Adjoint:
         grad = r.total(op.out)
         if grad is not None:
             REVERSE_RULES[op.kind](r, op, grad)
-    return Adjoint(tuple(r.ops), r.grads, tuple(r.block_grads), tuple(r.origins))
+    names = r.names()
+
+    def name(var: str) -> str:
+        return names.get(var, var)
+
+    ops = tuple(Op(name(o.out), o.kind, tuple(map(name, o.args)), o.attr) for o in r.ops)
+    grads = {key: name(var) for key, var in r.grads.items()}
+    blocks = tuple((block, name(d), operand) for block, d, operand in r.block_grads)
+    return Adjoint(ops, grads, blocks, tuple(r.origins))

@@ -281,12 +281,12 @@ def cell_lstm_l0_step(xp_t, x_t, mask_t, state, P):
     g = tanh(pre_h[:, 64:96])
     c = f * c_prev + i * g
     o = sigmoid(pre_h[:, 96:128] + p_o * c)
-    _37 = tanh(c)
-    h = o * _37
+    tanh_c = tanh(c)
+    h = o * tanh_c
     if mask_t is None:  # every example is within its length
-        return (h, c), h, (i, f, g, c, o, _37, h, h_prev, c_prev)
+        return (h, c), h, (i, f, g, c, o, tanh_c, h, h_prev, c_prev)
     new_state = (torch.where(mask_t, h, h_prev), torch.where(mask_t, c, c_prev))
-    return new_state, torch.where(mask_t, h, 0.0), (i, f, g, c, o, _37, h, h_prev, c_prev)
+    return new_state, torch.where(mask_t, h, 0.0), (i, f, g, c, o, tanh_c, h, h_prev, c_prev)
 
 
 def cell_lstm_l0_step_backward(d_state, d_y, saved, x_t, mask_t, P, D):
@@ -296,7 +296,7 @@ def cell_lstm_l0_step_backward(d_state, d_y, saved, x_t, mask_t, P, D):
     p_i = P['p_i']
     p_o = P['p_o']
     R_h = P['R_h']
-    i, f, g, c, o, _37, h, h_prev, c_prev = saved
+    i, f, g, c, o, tanh_c, h, h_prev, c_prev = saved
     d_h, d_c = d_state
     if mask_t is None:  # every example is within its length
         d_h = d_h + d_y
@@ -307,24 +307,24 @@ def cell_lstm_l0_step_backward(d_state, d_y, saved, x_t, mask_t, P, D):
         d_h = torch.where(mask_t, d_h, 0.0)
         carry_c = torch.where(mask_t, 0.0, d_c)
         d_c = torch.where(mask_t, d_c, 0.0)
-    _d6 = d_h * _37 * (o * (1.0 - o))
-    _d8 = (_d6 * c).sum(axis=0)
-    _d11 = d_c + d_h * o * (1.0 - _37 * _37) + _d6 * p_o
-    _d17 = _d11 * i * (1.0 - g * g)
-    _d19 = _d11 * c_prev * (f * (1.0 - f))
-    _d21 = (_d19 * c_prev).sum(axis=0)
-    _d24 = _d11 * g * (i * (1.0 - i))
-    _d26 = (_d24 * c_prev).sum(axis=0)
-    _d29 = _d11 * f + _d19 * p_f + _d24 * p_i
-    D['p_i'] += _d26
-    D['p_f'] += _d21
-    D['p_o'] += _d8
-    d_rp_h = torch.cat([_d24, _d19, _d17, _d6], axis=-1)
+    d_pre_o = d_h * tanh_c * (o * (1.0 - o))
+    d_p_o = (d_pre_o * c).sum(axis=0)
+    d_c_total = d_c + d_h * o * (1.0 - tanh_c * tanh_c) + d_pre_o * p_o
+    d_pre_g = d_c_total * i * (1.0 - g * g)
+    d_pre_f = d_c_total * c_prev * (f * (1.0 - f))
+    d_p_f = (d_pre_f * c_prev).sum(axis=0)
+    d_pre_i = d_c_total * g * (i * (1.0 - i))
+    d_p_i = (d_pre_i * c_prev).sum(axis=0)
+    d_c_prev = d_c_total * f + d_pre_f * p_f + d_pre_i * p_i
+    D['p_i'] += d_p_i
+    D['p_f'] += d_p_f
+    D['p_o'] += d_p_o
+    d_rp_h = torch.cat([d_pre_i, d_pre_f, d_pre_g, d_pre_o], axis=-1)
     d_xp_t = d_rp_h
     d_x_t = None
     if mask_t is None:
-        return d_xp_t, d_x_t, (mm(d_rp_h, R_h), _d29), (d_rp_h,)
-    return d_xp_t, d_x_t, (carry_h + mm(d_rp_h, R_h), carry_c + _d29), (d_rp_h,)
+        return d_xp_t, d_x_t, (mm(d_rp_h, R_h), d_c_prev), (d_rp_h,)
+    return d_xp_t, d_x_t, (carry_h + mm(d_rp_h, R_h), carry_c + d_c_prev), (d_rp_h,)
 
 
 def cell_lstm_l0(xs, mask, reverse, P, state):

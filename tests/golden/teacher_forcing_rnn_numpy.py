@@ -167,8 +167,8 @@ def cell_h_l0_step_backward(d_state, d_y, saved, x_t, mask_t, P, D):
         # s = s_new where mask_t, else s_prev: each gets the gradient where it was chosen
         carry_h = np.where(mask_t, 0.0, d_h)
         d_h = np.where(mask_t, d_h, 0.0)
-    _d2 = d_h * (1.0 - h * h)
-    d_xp_t = np.concatenate([_d2], axis=-1)
+    d_pre_h = d_h * (1.0 - h * h)
+    d_xp_t = np.concatenate([d_pre_h], axis=-1)
     d_x_t = None
     if mask_t is None:
         return d_xp_t, d_x_t, (np.zeros_like(d_h),), ()
