@@ -10,9 +10,10 @@ functions, which a :class:`Dialect` names: NumPy arrays and torch tensors share
 
 from __future__ import annotations
 
+import ast
 import keyword
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -152,6 +153,51 @@ def function_definitions(xp: Dialect, own: Mapping[str, str]) -> str:
         code = own.get(name) or f"def {name}(a):\n    return {value}"
         blocks.append(code.strip())
     return "\n\n\n".join(blocks + (["\n".join(aliases)] if aliases else []))
+
+
+def used_helpers(library: str, body: str, keep: Iterable[str] = ()) -> str:
+    """The top-level statements of ``library`` (Python source of helper functions and
+    aliases) that ``body`` uses, directly or through another helper, in their order;
+    imports always, and the helpers named in ``keep`` (ones the runtime looks up by
+    name). A generated module carries only what it runs."""
+    tree = ast.parse(library)
+    lines = library.splitlines()
+    blocks: list[tuple[set[str], str]] = []  # (names it defines, its source)
+    start = 0
+    for node in tree.body:
+        text = "\n".join(lines[start : node.end_lineno]).strip("\n")
+        start = node.end_lineno or start
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            defined: set[str] = set()
+        elif isinstance(node, ast.FunctionDef | ast.ClassDef):
+            defined = {node.name}
+        else:  # assignments, and try blocks of assignments
+            defined = {t.id for n in ast.walk(node) for t in _targets(n)}
+        blocks.append((defined, text))
+    words = set(re.findall(r"\w+", body)) | set(keep)
+    used: set[str] = set()
+    while True:
+        more = {name for defined, _ in blocks for name in defined & words} - used
+        if not more:
+            break
+        used |= more
+        for defined, text in blocks:
+            if defined & more:
+                words |= set(re.findall(r"\w+", text))
+    out = ""
+    for defined, text in blocks:
+        if defined and not defined & used:
+            continue
+        one_liner = "\n" not in text and not text.startswith(("def ", "class "))
+        joined = one_liner and out and "\n" not in out.rsplit("\n\n\n", 1)[-1]
+        out += ("\n" if joined else "\n\n\n" if out else "") + text
+    return out
+
+
+def _targets(node: ast.AST) -> list[ast.Name]:
+    if isinstance(node, ast.Assign):
+        return [t for t in node.targets if isinstance(t, ast.Name)]
+    return []
 
 
 def unpack(names: list[str]) -> str:

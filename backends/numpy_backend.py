@@ -33,7 +33,16 @@ from rnnc.runtime import (
 )
 from rnnc.spec import DenseLayer, EmbeddingLayer, RecurrentLayer, TokenInput
 
-from .emit import NUMPY, CellFunctions, Joined, function_definitions, joined_inputs, merge, pack
+from .emit import (
+    NUMPY,
+    CellFunctions,
+    Joined,
+    function_definitions,
+    joined_inputs,
+    merge,
+    pack,
+    used_helpers,
+)
 
 # The NumPy sigmoid: the one function written here rather than from rnnc.functions.
 SIGMOID = '''\
@@ -907,11 +916,14 @@ class _Program(Program):
             "            input_grads[name] = np.zeros(np.shape(inputs[name]), dtype=dtype)",
             "    return {**grads, **input_grads}",
         ]
-        parts = [header, PRELUDE.rstrip(), BLOCK_HELPER.strip(), GRAD_HELPERS.strip()]
-        parts += list(self.cell_function.sources.values())
-        parts += ["\n".join(forward), "\n".join(backward)]
-        return "\n\n\n".join(parts) + "\n"
+        body = [*self.cell_function.sources.values(), "\n".join(forward), "\n".join(backward)]
+        library = "\n\n\n".join([PRELUDE.rstrip(), BLOCK_HELPER.strip(), GRAD_HELPERS.strip()])
+        helpers = used_helpers(library, "\n".join(body), keep=RUNTIME_HELPERS)
+        return "\n\n\n".join([header, helpers, *body]) + "\n"
 
+
+# Helpers the runtime looks up by name (rnnc gradflow), kept whether the module uses them.
+RUNTIME_HELPERS = ("zeros_like_all",)
 
 GRAD_HELPERS = """
 def or_zeros(value, zeros):

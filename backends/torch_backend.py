@@ -37,7 +37,15 @@ from rnnc.spec import DenseLayer, EmbeddingLayer, RecurrentLayer, TokenInput
 from rnnc.weights import init_rules
 
 from . import native
-from .emit import TORCH, CellFunctions, function_definitions, joined_inputs, merge, pack
+from .emit import (
+    TORCH,
+    CellFunctions,
+    function_definitions,
+    joined_inputs,
+    merge,
+    pack,
+    used_helpers,
+)
 
 PRELUDE = (
     """\
@@ -655,19 +663,13 @@ class Model(torch.nn.Module):
             + (self.scan_function(fn, self.cell_function.steps[fn]) if fn in self.scanned else "")
             for fn, source in self.cell_function.sources.items()
         ]
-        prelude = PRELUDE.rstrip()
+        body = [*families, run, self.model_class()]
         if self.native:  # the C steps: compiled and loaded on first use
-            prelude = native.IMPORTS + prelude + native.LOADER.rstrip()
-        parts = [
-            header,
-            prelude,
-            *families,
-            run,
-            self.model_class(),
-        ]
+            body.append(native.source_block(self.native).rstrip())
+        prelude = used_helpers(PRELUDE.rstrip(), "\n".join(body))
         if self.native:
-            parts.append(native.source_block(self.native).rstrip())
-        return "\n\n\n".join(parts) + "\n"
+            prelude = native.IMPORTS + prelude + native.LOADER.rstrip()
+        return "\n\n\n".join([header, prelude, *body]) + "\n"
 
 
 def generate(analysis: Analysis) -> str:

@@ -89,7 +89,7 @@ def summarize(analysis: Analysis, batch: int = 32, steps: Mapping[str, int] | in
             rows.append([name, "embedding", "-", str(layer.embedding), "-", "-", n])
     total = count(param_shapes(analysis))
     lines = [f"{spec.name}: ok"]
-    if spec.description:
+    if spec.description and spec.description.strip():
         lines.append("  " + spec.description.strip().splitlines()[0])
     lines += _table(rows)
     lines += links

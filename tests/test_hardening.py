@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import sys
 import threading
 import warnings
@@ -273,3 +274,16 @@ def test_verify_names_the_arrays_that_are_not_finite(cli, tmp_path) -> None:
     output = next(r for r in rows if r.name == "y")
     assert output.not_finite[0] > 0 and output.not_finite[1] > 0
     assert f"NOT FINITE on numpy {output.not_finite[0]} of {output.size}" in result.out
+
+
+# --- found by the property tests with more examples ----------------------------------
+
+
+def test_check_of_a_blank_description(cli, tmp_path) -> None:
+    text = re.sub(r"(?m)^description: .*$", "description: ' '", ELMAN.read_text())
+    assert "description: ' '" in text
+    spec = tmp_path / "blank.yaml"
+    spec.write_text(text)
+    result = cli("check", spec)
+    assert result.code == 0, result.text
+    assert "elman_rnn: ok" in result.out

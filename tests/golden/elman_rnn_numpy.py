@@ -5,97 +5,11 @@ Do not edit: regenerate with `rnnc compile SPEC --backend numpy`.
 
 
 import numpy as np
-
-
-def sigmoid(a):
-    """1 / (1 + exp(-a)), as 0.5 (1 + tanh(a / 2)): one transcendental call, no overflow."""
-    y = np.tanh(0.5 * a)
-    y += 1.0  # in place: no more temporaries
-    y *= 0.5
-    return y
-
-
 tanh = np.tanh
-
-
-def relu(a):
-    return np.maximum(a, 0.0)
-
-
-def hard_sigmoid(a):
-    return np.clip(0.2 * a + 0.5, 0.0, 1.0)
-
-
-def softsign(a):
-    return a / (1.0 + np.abs(a))
 
 
 def identity(a):
     return a
-
-
-def softmax(a):
-    e = flushed_exp(a - a.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def log_softmax(a):
-    shifted = a - a.max(axis=-1, keepdims=True)
-    return shifted - np.log(flushed_exp(shifted).sum(axis=-1, keepdims=True))
-
-
-def flushed_exp(a):
-    """exp(a) for a <= 0, flushed to exactly 0 below -cut so no later product underflows
-    (cut: 200 in float64, where exp is 1e-87; 25 in float32, where it is 1e-11)."""
-    cut = 25.0 if np.result_type(a) == np.float32 else 200.0
-    return np.where(a > -cut, np.exp(np.maximum(a, -cut)), 0.0)
-
-
-def shift(values, delay):
-    """values[t - delay] at step t, zeros before (a recurrent edge across time)."""
-    out = np.zeros_like(values)
-    out[delay:] = values[: values.shape[0] - delay]
-    return out
-
-
-def unshift(grad, delay):
-    """The reverse of shift."""
-    out = np.zeros_like(grad)
-    out[: grad.shape[0] - delay] = grad[delay:]
-    return out
-
-
-def attend(query, keys, memory, valid):
-    """Attention of every query step over the memory steps that are valid.
-
-    weights[t, b, s] = softmax_s(query[t, b] . keys[s, b]) over s with valid[0, b, s];
-    context[t, b] = sum_s weights[t, b, s] memory[s, b].
-    """
-    scores = np.einsum("tbh,sbh->tbs", query, keys)
-    weights = softmax(np.where(valid, scores, -1e30))
-    return np.einsum("tbs,sbm->tbm", weights, memory), weights
-
-
-def attend_backward(d_context, query, keys, memory, weights):
-    """Gradients of attend's context with respect to query, keys and memory."""
-    d_weights = np.einsum("tbm,sbm->tbs", d_context, memory)
-    d_memory = np.einsum("tbs,tbm->sbm", weights, d_context)
-    d_scores = weights * (d_weights - (d_weights * weights).sum(axis=-1, keepdims=True))
-    d_query = np.einsum("tbs,sbh->tbh", d_scores, keys)
-    d_keys = np.einsum("tbs,tbh->sbh", d_scores, query)
-    return d_query, d_keys, d_memory
-
-
-def valid_steps(mask):
-    """(T, B, 1) step mask -> (1, B, T) booleans, to mask attention scores."""
-    return (mask[:, :, 0].T > 0)[None]
-
-
-def accumulate_at(grads, name, like, t, value):
-    """grads[name][t] += value, starting from zeros shaped like `like`."""
-    if name not in grads:
-        grads[name] = np.zeros_like(like)
-    grads[name][t] += value
 
 
 def accumulate(grads, name, value):
@@ -116,22 +30,6 @@ def zeros_like_all(arrays):
 
 def or_zeros(value, zeros):
     return zeros if value is None else value
-
-
-def add_or(value, extra):
-    return extra if value is None else value + extra
-
-
-def scale(value, factor):
-    return None if value is None else factor * value
-
-
-def part(value, start, width):
-    return None if value is None else value[..., start:start + width]
-
-
-def times(value, other):
-    return None if value is None else value * other
 
 
 def cell_hidden_l0_params(params, prefix):

@@ -8,103 +8,13 @@ import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 
-sigmoid = torch.sigmoid
-tanh = torch.tanh
-relu = torch.relu
-
-
-def hard_sigmoid(a):
-    return torch.clamp(0.2 * a + 0.5, 0.0, 1.0)
-
-
-def softsign(a):
-    return a / (1.0 + torch.abs(a))
-
-
 def identity(a):
     return a
-
-
-def softmax(a):
-    return torch.softmax(a, dim=-1)
-
-
-def log_softmax(a):
-    return torch.log_softmax(a, dim=-1)
-
-
-try:
-    ONEDNN = torch.ops.mkldnn._linear_pointwise if torch.backends.mkldnn.is_available() else None
-except (AttributeError, RuntimeError):  # a build without oneDNN
-    ONEDNN = None
-
-
-def onednn(a):
-    """Whether a product with a on the left goes through oneDNN (see mm)."""
-    return (
-        ONEDNN is not None
-        and a.dtype == torch.float32
-        and a.shape[0] >= 16
-        and a.device.type == "cpu"
-        and not torch.is_grad_enabled()
-    )
-
-
-def mm(a, b, bias=None):
-    """a @ b (+ bias) for 2-d a and b. Outside autograd (the generated scans and their
-    backward), a float32 product on the CPU with 16 rows or more goes through oneDNN,
-    as torch.nn.LSTM's own kernel does: on some CPUs the BLAS is half as fast. Not when
-    b is a block of columns of a matrix (neither b nor b.T contiguous): oneDNN takes a
-    hundred times longer on those than the BLAS. b may be packed by recurrent_weight."""
-    if b.layout != torch.strided:
-        return ONEDNN(a, b, bias, "none", [], "")
-    if not onednn(a) or not (b.is_contiguous() or b.T.is_contiguous()):
-        return a @ b if bias is None else torch.addmm(bias, a, b)
-    return ONEDNN(a, b.T, bias, "none", [], "")
-
-
-def recurrent_weight(b, like):
-    """b for a product at every step with operands like `like`: where mm would use
-    oneDNN, b packed once into oneDNN's own layout for that many rows (each product
-    then skips the repacking, a fifth of its time at 32 rows)."""
-    if not onednn(like):
-        return b
-    try:
-        return torch.ops.mkldnn._reorder_linear_weight(b.T.contiguous(), like.shape[0])
-    except (AttributeError, RuntimeError):  # a build without it
-        return b
-
-
-def shift(values, delay):
-    """values[t - delay] at step t, zeros before (a recurrent edge across time)."""
-    T = values.shape[0]
-    zeros = values.new_zeros((min(delay, T),) + tuple(values.shape[1:]))
-    return torch.cat([zeros, values[: max(T - delay, 0)]], axis=0)
-
-
-def attend(query, keys, memory, valid):
-    """Attention of every query step over the valid memory steps (see the NumPy backend)."""
-    scores = torch.einsum("tbh,sbh->tbs", query, keys)
-    weights = softmax(torch.where(valid, scores, -1e30))
-    return torch.einsum("tbs,sbm->tbm", weights, memory), weights
-
-
-def valid_steps(mask):
-    """(T, B, 1) step mask -> (1, B, T) booleans, to mask attention scores."""
-    return mask[:, :, 0].T[None]
 
 
 def step_mask(lengths, steps):
     """(T, B, 1) booleans: true where step t is within the example's length."""
     return (torch.arange(steps, device=lengths.device)[:, None] < lengths[None, :])[:, :, None]
-
-
-def flip_within(values, lengths):
-    """Each example's first lengths[b] steps in reverse order; the steps after stay."""
-    T = values.shape[0]
-    t = torch.arange(T, device=values.device)[:, None]
-    index = torch.where(t < lengths[None, :], lengths[None, :] - 1 - t, t)
-    return values.gather(0, index[:, :, None].expand_as(values))
 
 
 FUSED = {"rnn": torch.rnn_tanh, "rnn_relu": torch.rnn_relu, "lstm": torch.lstm, "gru": torch.gru}

@@ -20,27 +20,10 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 sigmoid = torch.sigmoid
 tanh = torch.tanh
-relu = torch.relu
-
-
-def hard_sigmoid(a):
-    return torch.clamp(0.2 * a + 0.5, 0.0, 1.0)
-
-
-def softsign(a):
-    return a / (1.0 + torch.abs(a))
 
 
 def identity(a):
     return a
-
-
-def softmax(a):
-    return torch.softmax(a, dim=-1)
-
-
-def log_softmax(a):
-    return torch.log_softmax(a, dim=-1)
 
 
 try:
@@ -85,60 +68,9 @@ def recurrent_weight(b, like):
         return b
 
 
-def shift(values, delay):
-    """values[t - delay] at step t, zeros before (a recurrent edge across time)."""
-    T = values.shape[0]
-    zeros = values.new_zeros((min(delay, T),) + tuple(values.shape[1:]))
-    return torch.cat([zeros, values[: max(T - delay, 0)]], axis=0)
-
-
-def attend(query, keys, memory, valid):
-    """Attention of every query step over the valid memory steps (see the NumPy backend)."""
-    scores = torch.einsum("tbh,sbh->tbs", query, keys)
-    weights = softmax(torch.where(valid, scores, -1e30))
-    return torch.einsum("tbs,sbm->tbm", weights, memory), weights
-
-
-def valid_steps(mask):
-    """(T, B, 1) step mask -> (1, B, T) booleans, to mask attention scores."""
-    return mask[:, :, 0].T[None]
-
-
 def step_mask(lengths, steps):
     """(T, B, 1) booleans: true where step t is within the example's length."""
     return (torch.arange(steps, device=lengths.device)[:, None] < lengths[None, :])[:, :, None]
-
-
-def flip_within(values, lengths):
-    """Each example's first lengths[b] steps in reverse order; the steps after stay."""
-    T = values.shape[0]
-    t = torch.arange(T, device=values.device)[:, None]
-    index = torch.where(t < lengths[None, :], lengths[None, :] - 1 - t, t)
-    return values.gather(0, index[:, :, None].expand_as(values))
-
-
-FUSED = {"rnn": torch.rnn_tanh, "rnn_relu": torch.rnn_relu, "lstm": torch.lstm, "gru": torch.gru}
-
-
-def fused_scan(kind, xs, lengths, hx, weights, bidirectional):
-    """One depth of a built-in cell through PyTorch's fused kernels (as torch.nn.LSTM
-    runs them): xs (T, B, X), hx a tuple of (directions, B, H) states. Returns
-    ys (T, B, directions * H), zero past each length, and the final states at each
-    example's own length; ragged batches go through a PackedSequence."""
-    run = FUSED[kind]
-    T = xs.shape[0]
-    h = hx if kind == "lstm" else hx[0]
-    if bool((lengths == T).all()):
-        out = run(xs, h, weights, True, 1, 0.0, False, bidirectional, False)
-        return out[0], tuple(out[1:])
-    packed = pack_padded_sequence(xs, lengths.cpu(), enforce_sorted=False)
-    order, back = packed.sorted_indices, packed.unsorted_indices
-    h = tuple(s.index_select(1, order) for s in hx) if kind == "lstm" else h.index_select(1, order)
-    out = run(packed.data, packed.batch_sizes, h, weights, True, 1, 0.0, False, bidirectional)
-    ys, _ = pad_packed_sequence(
-        PackedSequence(out[0], packed.batch_sizes, order, back), total_length=T
-    )
-    return ys, tuple(s.index_select(1, back) for s in out[1:])
 
 
 def register(root, name, parameter):
