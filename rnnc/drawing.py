@@ -33,11 +33,10 @@ import graphviz
 
 from rnnc import notebook
 from rnnc.cells import builtin_cells
-from rnnc.checks import Analysis, analyze
+from rnnc.checks import Analysis, analyze, fed_input
 from rnnc.equations import Binary, Call, Cell, Concat, Expr, MatMul, Neg, Num, Ref
 from rnnc.errors import RnncError, did_you_mean
-from rnnc.graph import input_edges
-from rnnc.program import Program
+from rnnc.graph import input_edges, instant_order
 from rnnc.spec import RecurrentLayer, Spec, TokenInput
 
 VIEWS = ("rolled", "unrolled", "cell")
@@ -188,7 +187,6 @@ class _Drawer:
             self.bad_nodes.update(d.nodes)
             self.bad_paths.add(tuple(d.path))
         self.kinds_used: set[str] = set()
-        self.program = Program(analysis)
 
     # -- common pieces
 
@@ -364,8 +362,8 @@ class _Drawer:
         spec = self.spec.layers.get(layer)
         if not isinstance(spec, RecurrentLayer) or spec.feedback is None or not self.analysis.ok:
             return False
-        fed = self.program.fed(layer)
-        return fed is not None and fed.source == source
+        fed, _ = fed_input(self.g, layer, self.g.nodes[spec.feedback]["width"])
+        return fed == source
 
     # -- unrolled
 
@@ -394,7 +392,7 @@ class _Drawer:
                 > 8
                 for u, v, k in self.edges_of("attention")
             )
-        order = list(self.program.order())
+        order = instant_order(self.g)
         order += [n for n, data in self.g.nodes(data=True) if data["kind"] == "output"]
         clusters: dict[str | None, list[tuple[str, dict[str, str]]]] = {}
         edges: list[tuple[str, str, dict[str, str]]] = []
@@ -659,13 +657,12 @@ class _Drawer:
     def layer_inputs(
         self, node: str, layer: RecurrentLayer, t: int, cell_id: str, edges: list[Any]
     ) -> None:
-        fed = self.program.fed(node) if layer.feedback is not None and self.analysis.ok else None
         for source, e in input_edges(self.g, node):
             per_step = self.g.nodes[source].get("axis") is not None
             src = self.at(source, t if per_step else "final")
             if not src:
                 continue
-            style = "teacher" if fed is not None and fed.source == source and t > 0 else "input"
+            style = "teacher" if t > 0 and self.teacher_forced(source, node) else "input"
             edges.append((src, cell_id, self.edge_attrs(style, e.get("path"))))
         for u, _, e in self.g.in_edges(node, data=True):
             if e["kind"] in ("recurrent", "feedback") and t - e["delay"] >= 0:

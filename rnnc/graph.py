@@ -136,6 +136,17 @@ def input_edges(g: nx.MultiDiGraph, node: str) -> list[tuple[str, dict[str, Any]
     return sorted(edges, key=lambda item: item[1].get("position", 0))
 
 
+def instant_order(g: nx.MultiDiGraph) -> list[str]:
+    """Inputs and layers so that each comes after everything it reads at the same step
+    (edges without delay), ties broken by the order of the spec."""
+    instant = nx.DiGraph()
+    instant.add_nodes_from(n for n, d in g.nodes(data=True) if d["kind"] != "output")
+    instant.add_edges_from(
+        (u, v) for u, v, d in g.edges(data=True) if d["delay"] == 0 and d["kind"] != "output"
+    )
+    return list(nx.lexicographical_topological_sort(instant, key=list(g.nodes).index))
+
+
 def edges_of_kind(g: nx.MultiDiGraph, kind: str) -> Iterator[tuple[str, str, dict[str, Any]]]:
     for u, v, d in g.edges(data=True):
         if d["kind"] == kind:

@@ -17,7 +17,7 @@ import networkx as nx
 
 from rnnc.checks import Analysis, fed_input
 from rnnc.errors import RnncError
-from rnnc.graph import input_edges
+from rnnc.graph import input_edges, instant_order
 from rnnc.spec import DenseLayer, EmbeddingLayer, RecurrentLayer
 
 
@@ -60,18 +60,8 @@ class Program:
     def order(self) -> list[str]:
         """Inputs and layers so that each comes after everything it reads at step t."""
         if self._order is None:
-            self._order = self._instant_order()
+            self._order = instant_order(self.g)
         return self._order
-
-    def _instant_order(self) -> list[str]:
-        instant = nx.DiGraph()
-        instant.add_nodes_from(n for n, d in self.g.nodes(data=True) if d["kind"] != "output")
-        instant.add_edges_from(
-            (u, v)
-            for u, v, d in self.g.edges(data=True)
-            if d["delay"] == 0 and d["kind"] != "output"
-        )
-        return list(nx.lexicographical_topological_sort(instant, key=list(self.g.nodes).index))
 
     def schedule(self) -> list[str | tuple[str, ...]]:
         """The order to emit in, with each step loop as one tuple of its layers."""
