@@ -7,6 +7,7 @@ from typing import Any
 from rnnc.checks import Analysis, analyze
 from rnnc.errors import RnncError, SpecError
 from rnnc.registry import load_backend
+from rnnc.runtime import CompiledModel
 from rnnc.spec import Spec
 
 DTYPES = ("float32", "float64")
@@ -14,7 +15,7 @@ DTYPES = ("float32", "float64")
 
 def compile(
     spec: Spec | Analysis, backend: str = "numpy", dtype: str = "float32", **options: Any
-) -> Any:
+) -> CompiledModel:
     """Check ``spec`` and compile it with ``backend``; raise SpecError if it has errors.
 
     The result follows the CompiledModel interface (DESIGN.md): ``source``,

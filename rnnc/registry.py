@@ -7,9 +7,9 @@ declares ``[project.entry-points."rnnc.backends"] NAME = "module:Backend"``.
 from __future__ import annotations
 
 from importlib.metadata import entry_points
-from typing import Any
 
 from rnnc.errors import RnncError, did_you_mean
+from rnnc.runtime import Backend
 
 GROUP = "rnnc.backends"
 
@@ -30,11 +30,14 @@ def usable_backends() -> list[str]:
     return usable
 
 
-def load_backend(name: str) -> Any:
+def load_backend(name: str) -> Backend:
     """The backend object registered under ``name`` (imported only now)."""
     for ep in entry_points(group=GROUP):
         if ep.name == name:
-            return ep.load()
+            backend = ep.load()
+            if not isinstance(backend, Backend):
+                raise RnncError(f"the entry point {ep.value!r} of backend {name!r} is no Backend")
+            return backend
     names = available_backends()
     raise RnncError(
         f"unknown backend {name!r}{did_you_mean(name, names)}; installed: {', '.join(names) or 'none'}"

@@ -13,7 +13,7 @@ import hashlib
 import linecache
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -149,6 +149,70 @@ class RunOptions:
 
 
 Loss = Callable[[dict[str, np.ndarray]], tuple[float, Mapping[str, np.ndarray]]]
+
+
+@runtime_checkable
+class CompiledModel(Protocol):
+    """What ``rnnc.compile`` returns on every backend (DESIGN.md, "Backends")."""
+
+    source: str  # the generated module
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]: ...
+
+    def load_params(self, params: Mapping[str, np.ndarray]) -> None: ...
+
+    def params(self) -> dict[str, np.ndarray]: ...
+
+    def run(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        *,
+        lengths: Any = None,
+        mode: str = "train",
+        steps: int | None = None,
+        tf_mask: Any = None,
+        seed: int = 0,
+        dropout_seed: int | None = None,
+    ) -> dict[str, np.ndarray]: ...
+
+    def vjp(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        cotangents: Mapping[str, np.ndarray],
+        *,
+        lengths: Any = None,
+        mode: str = "train",
+        steps: int | None = None,
+        tf_mask: Any = None,
+        seed: int = 0,
+        dropout_seed: int | None = None,
+    ) -> dict[str, np.ndarray]: ...
+
+    def value_and_grad(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        loss: Loss,
+        *,
+        lengths: Any = None,
+        mode: str = "train",
+        steps: int | None = None,
+        tf_mask: Any = None,
+        seed: int = 0,
+        dropout_seed: int | None = None,
+    ) -> tuple[float, dict[str, np.ndarray]]: ...
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """A backend as the entry-point group ``rnnc.backends`` names it: an object with a
+    ``name`` and ``compile`` (it may also have ``ready()``, whether its own
+    requirements are installed, and ``threads(n)``, a context for ``rnnc bench``)."""
+
+    name: str
+
+    def compile(
+        self, analysis: Analysis, dtype: str = "float32", **options: Any
+    ) -> CompiledModel: ...
 
 
 class CompiledModelBase:

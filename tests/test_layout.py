@@ -68,3 +68,15 @@ def test_no_import_cycles() -> None:
     assert graph.number_of_edges() > 50  # the graph was read, not empty
     cycles = [sorted(c) for c in nx.strongly_connected_components(graph) if len(c) > 1]
     assert cycles == []
+
+
+def test_backends_and_their_models_follow_the_protocols() -> None:
+    import rnnc
+    from rnnc.registry import available_backends, load_backend
+    from rnnc.runtime import Backend, CompiledModel
+
+    spec = rnnc.load_spec(ROOT / "specs" / "elman_rnn.yaml")
+    for name in available_backends():
+        backend = load_backend(name)
+        assert isinstance(backend, Backend) and backend.name == name
+        assert isinstance(rnnc.compile(spec, backend=name), CompiledModel)
