@@ -11,6 +11,7 @@ functions, which a :class:`Dialect` names: NumPy arrays and torch tensors share
 from __future__ import annotations
 
 import ast
+import functools
 import keyword
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -160,20 +161,7 @@ def used_helpers(library: str, body: str, keep: Iterable[str] = ()) -> str:
     aliases) that ``body`` uses, directly or through another helper, in their order;
     imports always, and the helpers named in ``keep`` (ones the runtime looks up by
     name). A generated module carries only what it runs."""
-    tree = ast.parse(library)
-    lines = library.splitlines()
-    blocks: list[tuple[set[str], str]] = []  # (names it defines, its source)
-    start = 0
-    for node in tree.body:
-        text = "\n".join(lines[start : node.end_lineno]).strip("\n")
-        start = node.end_lineno or start
-        if isinstance(node, ast.Import | ast.ImportFrom):
-            defined: set[str] = set()
-        elif isinstance(node, ast.FunctionDef | ast.ClassDef):
-            defined = {node.name}
-        else:  # assignments, and try blocks of assignments
-            defined = {t.id for n in ast.walk(node) for t in _targets(n)}
-        blocks.append((defined, text))
+    blocks = _helper_blocks(library)
     words = set(re.findall(r"\w+", body)) | set(keep)
     used: set[str] = set()
     while True:
@@ -192,6 +180,27 @@ def used_helpers(library: str, body: str, keep: Iterable[str] = ()) -> str:
         joined = one_liner and out and "\n" not in out.rsplit("\n\n\n", 1)[-1]
         out += ("\n" if joined else "\n\n\n" if out else "") + text
     return out
+
+
+@functools.cache
+def _helper_blocks(library: str) -> tuple[tuple[frozenset[str], str], ...]:
+    """The top-level statements of ``library``: the names each defines (none for an
+    import) and its source with the comments before it. Parsed once per library."""
+    tree = ast.parse(library)
+    lines = library.splitlines()
+    blocks = []
+    start = 0
+    for node in tree.body:
+        text = "\n".join(lines[start : node.end_lineno]).strip("\n")
+        start = node.end_lineno or start
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            defined: frozenset[str] = frozenset()
+        elif isinstance(node, ast.FunctionDef | ast.ClassDef):
+            defined = frozenset({node.name})
+        else:  # assignments, and try blocks of assignments
+            defined = frozenset(t.id for n in ast.walk(node) for t in _targets(n))
+        blocks.append((defined, text))
+    return tuple(blocks)
 
 
 def _targets(node: ast.AST) -> list[ast.Name]:

@@ -917,8 +917,7 @@ class _Program(Program):
             "    return {**grads, **input_grads}",
         ]
         body = [*self.cell_function.sources.values(), "\n".join(forward), "\n".join(backward)]
-        library = "\n\n\n".join([PRELUDE.rstrip(), BLOCK_HELPER.strip(), GRAD_HELPERS.strip()])
-        helpers = used_helpers(library, "\n".join(body), keep=RUNTIME_HELPERS)
+        helpers = used_helpers(LIBRARY, "\n".join(body), keep=RUNTIME_HELPERS)
         return "\n\n\n".join([header, helpers, *body]) + "\n"
 
 
@@ -945,6 +944,10 @@ def part(value, start, width):
 def times(value, other):
     return None if value is None else value * other
 """
+
+
+# Every helper a NumPy module may need; each module carries the ones it uses.
+LIBRARY = "\n\n\n".join([PRELUDE.rstrip(), BLOCK_HELPER.strip(), GRAD_HELPERS.strip()])
 
 
 def generate(analysis: Analysis) -> str:

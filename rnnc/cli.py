@@ -260,15 +260,14 @@ def _positive_real(text: str) -> float:
     return value
 
 
-def _output(path: str, inputs: Sequence[str | None], suffixes: Sequence[str] = ()) -> str:
-    """``path`` as an output file: no input of the command under it and, when
-    ``suffixes`` are given, one of them (else a usage error, exit 2)."""
+def _output(path: str, inputs: Sequence[str | None], suffixes: Sequence[str] = ()) -> None:
+    """Refuse (a usage error, exit 2) ``path`` as an output file when it is one of the
+    command's inputs, or when ``suffixes`` are given and it has none of them."""
     if suffixes and not path.endswith(tuple(suffixes)):
         raise UsageError(f"-o takes a {' or '.join(suffixes)} file, found {path!r}")
     clash = overwritten_input(path, inputs)
     if clash is not None:
         raise UsageError(f"-o {path} would write over the input {clash}; choose another file")
-    return path
 
 
 # --- check -----------------------------------------------------------------------------

@@ -112,14 +112,23 @@ def format_bytes(n: float) -> str:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def memory_shortfall(shapes: Shapes, itemsize: int) -> tuple[str, str] | None:
+    """When ``shapes`` of ``itemsize``-byte numbers would not fit in the memory this
+    machine has available now: the bytes they need and those available, written out."""
+    needed = count(shapes) * itemsize
+    free = available_memory()
+    if free is None or needed <= free:
+        return None
+    return format_bytes(needed), format_bytes(free)
+
+
 def require_memory(shapes: Shapes, itemsize: int, what: str = "the parameters") -> None:
     """Refuse (RnncError) to allocate ``shapes`` of ``itemsize``-byte numbers when they
     would not fit in the memory this machine has available now."""
-    needed = count(shapes) * itemsize
-    free = available_memory()
-    if free is not None and needed > free:
+    shortfall = memory_shortfall(shapes, itemsize)
+    if shortfall is not None:
+        needed, free = shortfall
         raise RnncError(
-            f"{what} take {format_bytes(needed)}, more than the {format_bytes(free)} of "
-            "memory available on this machine: make the model smaller (rnnc check shows "
-            "each layer's parameter count)"
+            f"{what} take {needed}, more than the {free} of memory available on this "
+            "machine: make the model smaller (rnnc check shows each layer's parameter count)"
         )

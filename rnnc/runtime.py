@@ -13,7 +13,7 @@ import hashlib
 import linecache
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypedDict, Unpack, runtime_checkable
 
 import numpy as np
 
@@ -128,9 +128,21 @@ def prepare_inputs(
     return inputs, out, masks
 
 
+class RunKeywords(TypedDict, total=False):
+    """What ``run``, ``vjp`` and ``value_and_grad`` take by keyword (RunOptions' fields)."""
+
+    lengths: Any
+    mode: str
+    steps: int | None
+    tf_mask: Any
+    seed: int
+    dropout_seed: int | None
+
+
 @dataclass(frozen=True)
 class RunOptions:
-    """The keyword options of ``run``, ``vjp`` and ``value_and_grad`` (docs/backends.md)."""
+    """The keyword options of ``run``, ``vjp`` and ``value_and_grad`` (docs/backends.md):
+    the fields of :class:`RunKeywords`, with their defaults."""
 
     lengths: Any = None
     mode: str = "train"
@@ -164,41 +176,18 @@ class CompiledModel(Protocol):
     def params(self) -> dict[str, np.ndarray]: ...
 
     def run(
-        self,
-        inputs: Mapping[str, np.ndarray],
-        *,
-        lengths: Any = None,
-        mode: str = "train",
-        steps: int | None = None,
-        tf_mask: Any = None,
-        seed: int = 0,
-        dropout_seed: int | None = None,
+        self, inputs: Mapping[str, np.ndarray], **options: Unpack[RunKeywords]
     ) -> dict[str, np.ndarray]: ...
 
     def vjp(
         self,
         inputs: Mapping[str, np.ndarray],
         cotangents: Mapping[str, np.ndarray],
-        *,
-        lengths: Any = None,
-        mode: str = "train",
-        steps: int | None = None,
-        tf_mask: Any = None,
-        seed: int = 0,
-        dropout_seed: int | None = None,
+        **options: Unpack[RunKeywords],
     ) -> dict[str, np.ndarray]: ...
 
     def value_and_grad(
-        self,
-        inputs: Mapping[str, np.ndarray],
-        loss: Loss,
-        *,
-        lengths: Any = None,
-        mode: str = "train",
-        steps: int | None = None,
-        tf_mask: Any = None,
-        seed: int = 0,
-        dropout_seed: int | None = None,
+        self, inputs: Mapping[str, np.ndarray], loss: Loss, **options: Unpack[RunKeywords]
     ) -> tuple[float, dict[str, np.ndarray]]: ...
 
 
@@ -228,53 +217,27 @@ class CompiledModelBase:
         return dict(self._shapes)
 
     def run(
-        self,
-        inputs: Mapping[str, np.ndarray],
-        *,
-        lengths: Any = None,
-        mode: str = "train",
-        steps: int | None = None,
-        tf_mask: Any = None,
-        seed: int = 0,
-        dropout_seed: int | None = None,
+        self, inputs: Mapping[str, np.ndarray], **options: Unpack[RunKeywords]
     ) -> dict[str, np.ndarray]:
         """Outputs of the model, batch-first (see docs/backends.md for the options)."""
-        options = RunOptions(lengths, mode, steps, tf_mask, seed, dropout_seed)
-        return self._outputs(inputs, options)
+        return self._outputs(inputs, RunOptions(**options))
 
     def vjp(
         self,
         inputs: Mapping[str, np.ndarray],
         cotangents: Mapping[str, np.ndarray],
-        *,
-        lengths: Any = None,
-        mode: str = "train",
-        steps: int | None = None,
-        tf_mask: Any = None,
-        seed: int = 0,
-        dropout_seed: int | None = None,
+        **options: Unpack[RunKeywords],
     ) -> dict[str, np.ndarray]:
         """Gradients of sum(output * cotangent) for every parameter and real input."""
-        options = RunOptions(lengths, mode, steps, tf_mask, seed, dropout_seed)
-        return self._value_and_grad(inputs, lambda _: (0.0, cotangents), options)[1]
+        return self._value_and_grad(inputs, lambda _: (0.0, cotangents), RunOptions(**options))[1]
 
     def value_and_grad(
-        self,
-        inputs: Mapping[str, np.ndarray],
-        loss: Loss,
-        *,
-        lengths: Any = None,
-        mode: str = "train",
-        steps: int | None = None,
-        tf_mask: Any = None,
-        seed: int = 0,
-        dropout_seed: int | None = None,
+        self, inputs: Mapping[str, np.ndarray], loss: Loss, **options: Unpack[RunKeywords]
     ) -> tuple[float, dict[str, np.ndarray]]:
         """``loss(outputs) -> (value, cotangents)`` on NumPy outputs; returns the value
         and the gradients of every parameter and real input, from one forward and one
         backward pass (what rnnc train uses)."""
-        options = RunOptions(lengths, mode, steps, tf_mask, seed, dropout_seed)
-        return self._value_and_grad(inputs, loss, options)
+        return self._value_and_grad(inputs, loss, RunOptions(**options))
 
     def _outputs(self, inputs: Mapping[str, Any], options: RunOptions) -> dict[str, np.ndarray]:
         raise NotImplementedError  # pragma: no cover - every backend has its own

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 from rnnc.checks import Analysis, final_state_width
 from rnnc.graph import output_node
-from rnnc.params import available_memory, count, format_bytes, layer_param_shapes, param_shapes
+from rnnc.params import count, format_bytes, layer_param_shapes, memory_shortfall, param_shapes
 from rnnc.spec import DenseLayer, EmbeddingLayer, RecurrentLayer, TokenInput
 
 
@@ -107,12 +107,11 @@ def summarize(analysis: Analysis, batch: int = 32, steps: Mapping[str, int] | in
 def memory_warning(analysis: Analysis) -> str | None:
     """A warning when the parameters alone (in float32, the smallest dtype rnnc runs
     in) would not fit in the memory this machine has available now."""
-    needed = 4 * count(param_shapes(analysis))
-    free = available_memory()
-    if free is None or needed <= free:
+    shortfall = memory_shortfall(param_shapes(analysis), itemsize=4)
+    if shortfall is None:
         return None
+    needed, free = shortfall
     return (
-        f"the parameters take {format_bytes(needed)} in float32, more than the "
-        f"{format_bytes(free)} of memory available here: rnnc compile writes its source, "
-        "but running it here will be refused"
+        f"the parameters take {needed} in float32, more than the {free} of memory "
+        "available here: rnnc compile writes its source, but running it here will be refused"
     )

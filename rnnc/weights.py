@@ -30,9 +30,9 @@ import reprlib
 import struct
 import zipfile
 import zlib
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -44,6 +44,7 @@ from rnnc.params import available_memory, param_shapes, require_memory
 from rnnc.spec import RecurrentLayer, Spec
 
 Params = dict[str, np.ndarray]
+_T = TypeVar("_T")
 Shapes = Mapping[str, tuple[int, ...]]
 MAX_SAFETENSORS_HEADER = 100 << 20  # as the safetensors library
 MAX_WEIGHTS_BYTES = 16 << 30
@@ -380,28 +381,33 @@ def _read_npz(
         raise WeightsError([problem], source) from None
     with archive:
         members, problems = _npz_members(archive)
-        arrays: dict[str, _Declared] = {}
-        for key, info in members.items():
-            try:
-                arrays[key] = _npy_header(archive, info)
-            except _Unfit as exc:
-                problems.append(f"{key}: member {info.filename!r}: {exc}")
-            except _ZIP_ERRORS as exc:
-                problems.append(f"{key}: member {info.filename!r} is damaged ({exc})")
+        arrays = _each_member(members, lambda key, info: _npy_header(archive, info), problems)
         if problems:
             raise WeightsError(problems, source)
         _check_declared(arrays, expected, limit, source)
-        out: Params = {}
-        for key, array in arrays.items():
-            try:
-                out[key] = _npy_data(archive, members[key], array)
-            except _Unfit as exc:
-                problems.append(f"{key}: member {members[key].filename!r}: {exc}")
-            except _ZIP_ERRORS as exc:
-                problems.append(f"{key}: member {members[key].filename!r} is damaged ({exc})")
+        out = _each_member(
+            members, lambda key, info: _npy_data(archive, info, arrays[key]), problems
+        )
         if problems:
             raise WeightsError(problems, source)
         return out
+
+
+def _each_member(
+    members: Mapping[str, zipfile.ZipInfo],
+    read: Callable[[str, zipfile.ZipInfo], _T],
+    problems: list[str],
+) -> dict[str, _T]:
+    """``read`` of every member it succeeds on; a line in ``problems`` for each other."""
+    out: dict[str, _T] = {}
+    for key, info in members.items():
+        try:
+            out[key] = read(key, info)
+        except _Unfit as exc:
+            problems.append(f"{key}: member {info.filename!r}: {exc}")
+        except _ZIP_ERRORS as exc:
+            problems.append(f"{key}: member {info.filename!r} is damaged ({exc})")
+    return out
 
 
 def _npz_members(archive: zipfile.ZipFile) -> tuple[dict[str, zipfile.ZipInfo], list[str]]:

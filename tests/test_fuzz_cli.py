@@ -57,6 +57,7 @@ from hypothesis import strategies as st
 
 from rnnc.cli import main
 from tests.conftest import ROOT
+from tests.test_cli import BROKEN
 from tests.test_properties import EXPLORE, _settings
 
 pytestmark = pytest.mark.slow
@@ -117,16 +118,6 @@ WILD_SPECS = {  # for the sum and echo tasks
         outputs="echo: {from: out}\n  state_c: {from: r, state: c}",
     ),
 }
-BROKEN = """\
-rnnc: 1
-name: broken
-inputs:
-  x: {size: 4}
-layers:
-  r: {cell: lstm, hidden: 8, input: y}
-outputs:
-  out: {from: r}
-"""
 OTHER_FILES: dict[str, bytes] = {
     **{name: text.encode() for name, text in WILD_SPECS.items()},
     "huge.yaml": HUGE.encode(),  # 17 G parameters: checks, never fits in memory

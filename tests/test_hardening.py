@@ -209,7 +209,7 @@ def test_check_reports_the_size_and_warns_when_it_will_not_fit(cli, tmp_path, mo
     result = cli("check", spec)
     assert result.code == 0
     assert f"total parameters: {count:,} ({format_bytes(4 * count)} in float32" in result.out
-    monkeypatch.setattr("rnnc.summary.available_memory", lambda: 8 << 30)
+    monkeypatch.setattr("rnnc.params.available_memory", lambda: 8 << 30)
     result = cli("check", spec)
     assert result.code == 0
     assert "warning: the parameters take 16.0 GiB in float32" in result.err
