@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from rnnc import functions
+from rnnc.checks import Analysis
 from rnnc.functions import Renderer
 from rnnc.graph import input_edges
 from rnnc.lower import (
@@ -766,8 +767,8 @@ class CellFunctions:
     """A program's generated cell functions: one family per (cell, input size, hidden
     size), shared by every layer and depth that lowers the same cell at those sizes."""
 
-    def __init__(self, program: Program, xp: Dialect, grads: bool = True):
-        self.program, self.xp, self.grads = program, xp, grads
+    def __init__(self, analysis: Analysis, xp: Dialect, grads: bool = True):
+        self.analysis, self.xp, self.grads = analysis, xp, grads
         self.sources: dict[str, str] = {}  # function name -> source
         self.steps: dict[str, CellStep] = {}  # function name -> the lowered step
         self.of: dict[tuple[str, int], str] = {}  # (layer, depth) -> function name
@@ -779,7 +780,7 @@ class CellFunctions:
         signature = (layer.cell, X, layer.hidden)
         if signature not in self._by_signature:
             function = f"cell_{name}_l{k}"
-            step = lower_cell(self.program.analysis.cells[layer.cell], X, layer.hidden)
+            step = lower_cell(self.analysis.cells[layer.cell], X, layer.hidden)
             self.sources[function] = emit_cell(step, function, self.xp, grads=self.grads)
             self.steps[function] = step
             self._by_signature[signature] = function

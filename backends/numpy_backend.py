@@ -13,7 +13,8 @@ recurrent products of all gates stacked into one per state per step.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -21,8 +22,9 @@ import numpy as np
 import rnnc
 from rnnc.checks import Analysis
 from rnnc.errors import RnncError
+from rnnc.lower import Op, OpKind
+from rnnc.network import Loop, LoopBack, Scan, lower_network, reverse_network
 from rnnc.params import param_shapes, require_memory
-from rnnc.program import Piece, Program
 from rnnc.runtime import (
     CompiledModelBase,
     Loss,
@@ -31,15 +33,14 @@ from rnnc.runtime import (
     load_module,
     module_header,
 )
-from rnnc.spec import DenseLayer, EmbeddingLayer, RecurrentLayer, TokenInput
+from rnnc.spec import TokenInput
 
 from .emit import (
     NUMPY,
+    RESERVED,
     CellFunctions,
-    Joined,
+    Namespace,
     function_definitions,
-    joined_inputs,
-    merge,
     pack,
     used_helpers,
 )
@@ -91,39 +92,6 @@ def unshift(grad, delay):
     return out
 
 
-def attend(query, keys, memory, valid):
-    """Attention of every query step over the memory steps that are valid.
-
-    weights[t, b, s] = softmax_s(query[t, b] . keys[s, b]) over s with valid[0, b, s];
-    context[t, b] = sum_s weights[t, b, s] memory[s, b].
-    """
-    scores = np.einsum("tbh,sbh->tbs", query, keys)
-    weights = softmax(np.where(valid, scores, -1e30))
-    return np.einsum("tbs,sbm->tbm", weights, memory), weights
-
-
-def attend_backward(d_context, query, keys, memory, weights):
-    """Gradients of attend's context with respect to query, keys and memory."""
-    d_weights = np.einsum("tbm,sbm->tbs", d_context, memory)
-    d_memory = np.einsum("tbs,tbm->sbm", weights, d_context)
-    d_scores = weights * (d_weights - (d_weights * weights).sum(axis=-1, keepdims=True))
-    d_query = np.einsum("tbs,sbh->tbh", d_scores, keys)
-    d_keys = np.einsum("tbs,tbh->sbh", d_scores, query)
-    return d_query, d_keys, d_memory
-
-
-def valid_steps(mask):
-    """(T, B, 1) step mask -> (1, B, T) booleans, to mask attention scores."""
-    return (mask[:, :, 0].T > 0)[None]
-
-
-def accumulate_at(grads, name, like, t, value):
-    """grads[name][t] += value, starting from zeros shaped like `like`."""
-    if name not in grads:
-        grads[name] = np.zeros_like(like)
-    grads[name][t] += value
-
-
 def accumulate(grads, name, value):
     """grads[name] += value, starting from the first contribution."""
     grads[name] = value if name not in grads else grads[name] + value
@@ -136,20 +104,6 @@ def step_mask(lengths, steps, dtype):
 )
 
 
-def _dense_slope(activation: str, y: str, d: str, pre: str) -> str:
-    """The gradient of a dense layer's pre-activation ``pre`` from ``d``, that of its
-    output ``y = activation(pre)``: an elementwise function's slope (rnnc.functions),
-    or softmax's and log_softmax's Jacobian products."""
-    if activation == "softmax":
-        return f"{y} * ({d} - ({d} * {y}).sum(axis=-1, keepdims=True))"
-    if activation == "log_softmax":
-        return f"{d} - softmax({pre}) * {d}.sum(axis=-1, keepdims=True)"
-    slope, precedence = NUMPY.functions.slope(activation, y)
-    if slope == "1.0":
-        return d
-    return f"{d} * {slope if precedence >= 3 else f'({slope})'}"
-
-
 BLOCK_HELPER = '''
 
 def zeros_like_all(arrays):
@@ -159,731 +113,295 @@ def zeros_like_all(arrays):
 '''
 
 
-# --- the whole program -----------------------------------------------------------------
+# --- the whole network, rendered from rnnc.network's ops --------------------------------
 
 
-class _Program(Program):
-    """Writes the module-level ``forward`` and ``backward`` of a spec, op by op."""
+def _items(path: tuple[int, ...]) -> str:
+    return "".join(f"[{i}]" for i in path)
+
+
+def _at(array: str, delay: int) -> str:
+    if not delay:
+        return f"{array}[t]"
+    return f"({array}[t - {delay}] if t >= {delay} else np.zeros_like({array}[0]))"
+
+
+Expression = Callable[["_Writer", Op, list[str]], str]
+
+# How NumPy spells every op of the network as an expression of its arguments' names.
+EXPRESSIONS: dict[OpKind, Expression] = {
+    OpKind.PARAM: lambda w, op, a: f"params[{op.attr!r}]",
+    OpKind.CONST: lambda w, op, a: repr(float(op.attr)),
+    OpKind.INPUT: lambda w, op, a: f"np.asarray(inputs[{op.attr!r}], dtype=dtype)",
+    OpKind.IDS: lambda w, op, a: f"np.asarray(inputs[{op.attr!r}])",
+    OpKind.STEP_MASK: lambda w, op, a: f"step_mask(lengths[{op.attr!r}], {a[0]}.shape[0], dtype)",
+    OpKind.VALID: lambda w, op, a: f"{a[0]}[:, :, 0].T > 0",
+    OpKind.TRUTH: lambda w, op, a: (
+        f"tf_masks.get({op.attr!r}, np.ones({a[0]}.shape[1::-1], dtype=bool)).T"
+    ),
+    OpKind.ZEROS: lambda w, op, a: f"np.zeros(({a[0]}.shape[1], {op.attr}), dtype=dtype)",
+    OpKind.DROPMASK: lambda w, op, a: (
+        f"dropout_mask(dropout, {a[0]}.shape[:2] + ({op.attr[1]},), {op.attr[0]!r}, dtype)"
+    ),
+    OpKind.PACK: lambda w, op, a: f"{w.function(op.attr)}_params(params, {op.attr.prefix!r})",
+    OpKind.COTANGENT: lambda w, op, a: f"cotangent(cotangents, {op.attr!r}, {a[0]})",
+    OpKind.TRANSPOSE: lambda w, op, a: f"{a[0]}.swapaxes(0, 1)",
+    OpKind.LOOKUP: lambda w, op, a: f"{a[0]}[{a[1]}]",
+    OpKind.SCATTER: lambda w, op, a: f"scatter_rows({a[1]}, {a[2]}, {a[0]})",
+    OpKind.LINEAR: lambda w, op, a: f"{a[0]} @ {a[1]}.T",
+    OpKind.LINEAR_X: lambda w, op, a: f"{a[0]} @ {a[1]}",
+    OpKind.LINEAR_W: lambda w, op, a: f"rows({a[0]}).T @ rows({a[1]})",
+    OpKind.SUM_ROWS: lambda w, op, a: f"rows({a[0]}).sum(axis=0)",
+    OpKind.SUM_BATCH: lambda w, op, a: f"{a[0]}.sum(axis=0)",
+    OpKind.SOFTMAX: lambda w, op, a: f"softmax({a[0]})",
+    OpKind.LOG_SOFTMAX: lambda w, op, a: f"log_softmax({a[0]})",
+    OpKind.ROWSUM: lambda w, op, a: f"{a[0]}.sum(axis=-1, keepdims=True)",
+    OpKind.BROADCAST_T: lambda w, op, a: (
+        f"np.broadcast_to({a[0]}, {a[1]}.shape[:1] + {a[0]}.shape)"
+    ),
+    OpKind.SUM0: lambda w, op, a: f"{a[0]}.sum(axis=0)",
+    OpKind.SHIFT: lambda w, op, a: f"shift({a[0]}, {op.attr})",
+    OpKind.UNSHIFT: lambda w, op, a: f"unshift({a[0]}, {op.attr})",
+    OpKind.EINSUM: lambda w, op, a: f"np.einsum({op.attr!r}, {a[0]}, {a[1]})",
+    OpKind.FILL: lambda w, op, a: f"np.where({a[1]}, {a[0]}, {op.attr!r})",
+    OpKind.SELECT: lambda w, op, a: (
+        f"np.where({a[0]}{'[:, None]' if op.attr else ''}, {a[1]}, {a[2]})"
+    ),
+    OpKind.ARGMAX: lambda w, op, a: f"{a[0]}.argmax(axis=-1)",
+    OpKind.LAST: lambda w, op, a: f"{a[0]}[lengths[{op.attr!r}] - 1, np.arange({a[0]}.shape[1])]",
+    OpKind.AT_LAST: lambda w, op, a: f"at_last({a[0]}, {a[1]}, lengths[{op.attr!r}])",
+    OpKind.ITEM: lambda w, op, a: f"{a[0]}{_items(op.attr)}",
+    OpKind.ZEROS_LIKE: lambda w, op, a: f"np.zeros_like({a[0]})",
+    OpKind.ADD: lambda w, op, a: f"{a[0]} + {a[1]}",
+    OpKind.SUB: lambda w, op, a: f"{a[0]} - {a[1]}",
+    OpKind.MUL: lambda w, op, a: f"{a[0]} * {a[1]}",
+    OpKind.NEG: lambda w, op, a: f"-{a[0]}",
+    OpKind.CALL: lambda w, op, a: f"{op.attr}({a[0]})",
+    OpKind.DCALL: lambda w, op, a: NUMPY.functions.slope(op.attr, y=a[0])[0],
+    OpKind.CONCAT: lambda w, op, a: f"np.concatenate([{', '.join(a)}], axis=-1)",
+    OpKind.SLICE: lambda w, op, a: f"{a[0]}[..., {op.attr[0]}:{op.attr[0] + op.attr[1]}]",
+    OpKind.AT: lambda w, op, a: _at(a[0], op.attr),
+    OpKind.PAST: lambda w, op, a: _at(w.buffer(op.attr[0]), op.attr[1]),
+    OpKind.CARRY: lambda w, op, a: w.carry(op.attr),
+    OpKind.FIRST_OR: lambda w, op, a: f"{a[0]}[t] | (t == 0)",
+}
+
+# Names the module's forward and backward use themselves (values never take them).
+WRITER_NAMES = {
+    "v", "outputs", "inputs", "lengths", "dtype", "tf_masks", "dropout", "cotangents",
+    "input_grads", "name", "value", "D", "d_x", "d_prev", "d_rps", "d_in", "rows",
+    "scatter_rows", "at_last", "dropout_mask", "cotangent", "unshift", "zeros_like_all",
+}  # fmt: skip
+
+# Leaves read where they are used instead of getting a line of their own.
+INLINE = (OpKind.PARAM, OpKind.CONST, OpKind.CARRY)
+
+
+class _Writer:
+    """Writes the module's ``forward`` and ``backward`` from the network's ops."""
 
     def __init__(self, analysis: Analysis):
-        super().__init__(analysis)
-        self.fwd: list[str] = []
-        self.bwd: list[list[str]] = []  # blocks, emitted in reverse order
-        self.cell_function = CellFunctions(self, NUMPY)
-        self.functions = self.cell_function.of  # (layer, depth) -> function name
+        self.analysis = analysis
+        self.net = lower_network(analysis)
+        self.back = reverse_network(self.net)
+        self.names = Namespace(RESERVED | WRITER_NAMES)
+        self.cells = CellFunctions(analysis, NUMPY)
+        self.inline: dict[str, str] = {}
 
-    def split_grad(self, grad: str, pieces: Joined, axis: str | None) -> list[str]:
-        """Lines sending a gradient of joined inputs back to each input."""
-        lines = []
-        offset = 0
-        for source, width, per_step, delay in pieces:
-            part = grad if len(pieces) == 1 else f"{grad}[..., {offset}:{offset + width}]"
-            if delay:
-                part = f"unshift({part}, {delay})"
-            if axis is not None and not per_step:
-                part = f"{part}.sum(axis=0)"
-            lines.append(f"    accumulate(g, {source!r}, {part})")
-            offset += width
-        return lines
+    def function(self, scan: Scan) -> str:
+        """The generated cell functions a scan or a step runs."""
+        layer = self.analysis.spec.layers[scan.layer]
+        return self.cells(scan.layer, scan.depth, layer, scan.input_size)  # type: ignore[arg-type]
 
-    def emit_input(self, name: str) -> None:
-        data = self.g.nodes[name]
-        inp = data["spec"]
-        sequence = data["axis"] is not None
-        if isinstance(inp, TokenInput):
-            ids = f"np.asarray(inputs[{name!r}])" + (".T" if sequence else "")
-            self.fwd.append(f"    v[{name + ':ids'!r}] = {ids}")
-            if inp.embed is not None:
-                self.fwd.append(
-                    f"    v[{name!r}] = params[{name + '.embedding'!r}][v[{name + ':ids'!r}]]"
-                )
-                self.bwd.append(
-                    [
-                        f"    if {name!r} in g:",
-                        f"        table = np.zeros_like(params[{name + '.embedding'!r}])",
-                        f"        np.add.at(table, v[{name + ':ids'!r}], g[{name!r}])",
-                        f"        accumulate(grads, {name + '.embedding'!r}, table)",
-                    ]
-                )
-        else:
-            value = f"np.asarray(inputs[{name!r}], dtype=dtype)"
-            self.fwd.append(
-                f"    v[{name!r}] = {value}" + (".transpose(1, 0, 2)" if sequence else "")
-            )
-            back = f"g[{name!r}]" + (".transpose(1, 0, 2)" if sequence else "")
-            self.bwd.append([f"    if {name!r} in g:", f"        input_grads[{name!r}] = {back}"])
-        if sequence and data["axis"] == name:
-            self.fwd.append(
-                f"    T_{name} = v[{name + (':ids' if isinstance(inp, TokenInput) else '')!r}].shape[0]"
-            )
-            self.fwd.append(f"    v['mask:{name}'] = step_mask(lengths[{name!r}], T_{name}, dtype)")
+    def name(self, var: str) -> str:
+        """The Python name of a value (or what it reads, if it is inlined)."""
+        if var in self.inline:
+            return self.inline[var]
+        return self.local(var)
 
-    def emit_dense(self, name: str, layer: DenseLayer) -> None:
-        axis = self.g.nodes[name]["axis"]
-        joined, pieces = joined_inputs(self, name, axis, NUMPY)
-        W, b = f"params[{name + '.W'!r}]", f"params[{name + '.b'!r}]"
-        self.fwd.append(f"    v[{name + ':in'!r}] = {joined}")
-        self.fwd.append(f"    v[{name + ':pre'!r}] = v[{name + ':in'!r}] @ {W}.T + {b}")
-        self.fwd.append(f"    v[{name!r}] = {layer.activation}(v[{name + ':pre'!r}])")
-        y, d = f"v[{name!r}]", f"g[{name!r}]"
-        slope = _dense_slope(layer.activation, y, d, f"v[{name + ':pre'!r}]")
-        block = [
-            f"    if {name!r} in g:",
-            f"        d_pre = {slope}",
-            f"        x_in = v[{name + ':in'!r}]",
-            f"        accumulate(grads, {name + '.W'!r}, d_pre.reshape(-1, d_pre.shape[-1]).T @ x_in.reshape(-1, x_in.shape[-1]))",
-            f"        accumulate(grads, {name + '.b'!r}, d_pre.reshape(-1, d_pre.shape[-1]).sum(axis=0))",
-            f"        d_in = d_pre @ {W}",
-        ]
-        block += ["    " + line for line in self.split_grad("d_in", pieces, axis)]
-        self.bwd.append(block)
+    def local(self, text: str) -> str:
+        """A Python name for ``text``: characters no identifier holds become ``_``."""
+        return self.names(text if text.startswith("$") else re.sub(r"\W", "_", text))
 
-    def emit_embedding(self, name: str, layer: EmbeddingLayer) -> None:
-        table = f"params[{name + '.embedding'!r}]"
-        ids = f"v[{layer.input + ':ids'!r}]"
-        self.fwd.append(f"    v[{name!r}] = {table}[{ids}]")
-        self.bwd.append(
-            [
-                f"    if {name!r} in g:",
-                f"        table = np.zeros_like({table})",
-                f"        np.add.at(table, {ids}, g[{name!r}])",
-                f"        accumulate(grads, {name + '.embedding'!r}, table)",
-            ]
-        )
+    def buffer(self, member: str) -> str:
+        return self.local(f"buf_{member}")
 
-    def emit_recurrent(self, name: str, layer: RecurrentLayer) -> None:
-        g = self.g
-        axis = g.nodes[name]["axis"]
-        cell = self.analysis.cells[layer.cell]
-        joined, pieces = joined_inputs(self, name, axis, NUMPY)
-        width = sum(piece[1] for piece in pieces)
-        H = layer.hidden
-        n_states = len(cell.state)
-        key = f"{name}.l0:in"
-        self.fwd.append(f"    v[{key!r}] = {joined}")
-        self.fwd.append(f"    B_{axis} = v[{key!r}].shape[1]")
-        zeros = f"np.zeros((B_{axis}, {H}), dtype=dtype)"
-        start = "(" + ", ".join([zeros] * n_states) + ",)"
-        if layer.init is not None:
-            self.fwd += self.init_forward(name, layer)
-            start = "(" + ", ".join([f"v[{name + ':h0'!r}]"] * n_states) + ",)"
-        top = layer.depth - 1
-        luong = layer.attention is not None  # additive attention runs in a step loop
-        for k in range(layer.depth):
-            function = self.cell_function(name, k, layer, width)
-            here = f"{name}.l{k}"
-            for d in layer.directions:
-                run = f"{name}.{d}.l{k}"
-                self.fwd.append(f"    v[{run + ':P'!r}] = {function}_params(params, {run + '.'!r})")
-                self.fwd.append(
-                    f"    v[{run!r}], v[{run + ':final'!r}], v[{run + ':tape'!r}] = {function}("
-                    f"v[{here + ':in'!r}], v['mask:{axis}'], {d == 'bwd'}, v[{run + ':P'!r}], {start})"
-                )
-            merged = merge(layer, [f"v[{f'{name}.{d}.l{k}'!r}]" for d in layer.directions], NUMPY)
-            if k > 0 and layer.residual:
-                merged = f"{merged} + v[{here + ':in'!r}]"
-            if k < top:
-                target = f"{name}.l{k + 1}:in"
+    def carry(self, name: str) -> str:
+        return self.local(f"carry_{name}")
+
+    def lines(self, ops: tuple[Op, ...], indent: str) -> list[str]:
+        out: list[str] = []
+        for op in ops:
+            args = [self.name(a) for a in op.args]
+            statement = STATEMENTS.get(op.kind)
+            if statement is not None:
+                out += [indent + line for line in statement(self, op, args)]
+                continue
+            text = EXPRESSIONS[op.kind](self, op, args)
+            if op.kind in INLINE:
+                self.inline[op.out] = text
             else:
-                target = f"{name}:h" if luong else name
-            self.fwd.append(f"    v[{target!r}] = {merged}")
-            if k < top and layer.dropout > 0:
-                self.fwd += self.dropout_forward(target, layer.dropout)
-        finals = [f"v[{f'{name}.{d}.l{top}:final'!r}]" for d in layer.directions]
-        final_states = ", ".join(
-            merge(layer, [f"{f}[{i}]" for f in finals], NUMPY) for i in range(n_states)
-        )
-        self.fwd.append(f"    v[{name + ':final'!r}] = ({final_states},)")
-        if luong:
-            self.fwd += self.luong_forward(name, layer)
+                out.append(f"{indent}{self.name(op.out)} = {text}")
+        return out
 
-        back: list[str] = [f"    if {name!r} in g or {name + ':final'!r} in g:"]
-        back.append(f"        B_{axis} = v[{key!r}].shape[1]")
-        if luong:
-            back += self.luong_backward(name, layer)
-        else:
-            back.append(f"        d_out = g.get({name!r}, np.zeros_like(v[{name!r}]))")
-        if layer.init is not None:
-            back.append("        d_h0 = 0.0")
-        for k in reversed(range(layer.depth)):
-            here = f"{name}.l{k}"
-            back += ["    " + line for line in self.merge_back(layer, name, k)]
-            back.append(f"        d_in = np.zeros_like(v[{here + ':in'!r}])")
-            for d in layer.directions:
-                run = f"{name}.{d}.l{k}"
-                d_finals = (
-                    self.merge_back_finals(layer, name, d, n_states, zeros)
-                    if k == top
-                    else "(" + ", ".join([zeros] * n_states) + ",)"
-                )
-                P = f"v[{run + ':P'!r}]"
-                back += [
-                    f"        D = zeros_like_all({P})",
-                    f"        d_xs, d_first = {self.functions[name, k]}_backward(d_{d}, {d_finals}, "
-                    f"v[{run + ':tape'!r}], v[{here + ':in'!r}], v['mask:{axis}'], {d == 'bwd'}, {P}, D)",
-                    f"        {self.functions[name, k]}_grads(D, {run + '.'!r}, grads)",
-                ]
-                back.append("        d_in = d_in + d_xs")
-                if layer.init is not None:
-                    back.append("        d_h0 = d_h0 + sum(d_first)")
-            if k > 0 and layer.residual:
-                back.append("        d_in = d_in + d_out")
-            if k > 0 and layer.dropout > 0:
-                back.append(f"        d_in = d_in * v.get({here + ':drop'!r}, 1.0)")
-            back.append("        d_out = d_in")
-        back += ["    " + line for line in self.split_grad("d_out", pieces, axis)]
-        if layer.init is not None:
-            back += self.init_backward(name, layer)
-        self.bwd.append(back)
+    # --- statements ---------------------------------------------------------------
 
-    def init_forward(self, name: str, layer: RecurrentLayer) -> list[str]:
-        """h0 of every depth, direction and state: the source's final h, maybe bridged."""
-        assert layer.init is not None
-        source = layer.init.from_
-        src = self.spec.layers.get(source)
-        if isinstance(src, RecurrentLayer):
-            index = self.analysis.cells[src.cell].state.index(self.analysis.cells[src.cell].output)
-            value = f"v[{source + ':final'!r}][{index}]"
-        else:
-            value = f"v[{source!r}]"
-        lines = [f"    v[{name + ':init_from'!r}] = {value}"]
-        if layer.init.bridge == "dense":
-            W, b = f"params[{name + '.bridge.W'!r}]", f"params[{name + '.bridge.b'!r}]"
-            lines.append(
-                f"    v[{name + ':h0'!r}] = np.tanh(v[{name + ':init_from'!r}] @ {W}.T + {b})"
-            )
-        else:
-            lines.append(f"    v[{name + ':h0'!r}] = v[{name + ':init_from'!r}]")
-        return lines
-
-    def init_backward(self, name: str, layer: RecurrentLayer) -> list[str]:
-        assert layer.init is not None
-        source = layer.init.from_
-        lines = []
-        if layer.init.bridge == "dense":
-            W = f"params[{name + '.bridge.W'!r}]"
-            h0 = f"v[{name + ':h0'!r}]"
-            lines += [
-                f"        d_pre = d_h0 * (1.0 - {h0} * {h0})",
-                f"        accumulate(grads, {name + '.bridge.W'!r}, d_pre.T @ v[{name + ':init_from'!r}])",
-                f"        accumulate(grads, {name + '.bridge.b'!r}, d_pre.sum(axis=0))",
-                f"        d_from = d_pre @ {W}",
-            ]
-        else:
-            lines.append("        d_from = d_h0")
-        src = self.spec.layers.get(source)
-        if isinstance(src, RecurrentLayer):
-            cell = self.analysis.cells[src.cell]
-            index, n = cell.state.index(cell.output), len(cell.state)
-            lines += [
-                f"        finals = list(g.get({source + ':final'!r}, [None] * {n}))",
-                f"        finals[{index}] = add_or(finals[{index}], d_from)",
-                f"        g[{source + ':final'!r}] = finals",
-            ]
-        else:
-            lines.append(f"        accumulate(g, {source!r}, d_from)")
-        return lines
-
-    def luong_forward(self, name: str, layer: RecurrentLayer) -> list[str]:
-        """Luong attention: query = the new top h; output tanh(W_c [context, h] + b_c)."""
-        assert layer.attention is not None
-        memory = layer.attention.memory
-        axis = self.g.nodes[memory]["axis"]
-        p = f"{name}.attention."
-        keys = f"v[{memory!r}]"
-        if layer.attention.score == "general":
-            keys = f"v[{memory!r}] @ params[{p + 'W_a'!r}].T"
+    def scan(self, op: Op, a: list[str]) -> list[str]:
+        xs, mask, P, *starts = a
+        scan: Scan = op.attr
+        reverse = scan.direction == "bwd"
         return [
-            f"    v[{name + ':keys'!r}] = {keys}",
-            f"    v[{name + ':context'!r}], v[{name + ':weights'!r}] = attend("
-            f"v[{name + ':h'!r}], v[{name + ':keys'!r}], v[{memory!r}], valid_steps(v['mask:{axis}']))",
-            f"    v[{name + ':cat'!r}] = np.concatenate([v[{name + ':context'!r}], v[{name + ':h'!r}]], axis=-1)",
-            f"    v[{name!r}] = np.tanh(v[{name + ':cat'!r}] @ params[{p + 'W_c'!r}].T + params[{p + 'b_c'!r}])",
+            f"{self.name(op.out)} = {self.function(scan)}({xs}, {mask}, {reverse}, {P}, {pack(starts)})"
         ]
 
-    def luong_backward(self, name: str, layer: RecurrentLayer) -> list[str]:
-        assert layer.attention is not None
-        memory = layer.attention.memory
-        M = self.g.nodes[memory]["width"]
-        p = f"{name}.attention."
-        out = f"v[{name!r}]"
+    def scan_back(self, op: Op, a: list[str]) -> list[str]:
+        scan: Scan = op.attr
+        d_ys, *rest = a
+        *d_finals, tape, xs, mask, P = rest
+        fn = self.function(scan)
+        return [
+            f"D = zeros_like_all({P})",
+            f"{self.name(op.out)} = {fn}_backward({d_ys}, {pack(d_finals)}, {tape}, {xs}, {mask}, "
+            f"{scan.direction == 'bwd'}, {P}, D)",
+            f"{fn}_grads(D, {scan.prefix!r}, grads)",
+        ]
+
+    def cell_step(self, op: Op, a: list[str]) -> list[str]:
+        x, mask_t, P, *states = a
+        fn = self.cells.of[op.attr.layer, op.attr.depth]
+        step = self.cells.steps[fn]
+        bias = f" + {P}['b_x']" if any(step.x_bias) else ""
+        xp = f"{x} @ {P}['W_x'].T{bias}" if step.x_blocks else "None"
+        return [f"{self.name(op.out)} = {fn}_step({xp}, {x}, {mask_t}, {pack(states)}, {P})"]
+
+    def cell_step_back(self, op: Op, a: list[str]) -> list[str]:
+        *d_states, d_y, tape, x, mask_t, P = a
+        fn = self.cells.of[op.attr.layer, op.attr.depth]
+        step = self.cells.steps[fn]
+        D = f"D_{P}"
         lines = [
-            f"        d_pre = g.get({name!r}, np.zeros_like({out})) * (1.0 - {out} * {out})",
-            f"        cat = v[{name + ':cat'!r}]",
-            f"        accumulate(grads, {p + 'W_c'!r}, d_pre.reshape(-1, d_pre.shape[-1]).T @ cat.reshape(-1, cat.shape[-1]))",
-            f"        accumulate(grads, {p + 'b_c'!r}, d_pre.reshape(-1, d_pre.shape[-1]).sum(axis=0))",
-            f"        d_cat = d_pre @ params[{p + 'W_c'!r}]",
-            f"        d_query, d_keys, d_memory = attend_backward(d_cat[..., :{M}], v[{name + ':h'!r}], "
-            f"v[{name + ':keys'!r}], v[{memory!r}], v[{name + ':weights'!r}])",
-            f"        d_out = d_cat[..., {M}:] + d_query",
+            f"d_xp, d_x, d_prev, d_rps = {fn}_step_backward({pack(d_states)}, {d_y}, {tape}, {x}, {mask_t}, {P}, {D})",
+            f"{fn}_recurrent_grads({D}, d_rps, {tape})",
+            f"d_in = np.zeros_like({x})",
+            "if d_xp is not None:",
+            f"    d_in = d_in + d_xp @ {P}['W_x']",
+            f"    {D}['W_x'] += d_xp.T @ {x}",
         ]
-        if layer.attention.score == "general":
-            mem = f"v[{memory!r}]"
-            lines += [
-                f"        accumulate(grads, {p + 'W_a'!r}, d_keys.reshape(-1, d_keys.shape[-1]).T @ {mem}.reshape(-1, {mem}.shape[-1]))",
-                f"        d_memory = d_memory + d_keys @ params[{p + 'W_a'!r}]",
-            ]
-        else:
-            lines.append("        d_memory = d_memory + d_keys")
-        lines.append(f"        accumulate(g, {memory!r}, d_memory)")
+        if any(step.x_bias):
+            lines.append(f"    {D}['b_x'] += d_xp.sum(axis=0)")
+        lines += ["if d_x is not None:", "    d_in = d_in + d_x"]
+        lines.append(f"{self.name(op.out)} = (d_in, d_prev)")
         return lines
 
-    # --- step loops (feedback, additive attention, recurrent edges from what a layer feeds)
+    def output(self, op: Op, a: list[str]) -> list[str]:
+        self.inline[op.out] = a[0]
+        return [f"outputs[{op.attr!r}] = {a[0]}"]
 
-    def emit_loop(self, members: list[str]) -> None:
-        axis = self.g.nodes[members[0]]["axis"]
-        member_set = set(members)
-        fwd = self.fwd
-        fwd.append(
-            f"    # Step loop over {axis!r}: {', '.join(members)} (each step reads earlier steps)"
-        )
-        fwd.append(f"    T, B = T_{axis}, v['mask:{axis}'].shape[1]")
-        fwd.append(f"    truth = tf_masks.get({axis!r}, np.ones((B, T), dtype=bool))")
-        fwd.append(f"    v['truth:{axis}'] = truth")
-        for name in members:
-            layer = self.spec.layers[name]
-            width = sum(p.width for p in self.loop_pieces(name))
-            fwd.append(
-                f"    v[{name!r}] = np.zeros((T, B, {self.g.nodes[name]['width']}), dtype=dtype)"
-            )
-            in_key = f"{name}.l0:in" if isinstance(layer, RecurrentLayer) else f"{name}:in"
-            fwd.append(f"    v[{in_key!r}] = np.zeros((T, B, {width}), dtype=dtype)")
-            fed = self.fed(name)
-            if fed is not None and fed.tokens:
-                fwd.append(f"    v[{name + ':fed_ids'!r}] = np.zeros((T, B), dtype=np.int64)")
-            if isinstance(layer, RecurrentLayer):
-                self.loop_setup(name, layer, width)
-        fwd.append("    for t in range(T):")
-        fwd.append(f"        mask_t = v['mask:{axis}'][t]")
-        for name in members:
-            layer = self.spec.layers[name]
-            fwd += ["    " + line for line in self.loop_step(name, layer, member_set)]
-        for name in members:
-            layer = self.spec.layers[name]
-            if isinstance(layer, RecurrentLayer):
-                self.loop_finish(name, layer)
-        self.bwd.append(self.loop_backward(members, axis))
-
-    @staticmethod
-    def piece_at_t(piece: Piece) -> str:
-        """The expression for what a step-loop member reads from ``piece`` at step t."""
-        if piece.kind in ("fed", "context"):
-            return piece.kind
-        ref = f"v[{piece.source!r}]"
-        if piece.kind == "static":
-            return ref
-        if piece.delay:
-            return f"({ref}[t - {piece.delay}] if t >= {piece.delay} else np.zeros_like({ref}[0]))"
-        return f"{ref}[t]"
-
-    def loop_setup(self, name: str, layer: RecurrentLayer, width: int) -> None:
-        cell = self.analysis.cells[layer.cell]
-        H = layer.hidden
-        fwd = self.fwd
-        zeros = f"np.zeros((B, {H}), dtype=dtype)"
-        start = pack([zeros] * len(cell.state))
-        if layer.init is not None:
-            fwd += self.init_forward(name, layer)
-            start = pack([f"v[{name + ':h0'!r}]"] * len(cell.state))
-        for k in range(layer.depth):
-            function = self.cell_function(name, k, layer, width)
-            run = f"{name}.fwd.l{k}"
-            fwd.append(f"    v[{run + ':P'!r}] = {function}_params(params, {run + '.'!r})")
-            fwd.append(f"    v[{run + ':tape'!r}] = [None] * T")
-            fwd.append(f"    state_{name}_l{k} = {start}")
-            if k > 0:
-                fwd.append(
-                    f"    v[{f'{name}.l{k}:in'!r}] = np.zeros((T, B, {layer.output_width}), dtype=dtype)"
-                )
-                if layer.dropout > 0:
-                    fwd += self.dropout_forward(f"{name}.l{k}:in", layer.dropout, draw_only=True)
-        if layer.attention is not None:
-            memory = layer.attention.memory
-            p = f"{name}.attention."
-            if layer.attention.score == "additive":
-                fwd.append(f"    v[{name + ':keys'!r}] = v[{memory!r}] @ params[{p + 'W_k'!r}].T")
-            elif layer.attention.score == "general":
-                fwd.append(f"    v[{name + ':keys'!r}] = v[{memory!r}] @ params[{p + 'W_a'!r}].T")
-            else:
-                fwd.append(f"    v[{name + ':keys'!r}] = v[{memory!r}]")
-            M = self.g.nodes[memory]["width"]
-            S = f"v[{memory!r}].shape[0]"
-            fwd.append(f"    v[{name + ':weights'!r}] = np.zeros((T, B, {S}), dtype=dtype)")
-            fwd.append(f"    v[{name + ':context'!r}] = np.zeros((T, B, {M}), dtype=dtype)")
-            if layer.attention.score != "additive":
-                fwd.append(f"    v[{name + ':h'!r}] = np.zeros((T, B, {H}), dtype=dtype)")
-            else:
-                fwd.append(f"    v[{name + ':query'!r}] = np.zeros((T, B, {H}), dtype=dtype)")
-
-    def loop_step(self, name: str, layer: Any, members: set[str]) -> list[str]:
-        """Forward lines of one member at step t (indented for the loop body)."""
-        lines = []
-        pieces = self.loop_pieces(name)
-        fed = self.fed(name)
-        if fed is not None:
-            source, prediction = fed.source, fed.prediction
-            if fed.tokens:
-                ids, table = f"v[{fed.ids + ':ids'!r}]", f"params[{fed.table!r}]"
-                lines += [
-                    f"    ids = {ids}[t]",
-                    "    if t > 0:",
-                    f"        ids = np.where(truth[:, t], ids, v[{prediction!r}][t - 1].argmax(axis=-1))",
-                    f"    v[{name + ':fed_ids'!r}][t] = ids",
-                    f"    fed = {table}[ids]",
-                ]
-            else:
-                lines += [
-                    f"    fed = v[{source!r}][t]",
-                    "    if t > 0:",
-                    f"        fed = np.where(truth[:, t, None], fed, v[{prediction!r}][t - 1])",
-                ]
-        additive = isinstance(layer, RecurrentLayer) and layer.attention is not None
-        if additive and layer.attention.score == "additive":
-            memory = layer.attention.memory
-            axis = self.g.nodes[memory]["axis"]
-            cell = self.analysis.cells[layer.cell]
-            top = layer.depth - 1
-            out_index = cell.state.index(cell.output)
-            p = f"{name}.attention."
-            lines += [
-                f"    query = state_{name}_l{top}[{out_index}]",
-                f"    v[{name + ':query'!r}][t] = query",
-                f"    energy = np.tanh(v[{name + ':keys'!r}] + (query @ params[{p + 'W_q'!r}].T)[None])",
-                f"    scores = (energy @ params[{p + 'v'!r}]).T[None]",
-                f"    weights = softmax(np.where(valid_steps(v['mask:{axis}']), scores, -1e30))",
-                f"    v[{name + ':weights'!r}][t] = weights[0]",
-                f"    context = np.einsum('bs,sbm->bm', weights[0], v[{memory!r}])",
-                f"    v[{name + ':context'!r}][t] = context",
-            ]
-        parts = [self.piece_at_t(p) for p in pieces]
-        joined = parts[0] if len(parts) == 1 else f"np.concatenate([{', '.join(parts)}], axis=-1)"
-        if isinstance(layer, RecurrentLayer):
-            lines.append(f"    v[{name + '.l0:in'!r}][t] = {joined}")
-            for k in range(layer.depth):
-                run = f"{name}.fwd.l{k}"
-                x_in = f"v[{f'{name}.l{k}:in'!r}][t]"
-                P = f"v[{run + ':P'!r}]"
-                step = self.cell_function.step(name, k)
-                bias = f" + {P}['b_x']" if any(step.x_bias) else ""
-                xp = f"{x_in} @ {P}['W_x'].T{bias}" if step.x_blocks else "None"
-                lines.append(
-                    f"    state_{name}_l{k}, y, v[{run + ':tape'!r}][t] = {self.functions[name, k]}_step("
-                    f"{xp}, {x_in}, mask_t, state_{name}_l{k}, {P})"
-                )
-                if k > 0 and layer.residual:
-                    lines.append(f"    y = y + {x_in}")
-                if k + 1 < layer.depth:
-                    if layer.dropout > 0:
-                        key = f"{name}.l{k + 1}:drop"
-                        lines.append(f"    y = y * v[{key!r}][t] if {key!r} in v else y")
-                    lines.append(f"    v[{f'{name}.l{k + 1}:in'!r}][t] = y")
-            if layer.attention is not None and layer.attention.score != "additive":
-                memory = layer.attention.memory
-                axis = self.g.nodes[memory]["axis"]
-                p = f"{name}.attention."
-                lines += [
-                    f"    v[{name + ':h'!r}][t] = y",
-                    f"    context, weights = attend(y[None], v[{name + ':keys'!r}], v[{memory!r}], valid_steps(v['mask:{axis}']))",
-                    f"    v[{name + ':context'!r}][t], v[{name + ':weights'!r}][t] = context[0], weights[0]",
-                    f"    y = np.tanh(np.concatenate([context[0], y], axis=-1) @ params[{p + 'W_c'!r}].T + params[{p + 'b_c'!r}])",
-                ]
-            lines.append(f"    v[{name!r}][t] = y")
-        else:  # a dense layer
-            W, b = f"params[{name + '.W'!r}]", f"params[{name + '.b'!r}]"
-            lines += [
-                f"    v[{name + ':in'!r}][t] = {joined}",
-                f"    v[{name!r}][t] = {layer.activation}(v[{name + ':in'!r}][t] @ {W}.T + {b})",
-            ]
-        return lines
-
-    def loop_finish(self, name: str, layer: RecurrentLayer) -> None:
-        """After the loop: the layer's final states are those of its top depth."""
-        self.fwd.append(f"    v[{name + ':final'!r}] = state_{name}_l{layer.depth - 1}")
-
-    def loop_backward(self, members: list[str], axis: str) -> list[str]:
-        member_set = set(members)
-        finals = " or ".join(
-            f"{n + ':final'!r} in g"
-            for n in members
-            if isinstance(self.spec.layers[n], RecurrentLayer)
-        )
-        cond = " or ".join([f"{n!r} in g" for n in members] + ([finals] if finals else []))
-        b = [
-            f"    if {cond}:",
-            f"        T, B = v['mask:{axis}'].shape[:2]",
-            f"        truth = v['truth:{axis}']",
+    def loop(self, op: Op, a: list[str]) -> list[str]:
+        loop: Loop = op.attr
+        saved = self.back_of[op.out].saved if op.out in self.back_of else ()
+        members = ", ".join(m for m, _ in loop.writes)
+        lines = [
+            f"# Step loop over {loop.axis!r}: {members} (each step reads earlier steps)",
+            f"T, B = {self.name(loop.mask)}.shape[:2]",
         ]
-        for name in members:
-            b.append(f"        g[{name!r}] = g.get({name!r}, np.zeros_like(v[{name!r}]))")
-            layer = self.spec.layers[name]
-            if isinstance(layer, RecurrentLayer):
-                cell = self.analysis.cells[layer.cell]
-                n = len(cell.state)
-                H = layer.hidden
-                zeros = f"np.zeros((B, {H}), dtype=dtype)"
-                for k in range(layer.depth):
-                    run = f"{name}.fwd.l{k}"
-                    b.append(f"        D_{name}_l{k} = zeros_like_all(v[{run + ':P'!r}])")
-                    if k == layer.depth - 1:
-                        b.append(
-                            f"        d_state_{name}_l{k} = {self.merge_back_finals(layer, name, 'fwd', n, zeros)}"
-                        )
-                    else:
-                        b.append(f"        d_state_{name}_l{k} = {pack([zeros] * n)}")
-                if layer.attention is not None:
-                    b.append(f"        d_keys_{name} = np.zeros_like(v[{name + ':keys'!r}])")
-                    b.append(
-                        f"        d_memory_{name} = np.zeros_like(v[{layer.attention.memory!r}])"
-                    )
-                fed = self.fed(name)
-                if fed is not None and fed.tokens:
-                    b.append(f"        d_table_{name} = np.zeros_like(params[{fed.table!r}])")
-        b.append("        for t in reversed(range(T)):")
-        b.append(f"            mask_t = v['mask:{axis}'][t]")
-        for name in reversed(members):
-            layer = self.spec.layers[name]
-            b += ["        " + line for line in self.loop_step_backward(name, layer, member_set)]
-        for name in members:
-            layer = self.spec.layers[name]
-            if isinstance(layer, RecurrentLayer):
-                b += self.loop_backward_finish(name, layer)
-        return b
-
-    def loop_step_backward(self, name: str, layer: Any, members: set[str]) -> list[str]:
-        lines: list[str] = []
-        pieces = self.loop_pieces(name)
-        if isinstance(layer, RecurrentLayer):
-            p = f"{name}.attention."
-            lines.append(f"    d_y = g[{name!r}][t]")
-            if layer.attention is not None and layer.attention.score != "additive":
-                memory = layer.attention.memory
-                M = self.g.nodes[memory]["width"]
-                lines += [
-                    f"    out = v[{name!r}][t]",
-                    "    d_pre = d_y * (1.0 - out * out)",
-                    f"    cat = np.concatenate([v[{name + ':context'!r}][t], v[{name + ':h'!r}][t]], axis=-1)",
-                    f"    accumulate(grads, {p + 'W_c'!r}, d_pre.T @ cat)",
-                    f"    accumulate(grads, {p + 'b_c'!r}, d_pre.sum(axis=0))",
-                    f"    d_cat = d_pre @ params[{p + 'W_c'!r}]",
-                    f"    d_query, d_keys, d_memory = attend_backward(d_cat[None, :, :{M}], v[{name + ':h'!r}][t][None], "
-                    f"v[{name + ':keys'!r}], v[{memory!r}], v[{name + ':weights'!r}][t][None])",
-                    f"    d_keys_{name} += d_keys",
-                    f"    d_memory_{name} += d_memory",
-                    f"    d_y = d_cat[:, {M}:] + d_query[0]",
-                ]
-            for k in reversed(range(layer.depth)):
-                run = f"{name}.fwd.l{k}"
-                x_in = f"v[{f'{name}.l{k}:in'!r}][t]"
-                P = f"v[{run + ':P'!r}]"
-                function = self.functions[name, k]
-                lines += [
-                    f"    d_xp, d_x, d_state_{name}_l{k}, d_rps = {function}_step_backward("
-                    f"d_state_{name}_l{k}, d_y, v[{run + ':tape'!r}][t], {x_in}, mask_t, {P}, D_{name}_l{k})",
-                    f"    {function}_recurrent_grads(D_{name}_l{k}, d_rps, v[{run + ':tape'!r}][t])",
-                ]
-                lines.append(f"    d_in = np.zeros_like({x_in})")
-                lines.append("    if d_xp is not None:")
-                lines.append(f"        d_in = d_in + d_xp @ {P}['W_x']")
-                lines.append(f"        D_{name}_l{k}['W_x'] += d_xp.T @ {x_in}")
-                if any(self.cell_function.step(name, k).x_bias):
-                    lines.append(f"        D_{name}_l{k}['b_x'] += d_xp.sum(axis=0)")
-                lines.append("    if d_x is not None:")
-                lines.append("        d_in = d_in + d_x")
-                if k > 0 and layer.residual:
-                    lines.append("    d_in = d_in + d_y")
-                if k > 0 and layer.dropout > 0:
-                    lines.append(
-                        f"    d_in = d_in * v[{f'{name}.l{k}:drop'!r}][t] if {f'{name}.l{k}:drop'!r} in v else d_in"
-                    )
-                lines.append("    d_y = d_in")
-        else:
-            W = f"params[{name + '.W'!r}]"
-            y = f"v[{name!r}][t]"
-            d = f"g[{name!r}][t]"
-            pre = f"(v[{name + ':in'!r}][t] @ {W}.T + params[{name + '.b'!r}])"
-            slope = _dense_slope(layer.activation, y, d, pre)
-            lines += [
-                f"    d_pre = {slope}",
-                f"    accumulate(grads, {name + '.W'!r}, d_pre.T @ v[{name + ':in'!r}][t])",
-                f"    accumulate(grads, {name + '.b'!r}, d_pre.sum(axis=0))",
-                f"    d_in = d_pre @ {W}",
-            ]
-        offset = 0
-        for kind, source, width, delay in ((p.kind, p.source, p.width, p.delay) for p in pieces):
-            part = f"d_in[:, {offset}:{offset + width}]" if len(pieces) > 1 else "d_in"
-            offset += width
-            if kind == "static":
-                lines.append(f"    accumulate(g, {source!r}, {part})")
-            elif kind == "step":
-                if delay:
-                    lines.append(f"    if t >= {delay}:")
-                    lines.append(
-                        f"        accumulate_at(g, {source!r}, v[{source!r}], t - {delay}, {part})"
-                    )
-                else:
-                    lines.append(f"    accumulate_at(g, {source!r}, v[{source!r}], t, {part})")
-            elif kind == "fed":
-                fed = self.fed(name)
-                assert fed is not None
-                fed_source, prediction = fed.source, fed.prediction
-                if fed.tokens:
-                    lines.append(
-                        f"    np.add.at(d_table_{name}, v[{name + ':fed_ids'!r}][t], {part})"
-                    )
-                else:
-                    lines += [
-                        f"    accumulate_at(g, {fed_source!r}, v[{fed_source!r}], t, np.where(truth[:, t, None] | (t == 0), {part}, 0.0))",
-                        "    if t > 0:",
-                        f"        accumulate_at(g, {prediction!r}, v[{prediction!r}], t - 1, np.where(truth[:, t, None], 0.0, {part}))",
-                    ]
-            elif kind == "context":
-                memory = source
-                top = layer.depth - 1
-                cell = self.analysis.cells[layer.cell]
-                out_index = cell.state.index(cell.output)
-                p = f"{name}.attention."
-                lines += [
-                    f"    weights = v[{name + ':weights'!r}][t]",
-                    f"    d_weights = np.einsum('bm,sbm->bs', {part}, v[{memory!r}])",
-                    f"    d_memory_{name} += np.einsum('bs,bm->sbm', weights, {part})",
-                    "    d_scores = weights * (d_weights - (d_weights * weights).sum(axis=-1, keepdims=True))",
-                    f"    energy = np.tanh(v[{name + ':keys'!r}] + (v[{name + ':query'!r}][t] @ params[{p + 'W_q'!r}].T)[None])",
-                    f"    accumulate(grads, {p + 'v'!r}, np.einsum('bs,sba->a', d_scores, energy))",
-                    f"    d_energy = d_scores.T[:, :, None] * params[{p + 'v'!r}] * (1.0 - energy * energy)",
-                    f"    d_keys_{name} += d_energy",
-                    "    d_q = d_energy.sum(axis=0)",
-                    f"    accumulate(grads, {p + 'W_q'!r}, d_q.T @ v[{name + ':query'!r}][t])",
-                    f"    d_state = list(d_state_{name}_l{top})",
-                    f"    d_state[{out_index}] = d_state[{out_index}] + d_q @ params[{p + 'W_q'!r}]",
-                    f"    d_state_{name}_l{top} = tuple(d_state)",
-                ]
+        for member, _ in loop.writes:
+            width = self.analysis.graph.nodes[member]["width"]
+            lines.append(f"{self.buffer(member)} = np.zeros((T, B, {width}), dtype=dtype)")
+        for c in loop.carries:
+            lines.append(f"{self.carry(c.name)} = {self.name(c.init)}")
+        tape = self.local(f"tape_{op.out}")
+        lines += [f"{tape} = [None] * T", "for t in range(T):"]
+        lines += self.lines(loop.ops, "    ")
+        for member, value in loop.writes:
+            lines.append(f"    {self.buffer(member)}[t] = {self.name(value)}")
+        lines.append(f"    {tape}[t] = {pack([self.name(s) for s in saved])}")
+        nexts = [self.name(c.next) for c in loop.carries]
+        for c, value in zip(loop.carries, nexts, strict=True):
+            lines.append(f"    {self.carry(c.name)} = {value}")
+        parts = [self.buffer(m) for m, _ in loop.writes] + [
+            self.carry(c.name) for c in loop.carries
+        ]
+        lines.append(f"{self.name(op.out)} = {pack([*parts, tape])}")
         return lines
 
-    def loop_backward_finish(self, name: str, layer: RecurrentLayer) -> list[str]:
-        lines = []
-        if layer.init is not None:
-            lines.append(
-                "        d_h0 = "
-                + " + ".join(f"sum(d_state_{name}_l{k})" for k in range(layer.depth))
-            )
-        for k in range(layer.depth):
-            lines.append(
-                f"        {self.functions[name, k]}_grads(D_{name}_l{k}, {f'{name}.fwd.l{k}.'!r}, grads)"
-            )
-        if layer.attention is not None:
-            memory = layer.attention.memory
-            p = f"{name}.attention."
-            key = {"additive": "W_k", "general": "W_a"}.get(layer.attention.score)
-            if key is not None:
-                lines += [
-                    f"        d_k = d_keys_{name}.reshape(-1, d_keys_{name}.shape[-1])",
-                    f"        accumulate(grads, {p + key!r}, d_k.T @ v[{memory!r}].reshape(-1, v[{memory!r}].shape[-1]))",
-                    f"        d_memory_{name} += d_keys_{name} @ params[{p + key!r}]",
-                ]
-            else:
-                lines.append(f"        d_memory_{name} += d_keys_{name}")
-            lines.append(f"        accumulate(g, {memory!r}, d_memory_{name})")
-        fed = self.fed(name)
-        if fed is not None and fed.tokens:
-            lines.append(f"        accumulate(grads, {fed.table!r}, d_table_{name})")
-        if layer.init is not None:
-            lines += self.init_backward(name, layer)
+    def loop_back(self, op: Op, a: list[str]) -> list[str]:
+        back: LoopBack = op.attr
+        loop = back.loop
+        m, n = len(loop.writes), len(loop.carries)
+        d_writes, d_finals, tape = a[:m], a[m : m + n], a[m + n]
+        lines = [
+            f"# Reverse of the step loop over {loop.axis!r}",
+            f"T, B = {self.name(loop.mask)}.shape[:2]",
+        ]
+        for (member, _), d in zip(loop.writes, d_writes, strict=True):
+            lines.append(f"{self.local(f'dbuf:{member}')} = np.array({d})")
+            self.inline[f"dbuf:{member}"] = f"{self.local(f'dbuf:{member}')}[t]"
+        for c, d in zip(loop.carries, d_finals, strict=True):
+            lines.append(f"{self.local(f'dcarry:{c.name}')} = {d}")
+            self.inline[f"dcarry:{c.name}"] = self.local(f"dcarry:{c.name}")
+        sums: dict[str, list[str]] = {var: [] for var in back.results}
+        for array in dict.fromkeys(arr for _, arr, _ in back.at):
+            acc = self.local(f"acc_at:{array}")
+            lines.append(f"{acc} = np.zeros_like({self.name(array)})")
+            sums[array].append(acc)
+        for _, var in back.whole:
+            acc = self.local(f"acc:{var}")
+            lines.append(f"{acc} = 0.0")
+            sums[var].append(acc)
+        packs = [o for o in loop.ops if o.kind == OpKind.CELL_STEP]
+        for o in packs:
+            P = self.name(o.args[2])
+            lines.append(f"D_{P} = zeros_like_all({P})")
+        lines.append("for t in reversed(range(T)):")
+        if back.saved:
+            lines.append(f"    {', '.join(self.name(s) for s in back.saved)}, = {tape}[t]")
+        lines += self.lines(back.recomputed, "    ")
+        lines += self.lines(back.ops, "    ")
+        for grad, array, delay in back.at:
+            target = f"{self.local(f'acc_at:{array}')}[t - {delay}]"
+            lines += self._accumulate_at(target, self.name(grad), delay)
+        for grad, member, delay in back.past:
+            target = f"{self.local(f'dbuf:{member}')}[t - {delay}]"
+            lines += self._accumulate_at(target, self.name(grad), delay)
+        for grad, var in back.whole:
+            acc = self.local(f"acc:{var}")
+            lines.append(f"    {acc} = {acc} + {self.name(grad)}")
+        for carry, d_before in back.carries:
+            d = self.local(f"dcarry:{carry}")
+            lines.append(f"    {d} = {self.name(d_before) if d_before else f'np.zeros_like({d})'}")
+        for o in packs:
+            P = self.name(o.args[2])
+            scan = next(p.attr for p in self.net.ops if p.out == o.args[2])
+            lines.append(f"{self.function(scan)}_grads(D_{P}, {scan.prefix!r}, grads)")
+        for c in loop.carries:
+            if c.init in sums:
+                sums[c.init].append(self.local(f"dcarry:{c.name}"))
+        results = [" + ".join(sums[var]) for var in back.results]
+        lines.append(f"{self.name(op.out)} = {pack(results)}")
         return lines
 
     @staticmethod
-    def dropout_forward(key: str, p: float, draw_only: bool = False) -> list[str]:
-        """Inverted dropout on v[key] when forward gets a generator (train mode only)."""
-        drop = key.replace(":in", ":drop")
-        lines = [
-            "    if dropout is not None:",
-            f"        v[{drop!r}] = (dropout.random(v[{key!r}].shape) >= {p!r}).astype(dtype) / {1 - p!r}",
-        ]
-        if not draw_only:
-            lines.append(f"        v[{key!r}] = v[{key!r}] * v[{drop!r}]")
-        return lines
+    def _accumulate_at(target: str, grad: str, delay: int) -> list[str]:
+        if not delay:
+            return [f"    {target} += {grad}"]
+        return [f"    if t >= {delay}:", f"        {target} += {grad}"]
 
-    def merge_back(self, layer: RecurrentLayer, name: str, k: int) -> list[str]:
-        """Lines giving d_fwd / d_bwd (the gradient of each direction) from d_out."""
-        if len(layer.directions) == 1:
-            return [f"    d_{layer.directions[0]} = d_out"]
-        H = layer.hidden
-        f, b = f"v[{f'{name}.fwd.l{k}'!r}]", f"v[{f'{name}.bwd.l{k}'!r}]"
-        return {
-            "concat": [f"    d_fwd, d_bwd = d_out[..., :{H}], d_out[..., {H}:]"],
-            "sum": ["    d_fwd, d_bwd = d_out, d_out"],
-            "mean": ["    d_fwd, d_bwd = 0.5 * d_out, 0.5 * d_out"],
-            "mul": [f"    d_fwd, d_bwd = d_out * {b}, d_out * {f}"],
-        }[layer.merge]
-
-    def merge_back_finals(
-        self, layer: RecurrentLayer, name: str, d: str, n: int, zeros: str
-    ) -> str:
-        """The gradient reaching one direction's final states from the layer's 'state' outputs."""
-        top = layer.depth - 1
-        parts = []
-        for i in range(n):
-            grad = f"g.get({name + ':final'!r}, [None] * {n})[{i}]"
-            if len(layer.directions) == 1 or layer.merge in ("sum",):
-                piece = grad
-            elif layer.merge == "mean":
-                piece = f"scale({grad}, 0.5)"
-            elif layer.merge == "concat":
-                H = layer.hidden
-                piece = f"part({grad}, {0 if d == 'fwd' else H}, {H})"
-            else:
-                other = "bwd" if d == "fwd" else "fwd"
-                piece = f"times({grad}, v[{f'{name}.{other}.l{top}:final'!r}][{i}])"
-            parts.append(f"or_zeros({piece}, {zeros})")
-        return "(" + ", ".join(parts) + ",)"
-
-    def emit_output(self, name: str) -> None:
-        out = self.spec.outputs[name]
-        source = out.from_
-        axis = self.g.nodes[source].get("axis")
-        if out.state is not None:
-            layer = self.spec.layers[source]
-            index = self.analysis.cells[layer.cell].state.index(out.state)  # type: ignore[union-attr]
-            self.fwd.append(f"    outputs[{name!r}] = v[{source + ':final'!r}][{index}]")
-            n = len(self.analysis.cells[layer.cell].state)  # type: ignore[union-attr]
-            self.bwd.append(
-                [
-                    f"    if {name!r} in cotangents:",
-                    f"        finals = list(g.get({source + ':final'!r}, [None] * {n}))",
-                    f"        finals[{index}] = add_or({f'finals[{index}]'}, np.asarray(cotangents[{name!r}], dtype=dtype))",
-                    f"        g[{source + ':final'!r}] = finals",
-                ]
-            )
-        elif axis is None:
-            self.fwd.append(f"    outputs[{name!r}] = v[{source!r}]")
-            self.bwd.append(
-                [
-                    f"    if {name!r} in cotangents:",
-                    f"        accumulate(g, {source!r}, np.asarray(cotangents[{name!r}], dtype=dtype))",
-                ]
-            )
-        elif out.steps == "last":
-            last = f"lengths[{axis!r}] - 1, np.arange(v[{source!r}].shape[1])"
-            self.fwd.append(f"    outputs[{name!r}] = v[{source!r}][{last}]")
-            self.bwd.append(
-                [
-                    f"    if {name!r} in cotangents:",
-                    f"        d = np.zeros_like(v[{source!r}])",
-                    f"        d[{last}] = cotangents[{name!r}]",
-                    f"        accumulate(g, {source!r}, d)",
-                ]
-            )
-        else:
-            mask = f"v['mask:{axis}']"
-            self.fwd.append(f"    outputs[{name!r}] = (v[{source!r}] * {mask}).transpose(1, 0, 2)")
-            self.bwd.append(
-                [
-                    f"    if {name!r} in cotangents:",
-                    f"        accumulate(g, {source!r}, np.asarray(cotangents[{name!r}], dtype=dtype).transpose(1, 0, 2) * {mask})",
-                ]
-            )
+    # --- the module ---------------------------------------------------------------
 
     def module(self, header: str) -> str:
-        self.emit_schedule("numpy")
+        self.back_of = {}
+        for o in self.back.ops:
+            if o.kind == OpKind.LOOP_BACK:
+                self.back_of[self._loop_of(o)] = o.attr
+        forward_lines = self.lines(self.net.ops, "    ")
+        forward_vars = {op.out for op in self.net.ops}
+        kept = [
+            a for a in dict.fromkeys(a for o in self.back.ops for a in o.args) if a in forward_vars
+        ]
+        kept += [o.out for o in self.net.ops if o.kind in (OpKind.PACK,) or o.out.endswith(":tape")]
+        kept += [o.args[0] for o in self.net.ops if o.kind == OpKind.SCAN]
+        kept = [k for k in dict.fromkeys(kept) if k not in self.inline]
         forward = [
             "def forward(params, inputs, lengths, dtype=np.float64, tf_masks=None, dropout=None):",
             '    """Run the model. inputs are batch-first; lengths maps each sequence input\n'
@@ -892,57 +410,97 @@ class _Program(Program):
             "    (default: the ground truth); dropout is None (off) or a numpy Generator for\n"
             '    the masks. Returns (outputs, v): v keeps what backward needs."""',
             "    tf_masks = tf_masks or {}",
-            "    v = {}",
             "    outputs = {}",
-            *self.fwd,
+            *forward_lines,
+            "    v = {" + ", ".join(f"{k!r}: {self.name(k)}" for k in kept) + "}",
             "    return outputs, v",
         ]
         backward = [
             "def backward(params, inputs, lengths, v, cotangents, dtype=np.float64):",
             '    """Gradients of sum(output * cotangent) for every parameter and real input."""',
-            "    g = {}",
             "    grads = {}",
-            "    input_grads = {}",
+            *(f"    {self.name(k)} = v[{k!r}]" for k in kept),
+            *self.lines(self.back.ops, "    "),
         ]
-        for block in reversed(self.bwd):
-            backward += block
-        real = [name for name, inp in self.spec.inputs.items() if not isinstance(inp, TokenInput)]
+        for name, grad in self.back.params.items():
+            backward.append(f"    accumulate(grads, {name!r}, {self.name(grad)})")
+        real = [
+            n for n, inp in self.analysis.spec.inputs.items() if not isinstance(inp, TokenInput)
+        ]
         backward += [
             "    for name, value in params.items():",
             "        if name not in grads:",
             "            grads[name] = np.zeros_like(value)",
+            "    input_grads = {"
+            + ", ".join(f"{n!r}: {self.name(g)}" for n, g in self.back.inputs.items())
+            + "}",
             f"    for name in {tuple(real)!r}:  # real inputs no output depends on",
             "        if name not in input_grads:",
             "            input_grads[name] = np.zeros(np.shape(inputs[name]), dtype=dtype)",
             "    return {**grads, **input_grads}",
         ]
-        body = [*self.cell_function.sources.values(), "\n".join(forward), "\n".join(backward)]
+        body = [*self.cells.sources.values(), "\n".join(forward), "\n".join(backward)]
         helpers = used_helpers(LIBRARY, "\n".join(body), keep=RUNTIME_HELPERS)
         return "\n\n\n".join([header, helpers, *body]) + "\n"
+
+    def _loop_of(self, op: Op) -> str:
+        """The forward loop op a LOOP_BACK reverses."""
+        back: LoopBack = op.attr
+        for o in self.net.ops:
+            if o.kind == OpKind.LOOP and o.attr is back.loop:
+                return o.out
+        raise AssertionError("a loop's reverse without its loop")
+
+
+Statement = Callable[[_Writer, Op, list[str]], list[str]]
+
+STATEMENTS: dict[OpKind, Statement] = {
+    OpKind.SCAN: _Writer.scan,
+    OpKind.SCAN_BACK: _Writer.scan_back,
+    OpKind.CELL_STEP: _Writer.cell_step,
+    OpKind.CELL_STEP_BACK: _Writer.cell_step_back,
+    OpKind.OUTPUT: _Writer.output,
+    OpKind.LOOP: _Writer.loop,
+    OpKind.LOOP_BACK: _Writer.loop_back,
+}
 
 
 # Helpers the runtime looks up by name (rnnc gradflow), kept whether the module uses them.
 RUNTIME_HELPERS = ("zeros_like_all",)
 
 GRAD_HELPERS = """
-def or_zeros(value, zeros):
-    return zeros if value is None else value
+def rows(a):
+    \"\"\"Every row of an array of any rank: (..., width) -> (N, width).\"\"\"
+    return a.reshape(-1, a.shape[-1])
 
 
-def add_or(value, extra):
-    return extra if value is None else value + extra
+def scatter_rows(table, ids, d):
+    \"\"\"The gradient of table[ids]: each row of d added into the row it was read from.\"\"\"
+    out = np.zeros_like(table)
+    np.add.at(out, ids, d)
+    return out
 
 
-def scale(value, factor):
-    return None if value is None else factor * value
+def at_last(d, like, lengths):
+    \"\"\"The gradient of each example's last valid step: zeros like ``like`` elsewhere.\"\"\"
+    out = np.zeros_like(like)
+    out[lengths - 1, np.arange(like.shape[1])] = d
+    return out
 
 
-def part(value, start, width):
-    return None if value is None else value[..., start:start + width]
+def dropout_mask(dropout, shape, p, dtype):
+    \"\"\"Inverted dropout: 0 or 1 / (1 - p) per entry, drawn from the generator; ones
+    when dropout is off (None).\"\"\"
+    if dropout is None:
+        return np.ones(shape, dtype=dtype)
+    return (dropout.random(shape) >= p).astype(dtype) / (1 - p)
 
 
-def times(value, other):
-    return None if value is None else value * other
+def cotangent(cotangents, name, like):
+    \"\"\"The gradient given for an output, zeros when none is.\"\"\"
+    if name not in cotangents:
+        return np.zeros_like(like)
+    return np.asarray(cotangents[name], dtype=like.dtype)
 """
 
 
@@ -955,10 +513,10 @@ def generate(analysis: Analysis) -> str:
     return _generate(analysis)[0]
 
 
-def _generate(analysis: Analysis) -> tuple[str, dict[tuple[str, int], str]]:
-    """The source, and the name of the cell functions of every (layer, depth)."""
-    program = _Program(analysis)
-    return program.module(module_header(analysis, "NumPy", "numpy")), program.functions
+def _generate(analysis: Analysis) -> tuple[str, _Writer]:
+    """The source, and the writer that wrote it (the ops, the cell functions)."""
+    writer = _Writer(analysis)
+    return writer.module(module_header(analysis, "NumPy", "numpy")), writer
 
 
 class NumpyModel(CompiledModelBase):
@@ -969,7 +527,9 @@ class NumpyModel(CompiledModelBase):
     def __init__(self, analysis: Analysis, dtype: str = "float64"):
         self.analysis = analysis
         self.dtype = np.dtype(dtype)
-        self.source, self.functions = _generate(analysis)
+        self.source, writer = _generate(analysis)
+        self.functions = writer.cells.of  # (layer, depth) -> its cell functions' name
+        self.network = writer.net  # the ops the module was written from
         self._shapes = param_shapes(analysis)
         # The generated functions, kept for tools like rnnc gradflow.
         self.namespace = load_module(self.source, analysis, "numpy")

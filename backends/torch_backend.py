@@ -214,7 +214,7 @@ class _TorchProgram(Program):
     def __init__(self, analysis: Analysis):
         super().__init__(analysis)
         self.fwd: list[str] = []
-        self.cell_function = CellFunctions(self, TORCH, grads=False)
+        self.cell_function = CellFunctions(analysis, TORCH, grads=False)
         self.scanned: set[str] = set()  # cell functions a layer runs as a scan
         self.native: dict[str, tuple[CellStep, native.NativePlan]] = {}  # C steps by function
         self.functions = self.cell_function.of  # (layer, depth) -> function name

@@ -60,7 +60,8 @@ def gradient_flow(
         run = f"{name}.{d}.l0"
         function = model.functions[name, 0]
         step_backward = model.namespace[f"{function}_step_backward"]
-        tape, P, xs = v[run + ":tape"], v[run + ":P"], v[f"{name}.l0:in"]
+        scan = next(op for op in model.network.ops if op.out == f"{run}:scan")
+        tape, P, xs = v[run + ":tape"], v[run + ":P"], v[scan.args[0]]
         D = model.namespace["zeros_like_all"](P)
         T, B = xs.shape[0], xs.shape[1]
         out = cell.state.index(cell.output)

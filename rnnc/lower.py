@@ -76,6 +76,55 @@ class OpKind(StrEnum):
     DCALL = "dcall"  # the function's slope from its value (args: value, argument)
     SLICE = "slice"  # columns offset:offset + width (attr: (offset, width))
     SUM_BATCH = "sum_batch"  # summed over the batch: the gradient of a broadcast vector
+    # the network around the cells (rnnc.network): arrays (T, B, width) or (B, width)
+    INPUT = "input"  # a real input as given, batch-first (attr: its name)
+    IDS = "ids"  # token ids as given (attr: the input's name)
+    STEP_MASK = "step_mask"  # (T, B, 1): step t is within the example's length (attr: axis)
+    VALID = "valid"  # (B, T) booleans of a step mask: the memory steps attention may weigh
+    TRUTH = "truth"  # (T, B) booleans: where feedback reads the ground truth (attr: axis)
+    ZEROS = "zeros"  # (B, attr) zeros, B from the first argument's second axis
+    DROPMASK = "dropmask"  # inverted dropout: (T, B, width) of 0 or 1 / (1 - p) (attr: p, width)
+    PACK = "pack"  # a cell's parameters stacked for its generated functions (attr: a Scan)
+    OUTPUT = "output"  # an output of the model (attr: its name); the reverse starts here
+    COTANGENT = "cotangent"  # the gradient given for an output (attr: its name)
+    TRANSPOSE = "transpose"  # the first two axes swapped (batch-first <-> time-major)
+    LOOKUP = "lookup"  # rows of a table (args: table, ids)
+    SCATTER = "scatter"  # reverse of lookup: rows added into zeros like the table
+    LINEAR = "linear"  # x @ W.T
+    LINEAR_X = "linear_x"  # d @ W: the gradient of x
+    LINEAR_W = "linear_w"  # the gradient of W, summed over every row of d and x
+    SUM_ROWS = "sum_rows"  # summed over all axes but the last: the gradient of a bias
+    SOFTMAX = "softmax"  # over the last axis
+    LOG_SOFTMAX = "log_softmax"
+    ROWSUM = "rowsum"  # summed over the last axis, kept as an axis of 1
+    BROADCAST_T = "broadcast_t"  # (B, w) repeated along the first axis of the second arg
+    SUM0 = "sum0"  # summed over the first axis: the reverse of broadcast_t
+    SHIFT = "shift"  # along time: step t reads step t - attr, zeros before
+    UNSHIFT = "unshift"
+    EINSUM = "einsum"  # a product of two arrays spelled as numpy.einsum (attr: the spec)
+    FILL = "fill"  # where the second argument is false, attr instead
+    SELECT = "select"  # where(cond, a, b) (attr: whether cond is per row of a matrix)
+    ARGMAX = "argmax"  # over the last axis; no gradient
+    LAST = "last"  # each example's last valid step (attr: the axis)
+    AT_LAST = "at_last"  # reverse of last: zeros like the second argument, d at the last step
+    ITEM = "item"  # a part of a tuple value (attr: its path of indices)
+    ZEROS_LIKE = "zeros_like"
+    SCAN = "scan"  # a generated cell scan: (ys, final states, tape) (attr: a Scan)
+    SCAN_BACK = "scan_back"  # its reverse: (d_xs, d_first states); adds parameter gradients
+    LOOP = "loop"  # layers run step by step together (attr: the Loop body)
+    LOOP_BACK = "loop_back"  # its reverse, the reverse of the body run back over time
+    # inside a step loop, at step t
+    AT = "at"  # an outer (T, ...) array at step t - attr, zeros before
+    PAST = "past"  # a member's own output at step t - delay (attr: (member, delay))
+    CARRY = "carry"  # a carried value before the step (attr: the carry's name)
+    FIRST_OR = "first_or"  # truth[t] | (t == 0): step 0 always reads the ground truth
+    CELL_STEP = "cell_step"  # one generated cell step: (new states, y, tape) (attr: a Scan)
+    CELL_STEP_BACK = "cell_step_back"  # its reverse: (d_x, d_states before)
+
+
+# The kinds a cell step and its reverse are written in (rnnc.network uses the others,
+# and the elementwise ones among these).
+CELL_KINDS = frozenset(list(OpKind)[: list(OpKind).index(OpKind.SUM_BATCH) + 1])
 
 
 @dataclass(frozen=True)
@@ -511,27 +560,50 @@ class Adjoint:
     origins: tuple[str, ...] = ()  # per op: the forward var whose reverse emitted it
 
 
+# Kinds of value no gradient reaches (a value's kind: rnnc.lower and rnnc.network).
+NO_GRADIENT = frozenset({"scalar", "int", "int_seq", "mask", "zeros", "packed", "tape"})
+
+
 class _Reverse:
     """The state of one reverse pass: the ops written so far, and the gradient terms
-    collected for each forward var until its own rule runs."""
+    collected for each forward var until its own rule runs (for a tuple value, per
+    part)."""
 
-    def __init__(self, step: CellStep):
-        self.kinds = step.kinds
+    def __init__(self, kinds: dict[str, str], inputs: set[str], prefix: str = "$d"):
+        self.kinds = kinds
         self.ops: list[Op] = []
         self.origins: list[str] = []
         self.terms: dict[str, list[str]] = {}
+        self.parts: dict[str, dict[tuple[int, ...], list[str]]] = {}  # tuple var -> path -> terms
         self.grads: dict[str, str] = {}
         self.block_grads: list[tuple[Block, str, str]] = []
         self.current = ""  # the forward var being differentiated
         # what each written value is, for its name: (rank, name); rank 0 first
         self.hints: dict[str, tuple[int, str]] = {}
-        self.inputs = {grad_name(s) for s in step.states} | {op.out for op in step.ops}
+        self.inputs = inputs
+        self.prefix = prefix
+        self.context: Any = None  # what rules of the caller's ops need (rnnc.network)
 
-    def emit(self, kind: OpKind, args: tuple[str, ...], attr: Any = None) -> str:
-        out = f"$d{len(self.ops) + 1}"
+    def emit(self, kind: OpKind, args: tuple[str, ...], attr: Any = None, value: str = "") -> str:
+        out = f"{self.prefix}{len(self.ops) + 1}"
         self.ops.append(Op(out, kind, args, attr))
         self.origins.append(self.current)
+        if value:
+            self.kinds[out] = value
         return out
+
+    def add_part(self, var: str, path: tuple[int, ...], grad: str) -> None:
+        """A gradient term for part ``path`` of tuple value ``var``."""
+        self.parts.setdefault(var, {}).setdefault(path, []).append(grad)
+
+    def part_total(self, var: str, path: tuple[int, ...]) -> str | None:
+        terms = self.parts.get(var, {}).get(path)
+        if not terms:
+            return None
+        acc = terms[0]
+        for term in terms[1:]:
+            acc = self.emit(OpKind.ADD, (acc, term))
+        return acc
 
     def add_term(self, var: str, grad: str) -> None:
         self.terms.setdefault(var, []).append(grad)
@@ -571,11 +643,13 @@ class _Reverse:
         """Give operand ``arg`` of ``out`` the gradient ``grad()`` (written only if
         ``arg`` takes one: not a constant), summed over the batch where ``arg`` is a
         vector that ``out`` broadcast."""
-        if self.kinds[arg] == "scalar":
+        if self.kinds[arg] in NO_GRADIENT:
             return
         value = grad()
         if self.kinds[arg] == "vector" and self.kinds[out] == "batch":
             value = self.emit(OpKind.SUM_BATCH, (value,))
+        elif self.kinds[arg] == "vector" and self.kinds[out] == "seq":
+            value = self.emit(OpKind.SUM_ROWS, (value,))
         self.add_term(arg, value)
 
 
@@ -651,7 +725,7 @@ REVERSE_RULES: dict[OpKind, Rule] = {
 def reverse(step: CellStep) -> Adjoint:
     """Reverse-mode differentiation of a step, as ops (see :class:`Adjoint`): the ops
     in reverse order, each passing its gradient on by its rule in REVERSE_RULES."""
-    r = _Reverse(step)
+    r = _Reverse(step.kinds, {grad_name(s) for s in step.states} | {op.out for op in step.ops})
     for state, var in step.states.items():
         r.add_term(var, grad_name(state))
     for op in reversed(step.ops):

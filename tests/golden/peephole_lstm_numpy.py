@@ -18,10 +18,6 @@ def sigmoid(a):
 tanh = np.tanh
 
 
-def identity(a):
-    return a
-
-
 def accumulate(grads, name, value):
     """grads[name] += value, starting from the first contribution."""
     grads[name] = value if name not in grads else grads[name] + value
@@ -38,8 +34,16 @@ def zeros_like_all(arrays):
     return {name: np.zeros_like(value) for name, value in arrays.items() if name[-2:] != "_T"}
 
 
-def or_zeros(value, zeros):
-    return zeros if value is None else value
+def rows(a):
+    """Every row of an array of any rank: (..., width) -> (N, width)."""
+    return a.reshape(-1, a.shape[-1])
+
+
+def cotangent(cotangents, name, like):
+    """The gradient given for an output, zeros when none is."""
+    if name not in cotangents:
+        return np.zeros_like(like)
+    return np.asarray(cotangents[name], dtype=like.dtype)
 
 
 def cell_lstm_l0_params(params, prefix):
@@ -180,54 +184,55 @@ def forward(params, inputs, lengths, dtype=np.float64, tf_masks=None, dropout=No
     (default: the ground truth); dropout is None (off) or a numpy Generator for
     the masks. Returns (outputs, v): v keeps what backward needs."""
     tf_masks = tf_masks or {}
-    v = {}
     outputs = {}
-    v['x'] = np.asarray(inputs['x'], dtype=dtype).transpose(1, 0, 2)
-    T_x = v['x'].shape[0]
-    v['mask:x'] = step_mask(lengths['x'], T_x, dtype)
-    v['lstm.l0:in'] = v['x']
-    B_x = v['lstm.l0:in'].shape[1]
-    v['lstm.fwd.l0:P'] = cell_lstm_l0_params(params, 'lstm.fwd.l0.')
-    v['lstm.fwd.l0'], v['lstm.fwd.l0:final'], v['lstm.fwd.l0:tape'] = cell_lstm_l0(v['lstm.l0:in'], v['mask:x'], False, v['lstm.fwd.l0:P'], (np.zeros((B_x, 32), dtype=dtype), np.zeros((B_x, 32), dtype=dtype),))
-    v['lstm'] = v['lstm.fwd.l0']
-    v['lstm:final'] = (v['lstm.fwd.l0:final'][0], v['lstm.fwd.l0:final'][1],)
-    v['out:in'] = v['lstm']
-    v['out:pre'] = v['out:in'] @ params['out.W'].T + params['out.b']
-    v['out'] = identity(v['out:pre'])
-    outputs['y'] = (v['out'] * v['mask:x']).transpose(1, 0, 2)
+    x_given = np.asarray(inputs['x'], dtype=dtype)
+    x = x_given.swapaxes(0, 1)
+    mask_x = step_mask(lengths['x'], x.shape[0], dtype)
+    lstm_zeros = np.zeros((mask_x.shape[1], 32), dtype=dtype)
+    lstm_fwd_l0_P = cell_lstm_l0_params(params, 'lstm.fwd.l0.')
+    lstm_fwd_l0_scan = cell_lstm_l0(x, mask_x, False, lstm_fwd_l0_P, (lstm_zeros, lstm_zeros))
+    lstm_fwd_l0 = lstm_fwd_l0_scan[0]
+    lstm_fwd_l0_tape = lstm_fwd_l0_scan[2]
+    lstm_fwd_l0_h = lstm_fwd_l0_scan[1][0]
+    lstm_fwd_l0_c = lstm_fwd_l0_scan[1][1]
+    out_pre_product = lstm_fwd_l0 @ params['out.W'].T
+    out_pre = out_pre_product + params['out.b']
+    out_masked = out_pre * mask_x
+    output_y = out_masked.swapaxes(0, 1)
+    outputs['y'] = output_y
+    v = {'output:y': output_y, 'mask:x': mask_x, 'lstm.fwd.l0': lstm_fwd_l0, 'lstm:zeros': lstm_zeros, 'lstm.fwd.l0:tape': lstm_fwd_l0_tape, 'x': x, 'lstm.fwd.l0:P': lstm_fwd_l0_P}
     return outputs, v
 
 
 def backward(params, inputs, lengths, v, cotangents, dtype=np.float64):
     """Gradients of sum(output * cotangent) for every parameter and real input."""
-    g = {}
     grads = {}
-    input_grads = {}
-    if 'y' in cotangents:
-        accumulate(g, 'out', np.asarray(cotangents['y'], dtype=dtype).transpose(1, 0, 2) * v['mask:x'])
-    if 'out' in g:
-        d_pre = g['out']
-        x_in = v['out:in']
-        accumulate(grads, 'out.W', d_pre.reshape(-1, d_pre.shape[-1]).T @ x_in.reshape(-1, x_in.shape[-1]))
-        accumulate(grads, 'out.b', d_pre.reshape(-1, d_pre.shape[-1]).sum(axis=0))
-        d_in = d_pre @ params['out.W']
-        accumulate(g, 'lstm', d_in)
-    if 'lstm' in g or 'lstm:final' in g:
-        B_x = v['lstm.l0:in'].shape[1]
-        d_out = g.get('lstm', np.zeros_like(v['lstm']))
-        d_fwd = d_out
-        d_in = np.zeros_like(v['lstm.l0:in'])
-        D = zeros_like_all(v['lstm.fwd.l0:P'])
-        d_xs, d_first = cell_lstm_l0_backward(d_fwd, (or_zeros(g.get('lstm:final', [None] * 2)[0], np.zeros((B_x, 32), dtype=dtype)), or_zeros(g.get('lstm:final', [None] * 2)[1], np.zeros((B_x, 32), dtype=dtype)),), v['lstm.fwd.l0:tape'], v['lstm.l0:in'], v['mask:x'], False, v['lstm.fwd.l0:P'], D)
-        cell_lstm_l0_grads(D, 'lstm.fwd.l0.', grads)
-        d_in = d_in + d_xs
-        d_out = d_in
-        accumulate(g, 'x', d_out)
-    if 'x' in g:
-        input_grads['x'] = g['x'].transpose(1, 0, 2)
+    output_y = v['output:y']
+    mask_x = v['mask:x']
+    lstm_fwd_l0 = v['lstm.fwd.l0']
+    lstm_zeros = v['lstm:zeros']
+    lstm_fwd_l0_tape = v['lstm.fwd.l0:tape']
+    x = v['x']
+    lstm_fwd_l0_P = v['lstm.fwd.l0:P']
+    d_output_y = cotangent(cotangents, 'y', output_y)
+    d_out_masked = d_output_y.swapaxes(0, 1)
+    d_out_pre = d_out_masked * mask_x
+    d_out_b = rows(d_out_pre).sum(axis=0)
+    d_lstm_fwd_l0 = d_out_pre @ params['out.W']
+    d_out_W = rows(d_out_pre).T @ rows(lstm_fwd_l0)
+    _d8 = np.zeros_like(lstm_zeros)
+    _d9 = np.zeros_like(lstm_zeros)
+    D = zeros_like_all(lstm_fwd_l0_P)
+    _d10 = cell_lstm_l0_backward(d_lstm_fwd_l0, (_d8, _d9), lstm_fwd_l0_tape, x, mask_x, False, lstm_fwd_l0_P, D)
+    cell_lstm_l0_grads(D, 'lstm.fwd.l0.', grads)
+    d_x_ = _d10[0]
+    d_x_given = d_x_.swapaxes(0, 1)
+    accumulate(grads, 'out.W', d_out_W)
+    accumulate(grads, 'out.b', d_out_b)
     for name, value in params.items():
         if name not in grads:
             grads[name] = np.zeros_like(value)
+    input_grads = {'x': d_x_given}
     for name in ('x',):  # real inputs no output depends on
         if name not in input_grads:
             input_grads[name] = np.zeros(np.shape(inputs[name]), dtype=dtype)

@@ -8,17 +8,6 @@ import numpy as np
 tanh = np.tanh
 
 
-def identity(a):
-    return a
-
-
-def accumulate_at(grads, name, like, t, value):
-    """grads[name][t] += value, starting from zeros shaped like `like`."""
-    if name not in grads:
-        grads[name] = np.zeros_like(like)
-    grads[name][t] += value
-
-
 def accumulate(grads, name, value):
     """grads[name] += value, starting from the first contribution."""
     grads[name] = value if name not in grads else grads[name] + value
@@ -35,8 +24,23 @@ def zeros_like_all(arrays):
     return {name: np.zeros_like(value) for name, value in arrays.items() if name[-2:] != "_T"}
 
 
-def or_zeros(value, zeros):
-    return zeros if value is None else value
+def rows(a):
+    """Every row of an array of any rank: (..., width) -> (N, width)."""
+    return a.reshape(-1, a.shape[-1])
+
+
+def scatter_rows(table, ids, d):
+    """The gradient of table[ids]: each row of d added into the row it was read from."""
+    out = np.zeros_like(table)
+    np.add.at(out, ids, d)
+    return out
+
+
+def cotangent(cotangents, name, like):
+    """The gradient given for an output, zeros when none is."""
+    if name not in cotangents:
+        return np.zeros_like(like)
+    return np.asarray(cotangents[name], dtype=like.dtype)
 
 
 def cell_h_l0_params(params, prefix):
@@ -132,88 +136,122 @@ def forward(params, inputs, lengths, dtype=np.float64, tf_masks=None, dropout=No
     (default: the ground truth); dropout is None (off) or a numpy Generator for
     the masks. Returns (outputs, v): v keeps what backward needs."""
     tf_masks = tf_masks or {}
-    v = {}
     outputs = {}
-    v['x'] = np.asarray(inputs['x'], dtype=dtype).transpose(1, 0, 2)
-    T_x = v['x'].shape[0]
-    v['mask:x'] = step_mask(lengths['x'], T_x, dtype)
-    v['y_prev:ids'] = np.asarray(inputs['y_prev']).T
-    v['y_prev'] = params['y_prev.embedding'][v['y_prev:ids']]
+    x_given = np.asarray(inputs['x'], dtype=dtype)
+    x = x_given.swapaxes(0, 1)
+    mask_x = step_mask(lengths['x'], x.shape[0], dtype)
+    y_prev_given = np.asarray(inputs['y_prev'])
+    y_prev_ids = y_prev_given.swapaxes(0, 1)
+    y_prev = params['y_prev.embedding'][y_prev_ids]
+    h_zeros = np.zeros((mask_x.shape[1], 32), dtype=dtype)
+    h_fwd_l0_P = cell_h_l0_params(params, 'h.fwd.l0.')
+    truth_x = tf_masks.get('x', np.ones(mask_x.shape[1::-1], dtype=bool)).T
     # Step loop over 'x': h, o (each step reads earlier steps)
-    T, B = T_x, v['mask:x'].shape[1]
-    truth = tf_masks.get('x', np.ones((B, T), dtype=bool))
-    v['truth:x'] = truth
-    v['h'] = np.zeros((T, B, 32), dtype=dtype)
-    v['h.l0:in'] = np.zeros((T, B, 20), dtype=dtype)
-    v['h:fed_ids'] = np.zeros((T, B), dtype=np.int64)
-    v['h.fwd.l0:P'] = cell_h_l0_params(params, 'h.fwd.l0.')
-    v['h.fwd.l0:tape'] = [None] * T
-    state_h_l0 = (np.zeros((B, 32), dtype=dtype),)
-    v['o'] = np.zeros((T, B, 12), dtype=dtype)
-    v['o:in'] = np.zeros((T, B, 32), dtype=dtype)
+    T, B = mask_x.shape[:2]
+    buf_h = np.zeros((T, B, 32), dtype=dtype)
+    buf_o = np.zeros((T, B, 12), dtype=dtype)
+    carry_h_l0_h = h_zeros
+    tape_loop_x_h = [None] * T
     for t in range(T):
-        mask_t = v['mask:x'][t]
-        ids = v['y_prev:ids'][t]
-        if t > 0:
-            ids = np.where(truth[:, t], ids, v['o'][t - 1].argmax(axis=-1))
-        v['h:fed_ids'][t] = ids
-        fed = params['y_prev.embedding'][ids]
-        v['h.l0:in'][t] = np.concatenate([v['x'][t], fed], axis=-1)
-        state_h_l0, y, v['h.fwd.l0:tape'][t] = cell_h_l0_step(v['h.l0:in'][t] @ v['h.fwd.l0:P']['W_x'].T + v['h.fwd.l0:P']['b_x'], v['h.l0:in'][t], mask_t, state_h_l0, v['h.fwd.l0:P'])
-        v['h'][t] = y
-        v['o:in'][t] = v['h'][t]
-        v['o'][t] = identity(v['o:in'][t] @ params['o.W'].T + params['o.b'])
-    v['h:final'] = state_h_l0
-    outputs['logits'] = (v['o'] * v['mask:x']).transpose(1, 0, 2)
+        mask_x_t = mask_x[t]
+        x_t_ = x[t]
+        h_truth_t = truth_x[t] | (t == 0)
+        o_t_1 = (buf_o[t - 1] if t >= 1 else np.zeros_like(buf_o[0]))
+        y_prev_ids_t = y_prev_ids[t]
+        h_guess_t = o_t_1.argmax(axis=-1)
+        h_fed_ids_t = np.where(h_truth_t, y_prev_ids_t, h_guess_t)
+        h_fed_t = params['y_prev.embedding'][h_fed_ids_t]
+        h_in_t = np.concatenate([x_t_, h_fed_t], axis=-1)
+        h_l0_t = cell_h_l0_step(h_in_t @ h_fwd_l0_P['W_x'].T + h_fwd_l0_P['b_x'], h_in_t, mask_x_t, (carry_h_l0_h,), h_fwd_l0_P)
+        h_l0_h_t = h_l0_t[0][0]
+        h_l0_out_t = h_l0_t[1]
+        h_l0_tape_t = h_l0_t[2]
+        t_1 = h_l0_out_t @ params['o.W'].T
+        o_pre_t = t_1 + params['o.b']
+        buf_h[t] = h_l0_out_t
+        buf_o[t] = o_pre_t
+        tape_loop_x_h[t] = (h_fed_ids_t, h_in_t, h_l0_out_t, h_l0_tape_t)
+        carry_h_l0_h = h_l0_h_t
+    loop_x_h = (buf_h, buf_o, carry_h_l0_h, tape_loop_x_h)
+    h = loop_x_h[0]
+    o = loop_x_h[1]
+    loop_x_h_tape = loop_x_h[3]
+    h_final_h = loop_x_h[2]
+    o_masked = o * mask_x
+    output_logits = o_masked.swapaxes(0, 1)
+    outputs['logits'] = output_logits
+    v = {'output:logits': output_logits, 'mask:x': mask_x, 'h': h, 'h:zeros': h_zeros, 'loop:x:h:tape': loop_x_h_tape, 'x': x, 'truth:x': truth_x, 'y_prev:ids': y_prev_ids, 'h.fwd.l0:P': h_fwd_l0_P}
     return outputs, v
 
 
 def backward(params, inputs, lengths, v, cotangents, dtype=np.float64):
     """Gradients of sum(output * cotangent) for every parameter and real input."""
-    g = {}
     grads = {}
-    input_grads = {}
-    if 'logits' in cotangents:
-        accumulate(g, 'o', np.asarray(cotangents['logits'], dtype=dtype).transpose(1, 0, 2) * v['mask:x'])
-    if 'h' in g or 'o' in g or 'h:final' in g:
-        T, B = v['mask:x'].shape[:2]
-        truth = v['truth:x']
-        g['h'] = g.get('h', np.zeros_like(v['h']))
-        D_h_l0 = zeros_like_all(v['h.fwd.l0:P'])
-        d_state_h_l0 = (or_zeros(g.get('h:final', [None] * 1)[0], np.zeros((B, 32), dtype=dtype)),)
-        d_table_h = np.zeros_like(params['y_prev.embedding'])
-        g['o'] = g.get('o', np.zeros_like(v['o']))
-        for t in reversed(range(T)):
-            mask_t = v['mask:x'][t]
-            d_pre = g['o'][t]
-            accumulate(grads, 'o.W', d_pre.T @ v['o:in'][t])
-            accumulate(grads, 'o.b', d_pre.sum(axis=0))
-            d_in = d_pre @ params['o.W']
-            accumulate_at(g, 'h', v['h'], t, d_in)
-            d_y = g['h'][t]
-            d_xp, d_x, d_state_h_l0, d_rps = cell_h_l0_step_backward(d_state_h_l0, d_y, v['h.fwd.l0:tape'][t], v['h.l0:in'][t], mask_t, v['h.fwd.l0:P'], D_h_l0)
-            cell_h_l0_recurrent_grads(D_h_l0, d_rps, v['h.fwd.l0:tape'][t])
-            d_in = np.zeros_like(v['h.l0:in'][t])
-            if d_xp is not None:
-                d_in = d_in + d_xp @ v['h.fwd.l0:P']['W_x']
-                D_h_l0['W_x'] += d_xp.T @ v['h.l0:in'][t]
-                D_h_l0['b_x'] += d_xp.sum(axis=0)
-            if d_x is not None:
-                d_in = d_in + d_x
-            d_y = d_in
-            accumulate_at(g, 'x', v['x'], t, d_in[:, 0:8])
-            np.add.at(d_table_h, v['h:fed_ids'][t], d_in[:, 8:20])
-        cell_h_l0_grads(D_h_l0, 'h.fwd.l0.', grads)
-        accumulate(grads, 'y_prev.embedding', d_table_h)
-    if 'y_prev' in g:
-        table = np.zeros_like(params['y_prev.embedding'])
-        np.add.at(table, v['y_prev:ids'], g['y_prev'])
-        accumulate(grads, 'y_prev.embedding', table)
-    if 'x' in g:
-        input_grads['x'] = g['x'].transpose(1, 0, 2)
+    output_logits = v['output:logits']
+    mask_x = v['mask:x']
+    h = v['h']
+    h_zeros = v['h:zeros']
+    loop_x_h_tape = v['loop:x:h:tape']
+    x = v['x']
+    truth_x = v['truth:x']
+    y_prev_ids = v['y_prev:ids']
+    h_fwd_l0_P = v['h.fwd.l0:P']
+    d_output_logits = cotangent(cotangents, 'logits', output_logits)
+    d_o_masked = d_output_logits.swapaxes(0, 1)
+    d_o = d_o_masked * mask_x
+    _d5 = np.zeros_like(h)
+    _d6 = np.zeros_like(h_zeros)
+    # Reverse of the step loop over 'x'
+    T, B = mask_x.shape[:2]
+    dbuf_h = np.array(_d5)
+    dbuf_o = np.array(d_o)
+    dcarry_h_l0_h = _d6
+    acc_at_x = np.zeros_like(x)
+    acc_o_b = 0.0
+    acc_o_W = 0.0
+    acc_y_prev_embedding = 0.0
+    D_h_fwd_l0_P = zeros_like_all(h_fwd_l0_P)
+    for t in reversed(range(T)):
+        h_fed_ids_t, h_in_t, h_l0_out_t, h_l0_tape_t, = loop_x_h_tape[t]
+        mask_x_t = mask_x[t]
+        d_o_b = dbuf_o[t].sum(axis=0)
+        d_h_l0_out_t_2 = dbuf_o[t] @ params['o.W']
+        d_o_W = rows(dbuf_o[t]).T @ rows(h_l0_out_t)
+        d_h_l0_out_t = dbuf_h[t] + d_h_l0_out_t_2
+        d_xp, d_x, d_prev, d_rps = cell_h_l0_step_backward((dcarry_h_l0_h,), d_h_l0_out_t, h_l0_tape_t, h_in_t, mask_x_t, h_fwd_l0_P, D_h_fwd_l0_P)
+        cell_h_l0_recurrent_grads(D_h_fwd_l0_P, d_rps, h_l0_tape_t)
+        d_in = np.zeros_like(h_in_t)
+        if d_xp is not None:
+            d_in = d_in + d_xp @ h_fwd_l0_P['W_x']
+            D_h_fwd_l0_P['W_x'] += d_xp.T @ h_in_t
+            D_h_fwd_l0_P['b_x'] += d_xp.sum(axis=0)
+        if d_x is not None:
+            d_in = d_in + d_x
+        _b6 = (d_in, d_prev)
+        d_h_in_t = _b6[0]
+        d_carry_h_l0_h = _b6[1][0]
+        d_x_t = d_h_in_t[..., 0:8]
+        d_h_fed_t = d_h_in_t[..., 8:20]
+        d_y_prev_embedding = scatter_rows(params['y_prev.embedding'], h_fed_ids_t, d_h_fed_t)
+        acc_at_x[t - 0] += d_x_t
+        acc_o_b = acc_o_b + d_o_b
+        acc_o_W = acc_o_W + d_o_W
+        acc_y_prev_embedding = acc_y_prev_embedding + d_y_prev_embedding
+        dcarry_h_l0_h = d_carry_h_l0_h
+    cell_h_l0_grads(D_h_fwd_l0_P, 'h.fwd.l0.', grads)
+    _d7 = (acc_at_x, acc_o_b, acc_o_W, acc_y_prev_embedding)
+    d_x_ = _d7[0]
+    d_o_b = _d7[1]
+    d_o_W = _d7[2]
+    d_y_prev_embedding = _d7[3]
+    d_x_given = d_x_.swapaxes(0, 1)
+    accumulate(grads, 'y_prev.embedding', d_y_prev_embedding)
+    accumulate(grads, 'o.W', d_o_W)
+    accumulate(grads, 'o.b', d_o_b)
     for name, value in params.items():
         if name not in grads:
             grads[name] = np.zeros_like(value)
+    input_grads = {'x': d_x_given}
     for name in ('x',):  # real inputs no output depends on
         if name not in input_grads:
             input_grads[name] = np.zeros(np.shape(inputs[name]), dtype=dtype)
