@@ -21,7 +21,6 @@ from typing import Any
 from rnnc import functions
 from rnnc.checks import Analysis
 from rnnc.functions import Renderer
-from rnnc.graph import input_edges
 from rnnc.lower import (
     Adjoint,
     CellStep,
@@ -33,7 +32,6 @@ from rnnc.lower import (
     reverse,
     uses_of,
 )
-from rnnc.program import Program
 from rnnc.spec import RecurrentLayer
 
 
@@ -719,48 +717,6 @@ def _emit_grads(step: CellStep, fn: str) -> str:
     lines.append(f"    for name in {params!r}:")
     lines.append("        accumulate(grads, prefix + name, D[name])")
     return "\n".join(lines)
-
-
-# --- the inputs of a layer -------------------------------------------------------------
-
-Joined = list[tuple[str, int, bool, int]]  # (source, width, per_step, delay) of each part
-
-
-def joined_inputs(program: Program, name: str, axis: str | None, xp: Dialect) -> tuple[str, Joined]:
-    """An expression joining a node's inputs feature-wise (then its recurrent edges,
-    shifted in time) from the values ``v[source]``, and what each part is."""
-    parts = []
-    pieces = []
-    edges = [(s, 0) for s, _ in input_edges(program.g, name)]
-    spec = program.g.nodes[name]["spec"]
-    if isinstance(spec, RecurrentLayer):
-        edges += [(e.from_, e.delay) for e in spec.recurrent]
-    for source, delay in edges:
-        data = program.g.nodes[source]
-        per_step = data.get("axis") is not None
-        ref = f"v[{source!r}]"
-        if axis is not None and not per_step:
-            ref = xp.broadcast(ref, f"T_{axis}")
-        if delay:
-            ref = f"shift({ref}, {delay})"
-        parts.append(ref)
-        pieces.append((source, data["width"], per_step or axis is None, delay))
-    if len(parts) == 1:
-        return parts[0], pieces
-    return f"{xp.cat}([{', '.join(parts)}], axis=-1)", pieces
-
-
-def merge(layer: RecurrentLayer, parts: list[str], xp: Dialect) -> str:
-    """The expression combining a layer's two directions (one part: itself)."""
-    if len(parts) == 1:
-        return parts[0]
-    a, b = parts
-    return {
-        "concat": f"{xp.cat}([{a}, {b}], axis=-1)",
-        "sum": f"{a} + {b}",
-        "mean": f"0.5 * ({a} + {b})",
-        "mul": f"{a} * {b}",
-    }[layer.merge]
 
 
 class CellFunctions:

@@ -13,8 +13,7 @@ recurrent products of all gates stacked into one per state per step.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -23,7 +22,7 @@ import rnnc
 from rnnc.checks import Analysis
 from rnnc.errors import RnncError
 from rnnc.lower import Op, OpKind
-from rnnc.network import Loop, LoopBack, Scan, lower_network, reverse_network
+from rnnc.network import LoopBack, Scan, lower_network, reverse_network
 from rnnc.params import param_shapes, require_memory
 from rnnc.runtime import (
     CompiledModelBase,
@@ -35,15 +34,8 @@ from rnnc.runtime import (
 )
 from rnnc.spec import TokenInput
 
-from .emit import (
-    NUMPY,
-    RESERVED,
-    CellFunctions,
-    Namespace,
-    function_definitions,
-    pack,
-    used_helpers,
-)
+from .emit import NUMPY, function_definitions, pack, used_helpers
+from .writer import ModuleWriter, Statement
 
 # The NumPy sigmoid: the one function written here rather than from rnnc.functions.
 SIGMOID = '''\
@@ -97,7 +89,7 @@ def accumulate(grads, name, value):
     grads[name] = value if name not in grads else grads[name] + value
 
 
-def step_mask(lengths, steps, dtype):
+def step_mask(lengths, steps):
     """(T, B, 1) booleans: true where step t is within the example's length."""
     return (np.arange(steps)[:, None] < lengths[None, :])[:, :, None]
 '''
@@ -113,136 +105,20 @@ def zeros_like_all(arrays):
 '''
 
 
-# --- the whole network, rendered from rnnc.network's ops --------------------------------
+# --- the module, written from rnnc.network's ops and their reverse --------------------
 
 
-def _items(path: tuple[int, ...]) -> str:
-    return "".join(f"[{i}]" for i in path)
-
-
-def _at(array: str, delay: int) -> str:
-    if not delay:
-        return f"{array}[t]"
-    return f"({array}[t - {delay}] if t >= {delay} else np.zeros_like({array}[0]))"
-
-
-Expression = Callable[["_Writer", Op, list[str]], str]
-
-# How NumPy spells every op of the network as an expression of its arguments' names.
-EXPRESSIONS: dict[OpKind, Expression] = {
-    OpKind.PARAM: lambda w, op, a: f"params[{op.attr!r}]",
-    OpKind.CONST: lambda w, op, a: repr(float(op.attr)),
-    OpKind.INPUT: lambda w, op, a: f"np.asarray(inputs[{op.attr!r}], dtype=dtype)",
-    OpKind.IDS: lambda w, op, a: f"np.asarray(inputs[{op.attr!r}])",
-    OpKind.STEP_MASK: lambda w, op, a: f"step_mask(lengths[{op.attr!r}], {a[0]}.shape[0], dtype)",
-    OpKind.VALID: lambda w, op, a: f"{a[0]}[:, :, 0].T > 0",
-    OpKind.TRUTH: lambda w, op, a: (
-        f"tf_masks.get({op.attr!r}, np.ones({a[0]}.shape[1::-1], dtype=bool)).T"
-    ),
-    OpKind.ZEROS: lambda w, op, a: f"np.zeros(({a[0]}.shape[1], {op.attr}), dtype=dtype)",
-    OpKind.DROPMASK: lambda w, op, a: (
-        f"dropout_mask(dropout, {a[0]}.shape[:2] + ({op.attr[1]},), {op.attr[0]!r}, dtype)"
-    ),
-    OpKind.PACK: lambda w, op, a: f"{w.function(op.attr)}_params(params, {op.attr.prefix!r})",
-    OpKind.COTANGENT: lambda w, op, a: f"cotangent(cotangents, {op.attr!r}, {a[0]})",
-    OpKind.TRANSPOSE: lambda w, op, a: f"{a[0]}.swapaxes(0, 1)",
-    OpKind.LOOKUP: lambda w, op, a: f"{a[0]}[{a[1]}]",
-    OpKind.SCATTER: lambda w, op, a: f"scatter_rows({a[1]}, {a[2]}, {a[0]})",
-    OpKind.LINEAR: lambda w, op, a: f"{a[0]} @ {a[1]}.T",
-    OpKind.LINEAR_X: lambda w, op, a: f"{a[0]} @ {a[1]}",
-    OpKind.LINEAR_W: lambda w, op, a: f"rows({a[0]}).T @ rows({a[1]})",
-    OpKind.SUM_ROWS: lambda w, op, a: f"rows({a[0]}).sum(axis=0)",
-    OpKind.SUM_BATCH: lambda w, op, a: f"{a[0]}.sum(axis=0)",
-    OpKind.SOFTMAX: lambda w, op, a: f"softmax({a[0]})",
-    OpKind.LOG_SOFTMAX: lambda w, op, a: f"log_softmax({a[0]})",
-    OpKind.ROWSUM: lambda w, op, a: f"{a[0]}.sum(axis=-1, keepdims=True)",
-    OpKind.BROADCAST_T: lambda w, op, a: (
-        f"np.broadcast_to({a[0]}, {a[1]}.shape[:1] + {a[0]}.shape)"
-    ),
-    OpKind.SUM0: lambda w, op, a: f"{a[0]}.sum(axis=0)",
-    OpKind.SHIFT: lambda w, op, a: f"shift({a[0]}, {op.attr})",
-    OpKind.UNSHIFT: lambda w, op, a: f"unshift({a[0]}, {op.attr})",
-    OpKind.EINSUM: lambda w, op, a: f"np.einsum({op.attr!r}, {a[0]}, {a[1]})",
-    OpKind.FILL: lambda w, op, a: f"np.where({a[1]}, {a[0]}, {op.attr!r})",
-    OpKind.SELECT: lambda w, op, a: (
-        f"np.where({a[0]}{'[:, None]' if op.attr else ''}, {a[1]}, {a[2]})"
-    ),
-    OpKind.ARGMAX: lambda w, op, a: f"{a[0]}.argmax(axis=-1)",
-    OpKind.LAST: lambda w, op, a: f"{a[0]}[lengths[{op.attr!r}] - 1, np.arange({a[0]}.shape[1])]",
-    OpKind.AT_LAST: lambda w, op, a: f"at_last({a[0]}, {a[1]}, lengths[{op.attr!r}])",
-    OpKind.ITEM: lambda w, op, a: f"{a[0]}{_items(op.attr)}",
-    OpKind.ZEROS_LIKE: lambda w, op, a: f"np.zeros_like({a[0]})",
-    OpKind.ADD: lambda w, op, a: f"{a[0]} + {a[1]}",
-    OpKind.SUB: lambda w, op, a: f"{a[0]} - {a[1]}",
-    OpKind.MUL: lambda w, op, a: f"{a[0]} * {a[1]}",
-    OpKind.NEG: lambda w, op, a: f"-{a[0]}",
-    OpKind.CALL: lambda w, op, a: f"{op.attr}({a[0]})",
-    OpKind.DCALL: lambda w, op, a: NUMPY.functions.slope(op.attr, y=a[0])[0],
-    OpKind.CONCAT: lambda w, op, a: f"np.concatenate([{', '.join(a)}], axis=-1)",
-    OpKind.SLICE: lambda w, op, a: f"{a[0]}[..., {op.attr[0]}:{op.attr[0] + op.attr[1]}]",
-    OpKind.AT: lambda w, op, a: _at(a[0], op.attr),
-    OpKind.PAST: lambda w, op, a: _at(w.buffer(op.attr[0]), op.attr[1]),
-    OpKind.CARRY: lambda w, op, a: w.carry(op.attr),
-    OpKind.FIRST_OR: lambda w, op, a: f"{a[0]}[t] | (t == 0)",
-}
-
-# Names the module's forward and backward use themselves (values never take them).
-WRITER_NAMES = {
-    "v", "outputs", "inputs", "lengths", "dtype", "tf_masks", "dropout", "cotangents",
-    "input_grads", "name", "value", "D", "d_x", "d_prev", "d_rps", "d_in", "rows",
-    "scatter_rows", "at_last", "dropout_mask", "cotangent", "unshift", "zeros_like_all",
-}  # fmt: skip
-
-# Leaves read where they are used instead of getting a line of their own.
-INLINE = (OpKind.PARAM, OpKind.CONST, OpKind.CARRY)
-
-
-class _Writer:
-    """Writes the module's ``forward`` and ``backward`` from the network's ops."""
+class _Writer(ModuleWriter):
+    """Writes the module's ``forward`` and the ``backward`` derived from it
+    (rnnc.network.reverse_network): the statements below are NumPy's own."""
 
     def __init__(self, analysis: Analysis):
-        self.analysis = analysis
-        self.net = lower_network(analysis)
-        self.back = reverse_network(self.net)
-        self.names = Namespace(RESERVED | WRITER_NAMES)
-        self.cells = CellFunctions(analysis, NUMPY)
-        self.inline: dict[str, str] = {}
-
-    def function(self, scan: Scan) -> str:
-        """The generated cell functions a scan or a step runs."""
-        layer = self.analysis.spec.layers[scan.layer]
-        return self.cells(scan.layer, scan.depth, layer, scan.input_size)  # type: ignore[arg-type]
-
-    def name(self, var: str) -> str:
-        """The Python name of a value (or what it reads, if it is inlined)."""
-        if var in self.inline:
-            return self.inline[var]
-        return self.local(var)
-
-    def local(self, text: str) -> str:
-        """A Python name for ``text``: characters no identifier holds become ``_``."""
-        return self.names(text if text.startswith("$") else re.sub(r"\W", "_", text))
-
-    def buffer(self, member: str) -> str:
-        return self.local(f"buf_{member}")
-
-    def carry(self, name: str) -> str:
-        return self.local(f"carry_{name}")
-
-    def lines(self, ops: tuple[Op, ...], indent: str) -> list[str]:
-        out: list[str] = []
-        for op in ops:
-            args = [self.name(a) for a in op.args]
-            statement = STATEMENTS.get(op.kind)
-            if statement is not None:
-                out += [indent + line for line in statement(self, op, args)]
-                continue
-            text = EXPRESSIONS[op.kind](self, op, args)
-            if op.kind in INLINE:
-                self.inline[op.out] = text
-            else:
-                out.append(f"{indent}{self.name(op.out)} = {text}")
-        return out
+        net = lower_network(analysis)
+        super().__init__(analysis, net, NUMPY, grads=True)
+        self.back = reverse_network(net)
+        for op in self.back.ops:
+            if op.kind == OpKind.LOOP_BACK:
+                self.saved[self._loop_of(op)] = op.attr.saved
 
     # --- statements ---------------------------------------------------------------
 
@@ -266,14 +142,6 @@ class _Writer:
             f"{fn}_grads(D, {scan.prefix!r}, grads)",
         ]
 
-    def cell_step(self, op: Op, a: list[str]) -> list[str]:
-        x, mask_t, P, *states = a
-        fn = self.cells.of[op.attr.layer, op.attr.depth]
-        step = self.cells.steps[fn]
-        bias = f" + {P}['b_x']" if any(step.x_bias) else ""
-        xp = f"{x} @ {P}['W_x'].T{bias}" if step.x_blocks else "None"
-        return [f"{self.name(op.out)} = {fn}_step({xp}, {x}, {mask_t}, {pack(states)}, {P})"]
-
     def cell_step_back(self, op: Op, a: list[str]) -> list[str]:
         *d_states, d_y, tape, x, mask_t, P = a
         fn = self.cells.of[op.attr.layer, op.attr.depth]
@@ -291,38 +159,6 @@ class _Writer:
             lines.append(f"    {D}['b_x'] += d_xp.sum(axis=0)")
         lines += ["if d_x is not None:", "    d_in = d_in + d_x"]
         lines.append(f"{self.name(op.out)} = (d_in, d_prev)")
-        return lines
-
-    def output(self, op: Op, a: list[str]) -> list[str]:
-        self.inline[op.out] = a[0]
-        return [f"outputs[{op.attr!r}] = {a[0]}"]
-
-    def loop(self, op: Op, a: list[str]) -> list[str]:
-        loop: Loop = op.attr
-        saved = self.back_of[op.out].saved if op.out in self.back_of else ()
-        members = ", ".join(m for m, _ in loop.writes)
-        lines = [
-            f"# Step loop over {loop.axis!r}: {members} (each step reads earlier steps)",
-            f"T, B = {self.name(loop.mask)}.shape[:2]",
-        ]
-        for member, _ in loop.writes:
-            width = self.analysis.graph.nodes[member]["width"]
-            lines.append(f"{self.buffer(member)} = np.zeros((T, B, {width}), dtype=dtype)")
-        for c in loop.carries:
-            lines.append(f"{self.carry(c.name)} = {self.name(c.init)}")
-        tape = self.local(f"tape_{op.out}")
-        lines += [f"{tape} = [None] * T", "for t in range(T):"]
-        lines += self.lines(loop.ops, "    ")
-        for member, value in loop.writes:
-            lines.append(f"    {self.buffer(member)}[t] = {self.name(value)}")
-        lines.append(f"    {tape}[t] = {pack([self.name(s) for s in saved])}")
-        nexts = [self.name(c.next) for c in loop.carries]
-        for c, value in zip(loop.carries, nexts, strict=True):
-            lines.append(f"    {self.carry(c.name)} = {value}")
-        parts = [self.buffer(m) for m, _ in loop.writes] + [
-            self.carry(c.name) for c in loop.carries
-        ]
-        lines.append(f"{self.name(op.out)} = {pack([*parts, tape])}")
         return lines
 
     def loop_back(self, op: Op, a: list[str]) -> list[str]:
@@ -390,10 +226,6 @@ class _Writer:
     # --- the module ---------------------------------------------------------------
 
     def module(self, header: str) -> str:
-        self.back_of = {}
-        for o in self.back.ops:
-            if o.kind == OpKind.LOOP_BACK:
-                self.back_of[self._loop_of(o)] = o.attr
         forward_lines = self.lines(self.net.ops, "    ")
         forward_vars = {op.out for op in self.net.ops}
         kept = [
@@ -452,17 +284,16 @@ class _Writer:
         raise AssertionError("a loop's reverse without its loop")
 
 
-Statement = Callable[[_Writer, Op, list[str]], list[str]]
-
 STATEMENTS: dict[OpKind, Statement] = {
-    OpKind.SCAN: _Writer.scan,
-    OpKind.SCAN_BACK: _Writer.scan_back,
-    OpKind.CELL_STEP: _Writer.cell_step,
-    OpKind.CELL_STEP_BACK: _Writer.cell_step_back,
-    OpKind.OUTPUT: _Writer.output,
-    OpKind.LOOP: _Writer.loop,
-    OpKind.LOOP_BACK: _Writer.loop_back,
+    OpKind.SCAN: _Writer.scan,  # type: ignore[dict-item]
+    OpKind.SCAN_BACK: _Writer.scan_back,  # type: ignore[dict-item]
+    OpKind.CELL_STEP: ModuleWriter.cell_step,
+    OpKind.CELL_STEP_BACK: _Writer.cell_step_back,  # type: ignore[dict-item]
+    OpKind.OUTPUT: ModuleWriter.output,
+    OpKind.LOOP: ModuleWriter.loop,
+    OpKind.LOOP_BACK: _Writer.loop_back,  # type: ignore[dict-item]
 }
+_Writer.statements = STATEMENTS
 
 
 # Helpers the runtime looks up by name (rnnc gradflow), kept whether the module uses them.

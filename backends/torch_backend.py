@@ -3,7 +3,7 @@
 The module defines ``Model``, a plain ``torch.nn.Module`` whose parameters are
 registered under rnnc's canonical names (``state_dict()`` keys are exactly the names of
 ``rnnc.init_params``), and whose ``forward`` takes batch-first tensors. It walks the
-same :class:`rnnc.program.Program` as the NumPy backend:
+same ops as the NumPy backend (rnnc.network), spelled for torch:
 
 - a layer of a built-in ``rnn``, ``rnn_relu``, ``lstm`` or ``gru`` outside a step loop
   runs through PyTorch's fused RNN kernels (``torch.lstm`` and friends, as
@@ -29,23 +29,17 @@ import rnnc
 from rnnc.checks import Analysis
 from rnnc.errors import RnncError
 from rnnc.interop import TORCH_ORDER
-from rnnc.lower import CellStep
+from rnnc.lower import CellStep, Op, OpKind
+from rnnc.network import Scan, live, lower_network
 from rnnc.params import param_shapes, require_memory
-from rnnc.program import Piece, Program, time_axes
+from rnnc.program import time_axes
 from rnnc.runtime import CompiledModelBase, Loss, RunOptions, load_module, module_header
-from rnnc.spec import DenseLayer, EmbeddingLayer, RecurrentLayer, TokenInput
+from rnnc.spec import RecurrentLayer, TokenInput
 from rnnc.weights import init_rules
 
 from . import native
-from .emit import (
-    TORCH,
-    CellFunctions,
-    function_definitions,
-    joined_inputs,
-    merge,
-    pack,
-    used_helpers,
-)
+from .emit import TORCH, function_definitions, pack, used_helpers
+from .writer import EXPRESSIONS, Expression, ModuleWriter
 
 PRELUDE = (
     """\
@@ -115,16 +109,12 @@ def shift(values, delay):
     return torch.cat([zeros, values[: max(T - delay, 0)]], axis=0)
 
 
-def attend(query, keys, memory, valid):
-    """Attention of every query step over the valid memory steps (see the NumPy backend)."""
-    scores = torch.einsum("tbh,sbh->tbs", query, keys)
-    weights = softmax(torch.where(valid, scores, -1e30))
-    return torch.einsum("tbs,sbm->tbm", weights, memory), weights
-
-
-def valid_steps(mask):
-    """(T, B, 1) step mask -> (1, B, T) booleans, to mask attention scores."""
-    return mask[:, :, 0].T[None]
+def dropout_mask(uniform, shape, p, like):
+    """Inverted dropout: 0 or 1 / (1 - p) per entry from uniform draws; ones when
+    dropout is off (uniform is None)."""
+    if uniform is None:
+        return torch.ones(shape, dtype=like.dtype, device=like.device)
+    return (uniform(shape) >= p).to(like.dtype) / (1 - p)
 
 
 def step_mask(lengths, steps):
@@ -208,130 +198,116 @@ class {fn}_function(torch.autograd.Function):
 FUSED_CELLS = tuple(TORCH_ORDER)  # the built-in cells PyTorch has kernels for
 
 
-class _TorchProgram(Program):
-    """Writes the generated module's ``run``: the forward pass, tensors in and out."""
+# How torch spells what it spells differently from NumPy (backends.writer.EXPRESSIONS).
+TORCH_EXPRESSIONS: dict[OpKind, Expression] = {
+    **EXPRESSIONS,
+    OpKind.INPUT: lambda w, op, a: f"inputs[{op.attr!r}].to(dtype)",
+    OpKind.IDS: lambda w, op, a: f"inputs[{op.attr!r}]",
+    OpKind.TRUTH: lambda w, op, a: f"tf_masks[{op.attr!r}].T",
+    OpKind.DROPMASK: lambda w, op, a: (
+        f"dropout_mask(uniform, {a[0]}.shape[:2] + ({op.attr[1]},), {op.attr[0]!r}, like)"
+    ),
+    OpKind.LAST: lambda w, op, a: (
+        f"{a[0]}[lengths[{op.attr!r}] - 1, torch.arange({a[0]}.shape[1], device=device)]"
+    ),
+    OpKind.MUL: lambda w, op, a: w.multiply(op, a),  # type: ignore[attr-defined]
+}
+
+
+class _TorchWriter(ModuleWriter):
+    """Writes the generated module's ``run``, the forward pass, from the network's ops:
+    torch's autograd differentiates it; a scan is a fused kernel (built-in cells) or
+    an autograd Function whose backward is the generated reverse scan."""
+
+    expressions = TORCH_EXPRESSIONS
 
     def __init__(self, analysis: Analysis):
-        super().__init__(analysis)
-        self.fwd: list[str] = []
-        self.cell_function = CellFunctions(analysis, TORCH, grads=False)
+        super().__init__(analysis, lower_network(analysis), TORCH, grads=False)
         self.scanned: set[str] = set()  # cell functions a layer runs as a scan
         self.native: dict[str, tuple[CellStep, native.NativePlan]] = {}  # C steps by function
-        self.functions = self.cell_function.of  # (layer, depth) -> function name
+        self.fused: dict[tuple[str, int], str] = {}  # (layer, depth) -> its fused call's ys
+        scans = [op for op in self.net.ops if op.kind == OpKind.SCAN]
+        self.unpacked = {op.args[2] for op in scans if self.is_fused(op.attr)}
 
-    def scan_function(self, fn: str, step: CellStep) -> str:
-        """The autograd Function running a cell family's scan: through the cell's C
-        steps where it fits (backends.native), else the Python scan."""
-        found = native.plan(step)
-        if found is None:
-            return FUNCTION.format(fn=fn, cell=step.cell.name)
-        self.native[fn] = (step, found)
-        scan = native.emit_torch_scan(step, found, fn)
-        return "\n\n\n" + scan + native.NATIVE_FUNCTION.format(fn=fn, cell=step.cell.name)
+    def is_fused(self, scan: Scan) -> bool:
+        return self.analysis.spec.layers[scan.layer].cell in FUSED_CELLS  # type: ignore[union-attr]
 
-    # --- plain nodes -------------------------------------------------------------------
+    def new_buffer(self, width: int) -> str:
+        return "[None] * T"  # written step by step: a list, stacked after the loop
 
-    def emit_input(self, name: str) -> None:
-        data = self.g.nodes[name]
-        inp = data["spec"]
-        sequence = data["axis"] is not None
-        turn = ".transpose(0, 1)" if sequence else ""
-        if isinstance(inp, TokenInput):
-            self.fwd.append(f"    v[{name + ':ids'!r}] = inputs[{name!r}]{turn}")
-            if inp.embed is not None:
-                table = f"params[{name + '.embedding'!r}]"
-                self.fwd.append(f"    v[{name!r}] = {table}[v[{name + ':ids'!r}]]")
-        else:
-            self.fwd.append(f"    v[{name!r}] = inputs[{name!r}].to(dtype){turn}")
-        if sequence and data["axis"] == name:
-            key = name + (":ids" if isinstance(inp, TokenInput) else "")
-            self.fwd.append(f"    T_{name} = v[{key!r}].shape[0]")
-            self.fwd.append(f"    v['mask:{name}'] = step_mask(lengths[{name!r}], T_{name})")
+    def zeros(self, width: int, rows: str = "B") -> str:
+        return f"torch.zeros(({rows}, {width}), dtype=dtype, device=device)"
 
-    def emit_dense(self, name: str, layer: DenseLayer) -> None:
-        joined, _ = joined_inputs(self, name, self.g.nodes[name]["axis"], TORCH)
-        W, b = f"params[{name + '.W'!r}]", f"params[{name + '.b'!r}]"
-        self.fwd.append(f"    v[{name!r}] = {layer.activation}({joined} @ {W}.T + {b})")
+    def multiply(self, op: Op, a: list[str]) -> str:
+        """a * b; an output's step mask is left out where the steps past each length
+        are zero already."""
+        if isinstance(op.attr, tuple) and op.attr[0] == "output" and self.zero_past(op.attr[1]):
+            return a[0]
+        return f"{a[0]} * {a[1]}"
 
-    def emit_embedding(self, name: str, layer: EmbeddingLayer) -> None:
-        table = f"params[{name + '.embedding'!r}]"
-        self.fwd.append(f"    v[{name!r}] = {table}[v[{layer.input + ':ids'!r}]]")
+    def zero_past(self, node: str) -> bool:
+        """Whether a node's steps past each example's length are zero already: those of
+        a recurrent layer are (fused kernels and scans alike) unless attention or a
+        residual connection adds to them afterwards."""
+        layer = self.analysis.spec.layers.get(node)
+        loop = any(op.kind == OpKind.LOOP and node in dict(op.attr.writes) for op in self.net.ops)
+        return (
+            isinstance(layer, RecurrentLayer)
+            and layer.attention is None
+            and not (layer.residual and layer.depth > 1)
+            and not loop
+        )
 
-    # --- recurrent layers outside step loops -------------------------------------------
+    def pack(self, op: Op, a: list[str]) -> list[str]:
+        if op.out in self.unpacked:
+            return []  # a fused kernel takes the canonical parameters themselves
+        return [
+            f"{self.name(op.out)} = {self.function(op.attr)}_params(params, {op.attr.prefix!r})"
+        ]
 
-    def emit_recurrent(self, name: str, layer: RecurrentLayer) -> None:
-        axis = self.g.nodes[name]["axis"]
-        joined, pieces = joined_inputs(self, name, axis, TORCH)
-        width = sum(piece[1] for piece in pieces)
-        n_states = len(self.analysis.cells[layer.cell].state)
-        fwd = self.fwd
-        fwd.append(f"    v[{name + '.l0:in'!r}] = {joined}")
-        fwd.append(f"    B_{axis} = v[{name + '.l0:in'!r}].shape[1]")
-        h0 = f"torch.zeros((B_{axis}, {layer.hidden}), dtype=dtype, device=device)"
-        if layer.init is not None:
-            fwd += self.init_forward(name, layer)
-            h0 = f"v[{name + ':h0'!r}]"
-        top = layer.depth - 1
-        for k in range(layer.depth):
-            here = f"{name}.l{k}"
-            X = width if k == 0 else layer.output_width
-            if layer.cell in FUSED_CELLS:  # built-in: user cells may not take these names
-                self.fused_depth(name, layer, k, X, h0)
-            else:
-                function = self.cell_function(name, k, layer, width)
-                self.scanned.add(function)
-                for d in layer.directions:
-                    run = f"{name}.{d}.l{k}"
-                    start = ", ".join([h0] * n_states)
-                    fwd += [
-                        f"    P = {function}_params(params, {run + '.'!r})",
-                        f"    out = {function}_function.apply(v[{here + ':in'!r}], v['mask:{axis}'], "
-                        f"{d == 'bwd'}, torch.is_grad_enabled(), tuple(P), *P.values(), {start})",
-                        f"    v[{run!r}], v[{run + ':final'!r}] = out[0], out[1:]",
-                    ]
-            merged = merge(layer, [f"v[{f'{name}.{d}.l{k}'!r}]" for d in layer.directions], TORCH)
-            if k > 0 and layer.residual:
-                merged = f"{merged} + v[{here + ':in'!r}]"
-            if k < top:
-                target = f"{name}.l{k + 1}:in"
-            else:
-                target = f"{name}:h" if layer.attention is not None else name
-            fwd.append(f"    v[{target!r}] = {merged}")
-            if k < top and layer.dropout > 0:
-                fwd += self.dropout(target, layer.dropout, f"v[{target!r}].shape")
-        finals = [f"v[{f'{name}.{d}.l{top}:final'!r}]" for d in layer.directions]
-        states = [merge(layer, [f"{f}[{i}]" for f in finals], TORCH) for i in range(n_states)]
-        fwd.append(f"    v[{name + ':final'!r}] = {pack(states)}")
-        if layer.attention is not None:  # Luong (additive attention runs in a step loop)
-            fwd += self.luong(name, layer, f"v[{name + ':h'!r}]", name)
+    def scan(self, op: Op, a: list[str]) -> list[str]:
+        """One depth and direction of a recurrent layer; a built-in cell runs both
+        directions of a depth in one fused call."""
+        xs, mask, P, *starts = a
+        scan: Scan = op.attr
+        if self.is_fused(scan):
+            return self.fused_scan(scan, xs, starts[0])
+        fn = self.function(scan)
+        self.scanned.add(fn)
+        out = self.local(f"{op.out}:out")
+        return [
+            f"{out} = {fn}_function.apply({xs}, {mask}, {scan.direction == 'bwd'}, "
+            f"torch.is_grad_enabled(), tuple({P}), *{P}.values(), {', '.join(starts)})",
+            f"{self.name(op.out)} = ({out}[0], {out}[1:], None)",
+        ]
 
-    def fused_depth(self, name: str, layer: RecurrentLayer, k: int, X: int, h0: str) -> None:
-        """One depth of a built-in cell, both directions at once, through fused_scan."""
-        axis = self.g.nodes[name]["axis"]
-        H = layer.hidden
+    def fused_scan(self, scan: Scan, xs: str, h0: str) -> list[str]:
+        """Every direction of one depth of a built-in cell, through fused_scan."""
+        layer: Any = self.analysis.spec.layers[scan.layer]
+        if (scan.layer, scan.depth) in self.fused:
+            return []  # written with the other direction
+        axis = self.analysis.graph.nodes[scan.layer]["axis"]
+        H, X = layer.hidden, scan.input_size
         weights = []
         for d in layer.directions:
-            p = f"{name}.{d}.l{k}."
-            weights += self.torch_weights(layer.cell, p, X, H)
+            weights += self.torch_weights(layer.cell, f"{scan.layer}.{d}.l{scan.depth}.", X, H)
         D = len(layer.directions)
-        states = 2 if layer.cell == "lstm" else 1
-        hx = pack([f"{h0}.expand({D}, -1, -1).contiguous()"] * states)
-        xs = f"v[{f'{name}.l{k}:in'!r}]"
+        hx = pack([f"{h0}.expand({D}, -1, -1).contiguous()"] * (2 if layer.cell == "lstm" else 1))
         lengths = f"lengths[{axis!r}]"
         if layer.directions == ("bwd",):  # a backward layer alone: the forward kernel on
             xs = f"flip_within({xs}, {lengths})"  # each example's steps reversed
-        self.fwd += [
-            f"    weights = [{', '.join(weights)}]",
-            f"    ys, finals = fused_scan({layer.cell!r}, {xs}, {lengths}, {hx}, weights, {D == 2})",
+        lines = [
+            f"weights = [{', '.join(weights)}]",
+            f"ys, finals = fused_scan({layer.cell!r}, {xs}, {lengths}, {hx}, weights, {D == 2})",
         ]
         if layer.directions == ("bwd",):
-            self.fwd.append(f"    ys = flip_within(ys, {lengths})")
+            lines.append(f"ys = flip_within(ys, {lengths})")
         for i, d in enumerate(layer.directions):
-            run = f"{name}.{d}.l{k}"
             part = "ys" if D == 1 else f"ys[..., {i * H}:{(i + 1) * H}]"
-            self.fwd.append(
-                f"    v[{run!r}], v[{run + ':final'!r}] = {part}, tuple(s[{i}] for s in finals)"
-            )
+            var = self.name(f"{scan.layer}.{d}.l{scan.depth}:scan")
+            lines.append(f"{var} = ({part}, tuple(s[{i}] for s in finals), None)")
+        self.fused[scan.layer, scan.depth] = "ys"
+        return lines
 
     @staticmethod
     def torch_weights(cell: str, p: str, X: int, H: int) -> list[str]:
@@ -352,206 +328,17 @@ class _TorchProgram(Program):
         b_hh.insert(0, f"params[{p + 'b' + order[0][1:]!r}].new_zeros({zeros})")  # type: ignore[index]
         return [f"torch.cat([{', '.join(w)}])" for w in (w_ih, w_hh, b_ih, b_hh)]
 
-    def init_forward(self, name: str, layer: RecurrentLayer) -> list[str]:
-        """The first state of every depth and direction: the source's final h, maybe bridged."""
-        assert layer.init is not None
-        source = layer.init.from_
-        if isinstance(self.spec.layers.get(source), RecurrentLayer):
-            value = f"v[{source + ':final'!r}][{self.output_state(source)}]"
-        else:
-            value = f"v[{source!r}]"
-        if layer.init.bridge == "dense":
-            W, b = f"params[{name + '.bridge.W'!r}]", f"params[{name + '.bridge.b'!r}]"
-            value = f"torch.tanh({value} @ {W}.T + {b})"
-        return [f"    v[{name + ':h0'!r}] = {value}"]
-
-    def luong(
-        self, name: str, layer: RecurrentLayer, h: str, target: str, keys: str | None = None
-    ) -> list[str]:
-        """Luong attention on the top h of every step: tanh(W_c [context, h] + b_c)."""
-        assert layer.attention is not None
-        memory = layer.attention.memory
-        axis = self.g.nodes[memory]["axis"]
-        p = f"{name}.attention."
-        if keys is None:
-            keys = f"v[{memory!r}]"
-            if layer.attention.score == "general":
-                keys = f"v[{memory!r}] @ params[{p + 'W_a'!r}].T"
-        return [
-            f"    context, _ = attend({h}, {keys}, v[{memory!r}], valid_steps(v['mask:{axis}']))",
-            f"    v[{target!r}] = torch.tanh(torch.cat([context, {h}], axis=-1) "
-            f"@ params[{p + 'W_c'!r}].T + params[{p + 'b_c'!r}])",
-        ]
-
-    @staticmethod
-    def dropout(key: str, p: float, shape: str) -> list[str]:
-        """Inverted dropout on v[key] when run gets ``uniform`` (train mode only): the
-        mask is drawn where and as the NumPy backend draws it, so both can agree."""
-        drop = key.replace(":in", ":drop")
-        return [
-            "    if uniform is not None:",
-            f"        v[{drop!r}] = (uniform({shape}) >= {p!r}).to(dtype) / {1 - p!r}",
-            f"        v[{key!r}] = v[{key!r}] * v[{drop!r}]",
-        ]
-
-    # --- step loops ----------------------------------------------------------------------
-
-    def piece_at_t(self, piece: Piece) -> str:
-        if piece.kind in ("fed", "context"):
-            return piece.kind
-        ref = f"v[{piece.source!r}]"
-        if piece.kind == "static":
-            return ref
-        if piece.delay:
-            zeros = f"torch.zeros((B, {piece.width}), dtype=dtype, device=device)"
-            return f"({ref}[t - {piece.delay}] if t >= {piece.delay} else {zeros})"
-        return f"{ref}[t]"
-
-    def emit_loop(self, members: list[str]) -> None:
-        """Members run step by step; their steps collect in lists, stacked at the end
-        (writing into a preallocated tensor would trip autograd's version checks)."""
-        axis = self.g.nodes[members[0]]["axis"]
-        fwd = self.fwd
-        fwd.append(
-            f"    # Step loop over {axis!r}: {', '.join(members)} (each step reads earlier steps)"
-        )
-        fwd.append(f"    T, B = T_{axis}, v['mask:{axis}'].shape[1]")
-        fwd.append(
-            f"    truth = tf_masks.get({axis!r}, torch.ones((B, T), dtype=torch.bool, device=device))"
-        )
-        for name in members:
-            fwd.append(f"    v[{name!r}] = []")
-            layer = self.spec.layers[name]
-            if isinstance(layer, RecurrentLayer):
-                self.loop_setup(name, layer)
-        fwd.append("    for t in range(T):")
-        fwd.append(f"        mask_t = v['mask:{axis}'][t]")
-        for name in members:
-            fwd += ["    " + line for line in self.loop_step(name)]
-        for name in members:
-            fwd.append(f"    v[{name!r}] = torch.stack(v[{name!r}])")
-            layer = self.spec.layers[name]
-            if isinstance(layer, RecurrentLayer):
-                fwd.append(f"    v[{name + ':final'!r}] = state_{name}_l{layer.depth - 1}")
-
-    def loop_setup(self, name: str, layer: RecurrentLayer) -> None:
-        n_states = len(self.analysis.cells[layer.cell].state)
-        width = sum(p.width for p in self.loop_pieces(name))
-        fwd = self.fwd
-        start = pack([f"torch.zeros((B, {layer.hidden}), dtype=dtype, device=device)"] * n_states)
-        if layer.init is not None:
-            fwd += self.init_forward(name, layer)
-            start = pack([f"v[{name + ':h0'!r}]"] * n_states)
-        for k in range(layer.depth):
-            function = self.cell_function(name, k, layer, width)
-            fwd.append(f"    P_{name}_l{k} = {function}_params(params, {f'{name}.fwd.l{k}.'!r})")
-            fwd.append(f"    state_{name}_l{k} = {start}")
-            if k > 0 and layer.dropout > 0:
-                shape = f"(T, B, {layer.output_width})"
-                fwd += self.dropout(f"{name}.l{k}:in", layer.dropout, shape)[:2]
-        if layer.attention is not None:
-            memory = layer.attention.memory
-            p = f"{name}.attention."
-            key = {"additive": "W_k", "general": "W_a"}.get(layer.attention.score)
-            keys = f"v[{memory!r}]" + (f" @ params[{p + key!r}].T" if key else "")
-            fwd.append(f"    v[{name + ':keys'!r}] = {keys}")
-
-    def loop_step(self, name: str) -> list[str]:
-        """Forward lines of one member at step t (indented for the loop body)."""
-        layer = self.spec.layers[name]
-        lines = []
-        fed = self.fed(name)
-        if fed is not None:
-            if fed.tokens:
-                lines += [
-                    f"    ids = v[{fed.ids + ':ids'!r}][t]",
-                    "    if t > 0:",
-                    f"        ids = torch.where(truth[:, t], ids, v[{fed.prediction!r}][t - 1].argmax(axis=-1))",
-                    f"    fed = params[{fed.table!r}][ids]",
-                ]
-            else:
-                lines += [
-                    f"    fed = v[{fed.source!r}][t]",
-                    "    if t > 0:",
-                    f"        fed = torch.where(truth[:, t, None], fed, v[{fed.prediction!r}][t - 1])",
-                ]
-        attention = layer.attention if isinstance(layer, RecurrentLayer) else None
-        if attention is not None and attention.score == "additive":
-            memory = attention.memory
-            axis = self.g.nodes[memory]["axis"]
-            p = f"{name}.attention."
-            top = layer.depth - 1  # type: ignore[union-attr]
-            query = f"state_{name}_l{top}[{self.output_state(name)}]"
-            lines += [
-                f"    energy = torch.tanh(v[{name + ':keys'!r}] + ({query} @ params[{p + 'W_q'!r}].T)[None])",
-                f"    scores = (energy @ params[{p + 'v'!r}]).T[None]",
-                f"    weights = softmax(torch.where(valid_steps(v['mask:{axis}']), scores, -1e30))",
-                f"    context = torch.einsum('bs,sbm->bm', weights[0], v[{memory!r}])",
-            ]
-        parts = [self.piece_at_t(p) for p in self.loop_pieces(name)]
-        joined = parts[0] if len(parts) == 1 else f"torch.cat([{', '.join(parts)}], axis=-1)"
-        if isinstance(layer, DenseLayer):
-            W, b = f"params[{name + '.W'!r}]", f"params[{name + '.b'!r}]"
-            lines.append(f"    v[{name!r}].append({layer.activation}({joined} @ {W}.T + {b}))")
-            return lines
-        assert isinstance(layer, RecurrentLayer)
-        lines.append(f"    y = {joined}")
-        for k in range(layer.depth):
-            P = f"P_{name}_l{k}"
-            step = self.cell_function.step(name, k)
-            bias = f" + {P}['b_x']" if any(step.x_bias) else ""
-            xp = f"y @ {P}['W_x'].T{bias}" if step.x_blocks else "None"
-            lines.append("    x_in = y")
-            lines.append(
-                f"    state_{name}_l{k}, y, _ = {self.functions[name, k]}_step({xp}, x_in, mask_t, state_{name}_l{k}, {P})"
-            )
-            if k > 0 and layer.residual:
-                lines.append("    y = y + x_in")
-            if k + 1 < layer.depth and layer.dropout > 0:
-                key = f"{name}.l{k + 1}:drop"
-                lines.append(f"    y = y * v[{key!r}][t] if {key!r} in v else y")
-        if layer.attention is not None and layer.attention.score != "additive":
-            lines += self.luong(name, layer, "y[None]", name + ":out", f"v[{name + ':keys'!r}]")
-            lines.append(f"    y = v[{name + ':out'!r}][0]")
-        lines.append(f"    v[{name!r}].append(y)")
-        return lines
-
-    # --- outputs and the module ----------------------------------------------------------
-
-    def emit_output(self, name: str) -> None:
-        out = self.spec.outputs[name]
-        source = out.from_
-        axis = self.g.nodes[source].get("axis")
-        if out.state is not None:
-            layer = self.spec.layers[source]
-            index = self.analysis.cells[layer.cell].state.index(out.state)  # type: ignore[union-attr]
-            value = f"v[{source + ':final'!r}][{index}]"
-        elif axis is None:
-            value = f"v[{source!r}]"
-        elif out.steps == "last":
-            batch = f"torch.arange(v[{source!r}].shape[1], device=device)"
-            value = f"v[{source!r}][lengths[{axis!r}] - 1, {batch}]"
-        elif self.zero_past_lengths(source):
-            value = f"v[{source!r}].transpose(0, 1)"
-        else:
-            value = f"(v[{source!r}] * v['mask:{axis}']).transpose(0, 1)"
-        self.fwd.append(f"    outputs[{name!r}] = {value}")
-
-    def zero_past_lengths(self, node: str) -> bool:
-        """Whether a node's steps past each example's length are zero already: those of
-        a recurrent layer are (fused kernels and scans alike) unless attention or a
-        residual connection adds to them afterwards."""
-        layer = self.spec.layers.get(node)
-        loop = any(node in group for group in self.loops())
-        return (
-            isinstance(layer, RecurrentLayer)
-            and layer.attention is None
-            and not (layer.residual and layer.depth > 1)
-            and not loop
-        )
+    def scan_function(self, fn: str, step: CellStep) -> str:
+        """The autograd Function running a cell family's scan: through the cell's C
+        steps where it fits (backends.native), else the Python scan."""
+        found = native.plan(step)
+        if found is None:
+            return FUNCTION.format(fn=fn, cell=step.cell.name)
+        self.native[fn] = (step, found)
+        scan = native.emit_torch_scan(step, found, fn)
+        return "\n\n\n" + scan + native.NATIVE_FUNCTION.format(fn=fn, cell=step.cell.name)
 
     def run_function(self) -> str:
-        self.emit_schedule("torch")
         lines = [
             "def run(params, inputs, lengths, tf_masks, uniform, like):",
             '    """The forward pass. inputs: batch-first tensors; lengths: (B,) per sequence\n'
@@ -560,12 +347,15 @@ class _TorchProgram(Program):
             "    like: a tensor of the model's dtype and device. Returns the outputs,\n"
             '    batch-first."""',
             "    dtype, device = like.dtype, like.device",
-            "    v = {}",
             "    outputs = {}",
-            *self.fwd,
+            *self.lines(live(self.net.ops), "    "),
             "    return outputs",
         ]
         return "\n".join(lines)
+
+    @property
+    def spec(self) -> Any:
+        return self.analysis.spec
 
     def model_class(self) -> str:
         rules = init_rules(self.analysis)
@@ -659,9 +449,8 @@ class Model(torch.nn.Module):
     def module(self, header: str) -> str:
         run = self.run_function()
         families = [
-            source
-            + (self.scan_function(fn, self.cell_function.steps[fn]) if fn in self.scanned else "")
-            for fn, source in self.cell_function.sources.items()
+            source + (self.scan_function(fn, self.cells.steps[fn]) if fn in self.scanned else "")
+            for fn, source in self.cells.sources.items()
         ]
         body = [*families, run, self.model_class()]
         if self.native:  # the C steps: compiled and loaded on first use
@@ -672,9 +461,18 @@ class Model(torch.nn.Module):
         return "\n\n\n".join([header, prelude, *body]) + "\n"
 
 
+_TorchWriter.statements = {
+    OpKind.PACK: _TorchWriter.pack,  # type: ignore[dict-item]
+    OpKind.SCAN: _TorchWriter.scan,  # type: ignore[dict-item]
+    OpKind.CELL_STEP: ModuleWriter.cell_step,
+    OpKind.OUTPUT: ModuleWriter.output,
+    OpKind.LOOP: ModuleWriter.loop,
+}
+
+
 def generate(analysis: Analysis) -> str:
     """The source of a standalone PyTorch module for a checked spec."""
-    return _TorchProgram(analysis).module(module_header(analysis, "PyTorch", "torch"))
+    return _TorchWriter(analysis).module(module_header(analysis, "PyTorch", "torch"))
 
 
 def _torch() -> Any:

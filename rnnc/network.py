@@ -177,7 +177,7 @@ class _Lowering:
     # --- nodes --------------------------------------------------------------------
 
     def lower(self) -> Network:
-        self.program.check_supported("numpy")
+        self.program.check_supported()
         for node in self.program.schedule():
             if isinstance(node, tuple):
                 self.loop(list(node))
@@ -410,9 +410,8 @@ class _Lowering:
         elif out.steps == "last":
             value = b.emit(OpKind.LAST, (self.value[source],), axis, "batch", out=f"output:{name}")
         else:
-            masked = b.like(
-                OpKind.MUL, (self.value[source], self.mask(axis)), out=f"{source}:masked"
-            )
+            pair = (self.value[source], self.mask(axis))
+            masked = b.like(OpKind.MUL, pair, ("output", source), out=f"{source}:masked")
             value = b.emit(OpKind.TRANSPOSE, (masked,), None, "seq", out=f"output:{name}")
         self.outputs[name] = b.emit(
             OpKind.OUTPUT, (value,), name, b.kinds[value], out=f"out:{name}"
@@ -611,6 +610,20 @@ class _Body:
         if layer.attention is not None and layer.attention.score != "additive":
             y = self.low.luong(name, layer, y, "", b)
         return y
+
+
+def live(ops: tuple[Op, ...]) -> tuple[Op, ...]:
+    """The ops an output needs (and every dropout draw, whose order the random stream
+    depends on): what a forward without a reverse runs."""
+    needed: set[str] = set()
+    kept = []
+    for op in reversed(ops):
+        if op.kind in (OpKind.OUTPUT, OpKind.DROPMASK) or op.out in needed:
+            kept.append(op)
+            needed.update(op.args)
+            if op.kind == OpKind.LOOP:
+                needed.update(c.init for c in op.attr.carries)
+    return tuple(reversed(kept))
 
 
 def lower_network(analysis: Analysis) -> Network:

@@ -1,24 +1,22 @@
-"""The program a backend emits: in what order a checked spec's parts run.
+"""The schedule of a checked spec: in what order its parts run.
 
-Every backend walks the same :class:`Program`: inputs and layers in an order where
-each comes after what it reads at the same step; layers that must run step by step
-together (feedback, additive attention, a recurrent edge back from what a layer
-feeds) grouped into one *step loop*; for each layer with feedback, which input the
-prediction replaces. Cells come from :func:`rnnc.lower.lower_cell`. What a backend
-adds is only how to write each part in its own array library.
+:mod:`rnnc.network` lowers a spec in the order a :class:`Program` gives: inputs and
+layers so that each comes after what it reads at the same step; layers that must run
+step by step together (feedback, additive attention, a recurrent edge back from what
+a layer feeds) grouped into one *step loop*; for each layer with feedback, which input
+the prediction replaces; what each member of a loop reads at step t.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import networkx as nx
 
 from rnnc.checks import Analysis, fed_input
 from rnnc.errors import RnncError
 from rnnc.graph import input_edges, instant_order
-from rnnc.spec import DenseLayer, EmbeddingLayer, RecurrentLayer
+from rnnc.spec import EmbeddingLayer, RecurrentLayer
 
 
 @dataclass(frozen=True)
@@ -82,30 +80,7 @@ class Program:
         ordered = nx.lexicographical_topological_sort(condensed, key=rank.__getitem__)
         return [tuple(loops[u[1]]) if u[0] == "loop" else u[1] for u in ordered]
 
-    def emit_schedule(self, backend: str) -> None:
-        """Walk the schedule and have the backend's program emit each part: its
-        ``emit_loop``, ``emit_input``, ``emit_dense``, ``emit_embedding``,
-        ``emit_recurrent`` and, after everything, ``emit_output`` per output."""
-        self.check_supported(backend)
-        emitter: Any = self
-        for node in self.schedule():
-            if isinstance(node, tuple):
-                emitter.emit_loop(list(node))
-                continue
-            data = self.g.nodes[node]
-            spec = data.get("spec")
-            if data["kind"] == "input":
-                emitter.emit_input(node)
-            elif isinstance(spec, DenseLayer):
-                emitter.emit_dense(node, spec)
-            elif isinstance(spec, EmbeddingLayer):
-                emitter.emit_embedding(node, spec)
-            elif isinstance(spec, RecurrentLayer):
-                emitter.emit_recurrent(node, spec)
-        for name in self.spec.outputs:
-            emitter.emit_output(name)
-
-    def check_supported(self, backend: str) -> None:
+    def check_supported(self) -> None:
         """Refuse what no backend compiles yet: a layer that runs backward in a step loop."""
         problems = []
         for group in self.loops():
@@ -116,9 +91,7 @@ class Program:
                         f"layers.{node}.direction ({layer.direction} inside a step loop)"
                     )
         if problems:
-            raise RnncError(
-                f"the {backend} backend does not compile these yet: " + ", ".join(problems)
-            )
+            raise RnncError("rnnc does not compile these yet: " + ", ".join(problems))
 
     def loops(self) -> list[list[str]]:
         """Groups of layers that must run step by step together.
@@ -183,11 +156,6 @@ class Program:
                 memory = layer.attention.memory
                 pieces.append(Piece("context", memory, self.g.nodes[memory]["width"]))
         return pieces
-
-    def output_state(self, name: str) -> int:
-        """Index of the output state (h) among a recurrent layer's states."""
-        cell = self.analysis.cells[self.spec.layers[name].cell]  # type: ignore[union-attr]
-        return cell.state.index(cell.output)
 
 
 def time_axes(analysis: Analysis) -> tuple[list[str], dict[str, float], list[str]]:

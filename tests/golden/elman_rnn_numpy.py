@@ -13,7 +13,7 @@ def accumulate(grads, name, value):
     grads[name] = value if name not in grads else grads[name] + value
 
 
-def step_mask(lengths, steps, dtype):
+def step_mask(lengths, steps):
     """(T, B, 1) booleans: true where step t is within the example's length."""
     return (np.arange(steps)[:, None] < lengths[None, :])[:, :, None]
 
@@ -143,7 +143,7 @@ def forward(params, inputs, lengths, dtype=np.float64, tf_masks=None, dropout=No
     outputs = {}
     x_given = np.asarray(inputs['x'], dtype=dtype)
     x = x_given.swapaxes(0, 1)
-    mask_x = step_mask(lengths['x'], x.shape[0], dtype)
+    mask_x = step_mask(lengths['x'], x.shape[0])
     hidden_zeros = np.zeros((mask_x.shape[1], 32), dtype=dtype)
     hidden_fwd_l0_P = cell_hidden_l0_params(params, 'hidden.fwd.l0.')
     hidden_fwd_l0_scan = cell_hidden_l0(x, mask_x, False, hidden_fwd_l0_P, (hidden_zeros,))

@@ -8,10 +8,6 @@ import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 
-def identity(a):
-    return a
-
-
 def step_mask(lengths, steps):
     """(T, B, 1) booleans: true where step t is within the example's length."""
     return (torch.arange(steps, device=lengths.device)[:, None] < lengths[None, :])[:, :, None]
@@ -68,20 +64,20 @@ def run(params, inputs, lengths, tf_masks, uniform, like):
     like: a tensor of the model's dtype and device. Returns the outputs,
     batch-first."""
     dtype, device = like.dtype, like.device
-    v = {}
     outputs = {}
-    v['x'] = inputs['x'].to(dtype).transpose(0, 1)
-    T_x = v['x'].shape[0]
-    v['mask:x'] = step_mask(lengths['x'], T_x)
-    v['hidden.l0:in'] = v['x']
-    B_x = v['hidden.l0:in'].shape[1]
+    x_given = inputs['x'].to(dtype)
+    x = x_given.swapaxes(0, 1)
+    mask_x = step_mask(lengths['x'], x.shape[0])
+    hidden_zeros = torch.zeros((mask_x.shape[1], 32), dtype=dtype, device=device)
     weights = [torch.cat([params['hidden.fwd.l0.W'][:, :10]]), torch.cat([params['hidden.fwd.l0.W'][:, 10:]]), torch.cat([params['hidden.fwd.l0.b']]), torch.cat([params['hidden.fwd.l0.b'].new_zeros(32)])]
-    ys, finals = fused_scan('rnn', v['hidden.l0:in'], lengths['x'], (torch.zeros((B_x, 32), dtype=dtype, device=device).expand(1, -1, -1).contiguous(),), weights, False)
-    v['hidden.fwd.l0'], v['hidden.fwd.l0:final'] = ys, tuple(s[0] for s in finals)
-    v['hidden'] = v['hidden.fwd.l0']
-    v['hidden:final'] = (v['hidden.fwd.l0:final'][0],)
-    v['out'] = identity(v['hidden'] @ params['out.W'].T + params['out.b'])
-    outputs['y'] = (v['out'] * v['mask:x']).transpose(0, 1)
+    ys, finals = fused_scan('rnn', x, lengths['x'], (hidden_zeros.expand(1, -1, -1).contiguous(),), weights, False)
+    hidden_fwd_l0_scan = (ys, tuple(s[0] for s in finals), None)
+    hidden_fwd_l0 = hidden_fwd_l0_scan[0]
+    out_pre_product = hidden_fwd_l0 @ params['out.W'].T
+    out_pre = out_pre_product + params['out.b']
+    out_masked = out_pre * mask_x
+    output_y = out_masked.swapaxes(0, 1)
+    outputs['y'] = output_y
     return outputs
 
 

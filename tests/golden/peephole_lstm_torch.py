@@ -22,10 +22,6 @@ sigmoid = torch.sigmoid
 tanh = torch.tanh
 
 
-def identity(a):
-    return a
-
-
 try:
     ONEDNN = torch.ops.mkldnn._linear_pointwise if torch.backends.mkldnn.is_available() else None
 except (AttributeError, RuntimeError):  # a build without oneDNN
@@ -406,20 +402,20 @@ def run(params, inputs, lengths, tf_masks, uniform, like):
     like: a tensor of the model's dtype and device. Returns the outputs,
     batch-first."""
     dtype, device = like.dtype, like.device
-    v = {}
     outputs = {}
-    v['x'] = inputs['x'].to(dtype).transpose(0, 1)
-    T_x = v['x'].shape[0]
-    v['mask:x'] = step_mask(lengths['x'], T_x)
-    v['lstm.l0:in'] = v['x']
-    B_x = v['lstm.l0:in'].shape[1]
-    P = cell_lstm_l0_params(params, 'lstm.fwd.l0.')
-    out = cell_lstm_l0_function.apply(v['lstm.l0:in'], v['mask:x'], False, torch.is_grad_enabled(), tuple(P), *P.values(), torch.zeros((B_x, 32), dtype=dtype, device=device), torch.zeros((B_x, 32), dtype=dtype, device=device))
-    v['lstm.fwd.l0'], v['lstm.fwd.l0:final'] = out[0], out[1:]
-    v['lstm'] = v['lstm.fwd.l0']
-    v['lstm:final'] = (v['lstm.fwd.l0:final'][0], v['lstm.fwd.l0:final'][1])
-    v['out'] = identity(v['lstm'] @ params['out.W'].T + params['out.b'])
-    outputs['y'] = (v['out'] * v['mask:x']).transpose(0, 1)
+    x_given = inputs['x'].to(dtype)
+    x = x_given.swapaxes(0, 1)
+    mask_x = step_mask(lengths['x'], x.shape[0])
+    lstm_zeros = torch.zeros((mask_x.shape[1], 32), dtype=dtype, device=device)
+    lstm_fwd_l0_P = cell_lstm_l0_params(params, 'lstm.fwd.l0.')
+    lstm_fwd_l0_scan_out = cell_lstm_l0_function.apply(x, mask_x, False, torch.is_grad_enabled(), tuple(lstm_fwd_l0_P), *lstm_fwd_l0_P.values(), lstm_zeros, lstm_zeros)
+    lstm_fwd_l0_scan = (lstm_fwd_l0_scan_out[0], lstm_fwd_l0_scan_out[1:], None)
+    lstm_fwd_l0 = lstm_fwd_l0_scan[0]
+    out_pre_product = lstm_fwd_l0 @ params['out.W'].T
+    out_pre = out_pre_product + params['out.b']
+    out_masked = out_pre * mask_x
+    output_y = out_masked.swapaxes(0, 1)
+    outputs['y'] = output_y
     return outputs
 
 

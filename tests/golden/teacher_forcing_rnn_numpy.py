@@ -13,7 +13,7 @@ def accumulate(grads, name, value):
     grads[name] = value if name not in grads else grads[name] + value
 
 
-def step_mask(lengths, steps, dtype):
+def step_mask(lengths, steps):
     """(T, B, 1) booleans: true where step t is within the example's length."""
     return (np.arange(steps)[:, None] < lengths[None, :])[:, :, None]
 
@@ -139,7 +139,7 @@ def forward(params, inputs, lengths, dtype=np.float64, tf_masks=None, dropout=No
     outputs = {}
     x_given = np.asarray(inputs['x'], dtype=dtype)
     x = x_given.swapaxes(0, 1)
-    mask_x = step_mask(lengths['x'], x.shape[0], dtype)
+    mask_x = step_mask(lengths['x'], x.shape[0])
     y_prev_given = np.asarray(inputs['y_prev'])
     y_prev_ids = y_prev_given.swapaxes(0, 1)
     y_prev = params['y_prev.embedding'][y_prev_ids]
@@ -150,13 +150,14 @@ def forward(params, inputs, lengths, dtype=np.float64, tf_masks=None, dropout=No
     T, B = mask_x.shape[:2]
     buf_h = np.zeros((T, B, 32), dtype=dtype)
     buf_o = np.zeros((T, B, 12), dtype=dtype)
+    zeros_o = np.zeros((B, 12), dtype=dtype)
     carry_h_l0_h = h_zeros
     tape_loop_x_h = [None] * T
     for t in range(T):
         mask_x_t = mask_x[t]
         x_t_ = x[t]
         h_truth_t = truth_x[t] | (t == 0)
-        o_t_1 = (buf_o[t - 1] if t >= 1 else np.zeros_like(buf_o[0]))
+        o_t_1 = (buf_o[t - 1] if t >= 1 else zeros_o)
         y_prev_ids_t = y_prev_ids[t]
         h_guess_t = o_t_1.argmax(axis=-1)
         h_fed_ids_t = np.where(h_truth_t, y_prev_ids_t, h_guess_t)

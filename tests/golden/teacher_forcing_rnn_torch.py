@@ -11,10 +11,6 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 tanh = torch.tanh
 
 
-def identity(a):
-    return a
-
-
 try:
     ONEDNN = torch.ops.mkldnn._linear_pointwise if torch.backends.mkldnn.is_available() else None
 except (AttributeError, RuntimeError):  # a build without oneDNN
@@ -169,35 +165,47 @@ def run(params, inputs, lengths, tf_masks, uniform, like):
     like: a tensor of the model's dtype and device. Returns the outputs,
     batch-first."""
     dtype, device = like.dtype, like.device
-    v = {}
     outputs = {}
-    v['x'] = inputs['x'].to(dtype).transpose(0, 1)
-    T_x = v['x'].shape[0]
-    v['mask:x'] = step_mask(lengths['x'], T_x)
-    v['y_prev:ids'] = inputs['y_prev'].transpose(0, 1)
-    v['y_prev'] = params['y_prev.embedding'][v['y_prev:ids']]
+    x_given = inputs['x'].to(dtype)
+    x = x_given.swapaxes(0, 1)
+    mask_x = step_mask(lengths['x'], x.shape[0])
+    y_prev_given = inputs['y_prev']
+    y_prev_ids = y_prev_given.swapaxes(0, 1)
+    h_zeros = torch.zeros((mask_x.shape[1], 32), dtype=dtype, device=device)
+    h_fwd_l0_P = cell_h_l0_params(params, 'h.fwd.l0.')
+    truth_x = tf_masks['x'].T
     # Step loop over 'x': h, o (each step reads earlier steps)
-    T, B = T_x, v['mask:x'].shape[1]
-    truth = tf_masks.get('x', torch.ones((B, T), dtype=torch.bool, device=device))
-    v['h'] = []
-    P_h_l0 = cell_h_l0_params(params, 'h.fwd.l0.')
-    state_h_l0 = (torch.zeros((B, 32), dtype=dtype, device=device),)
-    v['o'] = []
+    T, B = mask_x.shape[:2]
+    buf_h = [None] * T
+    buf_o = [None] * T
+    zeros_o = torch.zeros((B, 12), dtype=dtype, device=device)
+    carry_h_l0_h = h_zeros
     for t in range(T):
-        mask_t = v['mask:x'][t]
-        ids = v['y_prev:ids'][t]
-        if t > 0:
-            ids = torch.where(truth[:, t], ids, v['o'][t - 1].argmax(axis=-1))
-        fed = params['y_prev.embedding'][ids]
-        y = torch.cat([v['x'][t], fed], axis=-1)
-        x_in = y
-        state_h_l0, y, _ = cell_h_l0_step(y @ P_h_l0['W_x'].T + P_h_l0['b_x'], x_in, mask_t, state_h_l0, P_h_l0)
-        v['h'].append(y)
-        v['o'].append(identity(v['h'][t] @ params['o.W'].T + params['o.b']))
-    v['h'] = torch.stack(v['h'])
-    v['h:final'] = state_h_l0
-    v['o'] = torch.stack(v['o'])
-    outputs['logits'] = (v['o'] * v['mask:x']).transpose(0, 1)
+        mask_x_t = mask_x[t]
+        x_t_ = x[t]
+        h_truth_t = truth_x[t] | (t == 0)
+        o_t_1 = (buf_o[t - 1] if t >= 1 else zeros_o)
+        y_prev_ids_t = y_prev_ids[t]
+        h_guess_t = o_t_1.argmax(axis=-1)
+        h_fed_ids_t = torch.where(h_truth_t, y_prev_ids_t, h_guess_t)
+        h_fed_t = params['y_prev.embedding'][h_fed_ids_t]
+        h_in_t = torch.cat([x_t_, h_fed_t], axis=-1)
+        h_l0_t = cell_h_l0_step(h_in_t @ h_fwd_l0_P['W_x'].T + h_fwd_l0_P['b_x'], h_in_t, mask_x_t, (carry_h_l0_h,), h_fwd_l0_P)
+        h_l0_h_t = h_l0_t[0][0]
+        h_l0_out_t = h_l0_t[1]
+        h_l0_tape_t = h_l0_t[2]
+        t_1 = h_l0_out_t @ params['o.W'].T
+        o_pre_t = t_1 + params['o.b']
+        buf_h[t] = h_l0_out_t
+        buf_o[t] = o_pre_t
+        carry_h_l0_h = h_l0_h_t
+    buf_h = torch.stack(buf_h)
+    buf_o = torch.stack(buf_o)
+    loop_x_h = (buf_h, buf_o, carry_h_l0_h, None)
+    o = loop_x_h[1]
+    o_masked = o * mask_x
+    output_logits = o_masked.swapaxes(0, 1)
+    outputs['logits'] = output_logits
     return outputs
 
 
