@@ -272,6 +272,9 @@ class _Writer(ModuleWriter):
             "    return {**grads, **input_grads}",
         ]
         body = [*self.cells.sources.values(), "\n".join(forward), "\n".join(backward)]
+        contract = self.step_contract()
+        if contract:
+            body.append(contract)
         helpers = used_helpers(LIBRARY, "\n".join(body), keep=RUNTIME_HELPERS)
         return "\n\n\n".join([header, helpers, *body]) + "\n"
 

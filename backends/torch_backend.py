@@ -229,6 +229,16 @@ class _TorchWriter(ModuleWriter):
         scans = [op for op in self.net.ops if op.kind == OpKind.SCAN]
         self.unpacked = {op.args[2] for op in scans if self.is_fused(op.attr)}
 
+    init_setup = (
+        "like = next(iter(params.values()))",
+        "dtype, device = like.dtype, like.device",
+        "uniform = None",
+    )
+    carry_setup = ("like = carry['like']", "dtype, device = like.dtype, like.device")
+
+    def begin_function(self) -> None:
+        self.fused.clear()  # each function makes its own fused calls
+
     def is_fused(self, scan: Scan) -> bool:
         return self.analysis.spec.layers[scan.layer].cell in FUSED_CELLS  # type: ignore[union-attr]
 
@@ -339,6 +349,7 @@ class _TorchWriter(ModuleWriter):
         return "\n\n\n" + scan + native.NATIVE_FUNCTION.format(fn=fn, cell=step.cell.name)
 
     def run_function(self) -> str:
+        self.begin_function()
         lines = [
             "def run(params, inputs, lengths, tf_masks, uniform, like):",
             '    """The forward pass. inputs: batch-first tensors; lengths: (B,) per sequence\n'
@@ -448,11 +459,12 @@ class Model(torch.nn.Module):
 
     def module(self, header: str) -> str:
         run = self.run_function()
+        contract = self.step_contract()
         families = [
             source + (self.scan_function(fn, self.cells.steps[fn]) if fn in self.scanned else "")
             for fn, source in self.cells.sources.items()
         ]
-        body = [*families, run, self.model_class()]
+        body = [*families, run, *([contract] if contract else []), self.model_class()]
         if self.native:  # the C steps: compiled and loaded on first use
             body.append(native.source_block(self.native).rstrip())
         prelude = used_helpers(PRELUDE.rstrip(), "\n".join(body))

@@ -16,7 +16,7 @@ from typing import ClassVar
 
 from rnnc.checks import Analysis
 from rnnc.lower import Op, OpKind
-from rnnc.network import Loop, Network, Scan
+from rnnc.network import Loop, Network, Scan, StepContract, live
 
 from .emit import RESERVED, CellFunctions, Dialect, Namespace, pack
 
@@ -89,6 +89,7 @@ EXPRESSIONS: dict[OpKind, Expression] = {
     OpKind.PAST: lambda w, op, a: w.past(*op.attr),
     OpKind.CARRY: lambda w, op, a: w.carry(op.attr),
     OpKind.FIRST_OR: lambda w, op, a: f"{a[0]}[t] | (t == 0)",
+    OpKind.FEED: lambda w, op, a: "x_t",
 }
 
 # Names the modules' functions use themselves (values never take them).
@@ -100,7 +101,7 @@ WRITER_NAMES = {
 }  # fmt: skip
 
 # Leaves read where they are used instead of getting a line of their own.
-INLINE = (OpKind.PARAM, OpKind.CONST, OpKind.CARRY)
+INLINE = (OpKind.PARAM, OpKind.CONST, OpKind.CARRY, OpKind.FEED)
 
 
 class ModuleWriter:
@@ -119,6 +120,9 @@ class ModuleWriter:
         self.cells = CellFunctions(analysis, xp, grads=grads)
         self.inline: dict[str, str] = {}
         self.saved: dict[str, tuple[str, ...]] = {}  # loop -> body values kept per step
+        for op in net.ops:  # parameters and numbers: read where they are used
+            if op.kind in (OpKind.PARAM, OpKind.CONST):
+                self.inline[op.out] = self.expressions[op.kind](self, op, [])
 
     def function(self, scan: Scan) -> str:
         """The generated cell functions a scan or a step runs."""
@@ -177,6 +181,9 @@ class ModuleWriter:
         self.inline[op.out] = a[0]
         return [f"outputs[{op.attr!r}] = {a[0]}"]
 
+    def begin_function(self) -> None:
+        """Called before writing each function's lines (a target's state per function)."""
+
     def new_buffer(self, width: int) -> str:
         """Where a step loop writes a member's output, step by step."""
         return f"np.zeros((T, B, {width}), dtype=dtype)"
@@ -222,5 +229,123 @@ class ModuleWriter:
         lines.append(f"{self.name(op.out)} = {pack([*parts, tape if saved else 'None'])}")
         return lines
 
+    # --- the step contract: init, step, finish -------------------------------------
+
+    # Lines that set up what the generated lines read (dtype, ...), at the start of
+    # init (from the parameters) and of step and finish (from the carry).
+    init_setup = (
+        "dtype = np.result_type(*params.values()) if params else np.float64",
+        "dropout = None",
+        "like = np.zeros(0, dtype=dtype)",
+    )
+    carry_setup = ("like = carry['like']", "dtype = like.dtype")
+
+    def step_contract(self) -> str:
+        """``init``, ``step`` and ``finish`` around the step loop with feedback (see
+        rnnc.network.StepContract): what rnnc.decoding's strategies drive."""
+        contract = self.net.step
+        if contract is None:
+            return ""
+        ops = self.net.ops
+        at = next(i for i, op in enumerate(ops) if op.out == contract.loop)
+        finish = live(ops[at + 1 :])
+        body = contract.body
+        needed = [a for op in (*body.ops, *finish) for a in op.args]
+        needed += [c.init for c in body.carries]
+        init = _needed(ops[:at], needed)
+        self.begin_function()
+        made = {op.out for op in init}
+        env = [v for v in dict.fromkeys(needed) if v in made and v not in self.inline]
+        members = [m for m, _ in body.writes]
+        step = {"input": contract.input, "prediction": contract.prediction}
+        step["tokens"] = contract.tokens  # type: ignore[assignment]
+        lines = [f"STEP = {step!r}  # what rnnc.decoding's strategies feed", "", ""]
+        lines += [*self._init(contract, init, env), "", ""]
+        lines += [*self._step(contract, env, members), "", ""]
+        lines += self._finish(contract, finish, env, members)
+        return "\n".join(lines)
+
+    def _unpack(self, env: list[str], used: set[str]) -> list[str]:
+        return [f"    {self.name(v)} = env[{v!r}]" for v in env if v in used]
+
+    def _init(self, contract: StepContract, init: tuple[Op, ...], env: list[str]) -> list[str]:
+        carries = ", ".join(f"{c.name!r}: {self.name(c.init)}" for c in contract.body.carries)
+        members = ", ".join(f"{m!r}: []" for m, _ in contract.body.writes)
+        return [
+            "def init(params, inputs, lengths):",
+            '    """Everything before the step loop over '
+            f"{contract.body.axis!r}, for a decoding strategy (rnnc.decoding):\n"
+            "    inputs batch-first, lengths (B,) per sequence input. Returns the carry: the\n"
+            '    step t, what the steps read, the carried states, each member\'s outputs so far."""',
+            *(f"    {line}" for line in self.init_setup),
+            *self.lines(init, "    "),
+            "    env = {" + ", ".join(f"{v!r}: {self.name(v)}" for v in env) + "}",
+            f"    return {{'t': 0, 'like': like, 'env': env, 'carries': {{{carries}}}, 'ys': {{{members}}}}}",
+        ]
+
+    def _step(self, contract: StepContract, env: list[str], members: list[str]) -> list[str]:
+        body = contract.body
+        used = {a for op in body.ops for a in op.args} | {c.init for c in body.carries}
+        read = {op.attr[0] for op in body.ops if op.kind == OpKind.PAST}
+        fed = "token ids (B,)" if contract.tokens else "vectors (B, width)"
+        lines = [
+            "def step(params, carry, x_t):",
+            f'    """One step of {", ".join(members)}: x_t, the {fed} fed at this step\n'
+            f"    (the ground truth, or what a strategy picked from {contract.prediction!r} at\n"
+            '    t - 1). Returns the new carry and each member\'s output at t."""',
+            *(f"    {line}" for line in self.carry_setup),
+            "    t, env = carry['t'], carry['env']",
+            "    B = x_t.shape[0]",
+            *self._unpack(env, used),
+        ]
+        for c in body.carries:
+            lines.append(f"    {self.carry(c.name)} = carry['carries'][{c.name!r}]")
+        for member in members:
+            if member in read:
+                width = self.analysis.graph.nodes[member]["width"]
+                lines.append(f"    {self.buffer(member)} = carry['ys'][{member!r}]")
+                lines.append(f"    {self.local(f'zeros_{member}')} = {self.zeros(width)}")
+        wanted = [v for _, v in body.writes] + [c.next for c in body.carries]
+        lines += self.lines(_needed(body.ops, wanted), "    ")
+        outs = ", ".join(f"{m!r}: {self.name(v)}" for m, v in body.writes)
+        carries = ", ".join(f"{c.name!r}: {self.name(c.next)}" for c in body.carries)
+        history = ", ".join(f"{m!r}: carry['ys'][{m!r}] + [{self.name(v)}]" for m, v in body.writes)
+        lines += [
+            f"    y_t = {{{outs}}}",
+            f"    carry = {{'t': t + 1, 'like': like, 'env': env, 'carries': {{{carries}}}, "
+            f"'ys': {{{history}}}}}",
+            "    return carry, y_t",
+        ]
+        return lines
+
+    def _finish(
+        self, contract: StepContract, finish: tuple[Op, ...], env: list[str], members: list[str]
+    ) -> list[str]:
+        used = {a for op in finish for a in op.args}
+        parts = [f"{self.xp.lib}.stack(carry['ys'][{m!r}])" for m in members]
+        parts += [f"carry['carries'][{c.name!r}]" for c in contract.body.carries]
+        return [
+            "def finish(params, carry):",
+            '    """The outputs, from the carry after the last step (batch-first)."""',
+            *(f"    {line}" for line in self.carry_setup),
+            "    env = carry['env']",
+            *self._unpack(env, used),
+            "    outputs = {}",
+            f"    {self.name(contract.loop)} = {pack([*parts, 'None'])}",
+            *self.lines(finish, "    "),
+            "    return outputs",
+        ]
+
 
 Statement = Callable[[ModuleWriter, Op, list[str]], list[str]]
+
+
+def _needed(ops: tuple[Op, ...], wanted: list[str]) -> tuple[Op, ...]:
+    """The ops that compute ``wanted``, and what they read in turn (in order)."""
+    needed = set(wanted)
+    kept = []
+    for op in reversed(ops):
+        if op.out in needed:
+            kept.append(op)
+            needed.update(op.args)
+    return tuple(reversed(kept))

@@ -118,6 +118,7 @@ class OpKind(StrEnum):
     PAST = "past"  # a member's own output at step t - delay (attr: (member, delay))
     CARRY = "carry"  # a carried value before the step (attr: the carry's name)
     FIRST_OR = "first_or"  # truth[t] | (t == 0): step 0 always reads the ground truth
+    FEED = "feed"  # in a step function: what the decoding strategy feeds at t (x_t)
     CELL_STEP = "cell_step"  # one generated cell step: (new states, y, tape) (attr: a Scan)
     CELL_STEP_BACK = "cell_step_back"  # its reverse: (d_x, d_states before)
 

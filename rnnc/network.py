@@ -76,6 +76,19 @@ class Loop:
 
 
 @dataclass(frozen=True)
+class StepContract:
+    """The step loop with feedback as functions a decoding strategy drives (rnnc.decoding):
+    ``init`` runs the ops before the loop, ``step`` one step of ``body`` with the fed
+    value given (FEED: token ids, or the vector itself), ``finish`` the ops after it."""
+
+    loop: str  # the LOOP op whose steps these are
+    body: Loop
+    input: str  # the input whose first step starts the feedback
+    prediction: str  # the member whose output is fed back
+    tokens: bool  # fed back as the argmax's ids through an embedding; else the vector
+
+
+@dataclass(frozen=True)
 class Network:
     """The forward ops of a whole network; ``outputs`` names each output's value."""
 
@@ -84,6 +97,7 @@ class Network:
     outputs: dict[str, str]
     inputs: dict[str, str]  # real input -> its INPUT leaf
     params: dict[str, str]  # parameter -> its PARAM leaf
+    step: StepContract | None = None  # the first step loop with feedback, if any
 
 
 class _Builder:
@@ -149,6 +163,7 @@ class _Lowering:
         self.finals: dict[tuple[str, int], str] = {}  # (layer, state index) -> final value
         self.keys_of: dict[str, str] = {}  # layer -> its attention keys (in a step loop)
         self.value: dict[str, str] = {}  # input or layer -> the value it gives
+        self.step: StepContract | None = None
 
     # --- leaves -------------------------------------------------------------------
 
@@ -198,7 +213,9 @@ class _Lowering:
                 self.recurrent(node, spec)
         for name in self.spec.outputs:
             self.output(name)
-        return Network(tuple(self.b.ops), self.b.kinds, self.outputs, self.inputs, self.params)
+        return Network(
+            tuple(self.b.ops), self.b.kinds, self.outputs, self.inputs, self.params, self.step
+        )
 
     def input(self, name: str) -> None:
         data = self.g.nodes[name]
@@ -441,6 +458,13 @@ class _Lowering:
         args = tuple(dict.fromkeys(a for op in loop.ops for a in op.args if a not in body.b.kinds))
         inits = tuple(c.init for c in loop.carries)
         s = outer.emit(OpKind.LOOP, (*args, *inits), loop, "tuple", out=f"loop:{axis}:{members[0]}")
+        fed = next((f for n in members if (f := self.program.fed(n)) is not None), None)
+        if fed is not None and self.step is None:
+            stepped = _Body(self, axis, members, setups, feed=True)
+            for name in members:
+                stepped.member(name)
+            source = fed.ids if fed.tokens else fed.source
+            self.step = StepContract(s, stepped.loop(), source, fed.prediction, fed.tokens)
         for j, name in enumerate(members):
             self.value[name] = outer.emit(OpKind.ITEM, (s,), (j,), "seq", out=name)
         outer.emit(OpKind.ITEM, (s,), (len(members) + len(loop.carries),), "tape", out=f"{s}:tape")
@@ -474,8 +498,16 @@ class _Lowering:
 class _Body:
     """The body of one step loop, member by member: ops on (B, width) values at step t."""
 
-    def __init__(self, lowering: _Lowering, axis: str, members: list[str], setups: dict[str, Any]):
+    def __init__(
+        self,
+        lowering: _Lowering,
+        axis: str,
+        members: list[str],
+        setups: dict[str, Any],
+        feed: bool = False,
+    ):
         self.low = lowering
+        self.feed = feed  # the fed value comes from outside (FEED), not chosen here
         self.axis = axis
         self.members = members
         self.setups = setups
@@ -554,6 +586,12 @@ class _Body:
         fed = self.low.program.fed(name)
         assert fed is not None
         b = self.b
+        if self.feed:
+            given = b.emit(OpKind.FEED, (), fed.tokens, "int" if fed.tokens else "batch", out="x_t")
+            if not fed.tokens:
+                return given
+            table = self.low.param(fed.table)
+            return b.emit(OpKind.LOOKUP, (table, given), None, "batch", out=f"{name}:fed@t")
         cond = b.emit(OpKind.FIRST_OR, (f"truth:{self.axis}",), None, "mask", out=f"{name}:truth@t")
         previous = self.past(fed.prediction, 1)
         if not fed.tokens:
@@ -781,7 +819,7 @@ REVERSE_ONLY = frozenset(
 WITHOUT_GRADIENT = frozenset(
     {
         OpKind.IDS, OpKind.STEP_MASK, OpKind.VALID, OpKind.TRUTH, OpKind.ZEROS, OpKind.DROPMASK,
-        OpKind.PACK, OpKind.ARGMAX, OpKind.FIRST_OR,
+        OpKind.PACK, OpKind.ARGMAX, OpKind.FIRST_OR, OpKind.FEED,
     }
 )  # fmt: skip
 

@@ -209,6 +209,67 @@ def run(params, inputs, lengths, tf_masks, uniform, like):
     return outputs
 
 
+STEP = {'input': 'y_prev', 'prediction': 'o', 'tokens': True}  # what rnnc.decoding's strategies feed
+
+
+def init(params, inputs, lengths):
+    """Everything before the step loop over 'x', for a decoding strategy (rnnc.decoding):
+    inputs batch-first, lengths (B,) per sequence input. Returns the carry: the
+    step t, what the steps read, the carried states, each member's outputs so far."""
+    like = next(iter(params.values()))
+    dtype, device = like.dtype, like.device
+    uniform = None
+    x_given = inputs['x'].to(dtype)
+    x = x_given.swapaxes(0, 1)
+    mask_x = step_mask(lengths['x'], x.shape[0])
+    h_zeros = torch.zeros((mask_x.shape[1], 32), dtype=dtype, device=device)
+    h_fwd_l0_P = cell_h_l0_params(params, 'h.fwd.l0.')
+    env = {'mask:x': mask_x, 'x': x, 'h.fwd.l0:P': h_fwd_l0_P, 'h:zeros': h_zeros}
+    return {'t': 0, 'like': like, 'env': env, 'carries': {'h.l0.h': h_zeros}, 'ys': {'h': [], 'o': []}}
+
+
+def step(params, carry, x_t):
+    """One step of h, o: x_t, the token ids (B,) fed at this step
+    (the ground truth, or what a strategy picked from 'o' at
+    t - 1). Returns the new carry and each member's output at t."""
+    like = carry['like']
+    dtype, device = like.dtype, like.device
+    t, env = carry['t'], carry['env']
+    B = x_t.shape[0]
+    mask_x = env['mask:x']
+    x = env['x']
+    h_fwd_l0_P = env['h.fwd.l0:P']
+    h_zeros = env['h:zeros']
+    carry_h_l0_h = carry['carries']['h.l0.h']
+    mask_x_t = mask_x[t]
+    x_t_ = x[t]
+    h_fed_t = params['y_prev.embedding'][x_t]
+    h_in_t = torch.cat([x_t_, h_fed_t], axis=-1)
+    h_l0_t = cell_h_l0_step(h_in_t @ h_fwd_l0_P['W_x'].T + h_fwd_l0_P['b_x'], h_in_t, mask_x_t, (carry_h_l0_h,), h_fwd_l0_P)
+    h_l0_h_t = h_l0_t[0][0]
+    h_l0_out_t = h_l0_t[1]
+    t_1 = h_l0_out_t @ params['o.W'].T
+    o_pre_t = t_1 + params['o.b']
+    y_t = {'h': h_l0_out_t, 'o': o_pre_t}
+    carry = {'t': t + 1, 'like': like, 'env': env, 'carries': {'h.l0.h': h_l0_h_t}, 'ys': {'h': carry['ys']['h'] + [h_l0_out_t], 'o': carry['ys']['o'] + [o_pre_t]}}
+    return carry, y_t
+
+
+def finish(params, carry):
+    """The outputs, from the carry after the last step (batch-first)."""
+    like = carry['like']
+    dtype, device = like.dtype, like.device
+    env = carry['env']
+    mask_x = env['mask:x']
+    outputs = {}
+    loop_x_h = (torch.stack(carry['ys']['h']), torch.stack(carry['ys']['o']), carry['carries']['h.l0.h'], None)
+    o = loop_x_h[1]
+    o_masked = o * mask_x
+    output_logits = o_masked.swapaxes(0, 1)
+    outputs['logits'] = output_logits
+    return outputs
+
+
 PARAM_SHAPES = {'y_prev.embedding': (12, 12), 'h.fwd.l0.U': (32, 20), 'h.fwd.l0.b': (32,), 'o.W': (12, 32), 'o.b': (12,)}
 INIT = {'y_prev.embedding': ('normal', 1.0), 'h.fwd.l0.U': ('uniform', 0.17677669529663687), 'h.fwd.l0.b': ('uniform', 0.17677669529663687), 'o.W': ('uniform', 0.17677669529663687), 'o.b': ('uniform', 0.17677669529663687)}  # (kind, value): N(0, 1), U(-value, value) or a constant
 SEQUENCES = ('x',)  # sequence inputs that start a time axis
