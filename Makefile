@@ -7,14 +7,14 @@ STAMP := $(VENV)/.installed-stamp
 .PHONY: demo test lint gallery setup graphviz compiler clean
 
 demo: setup
-	$(BIN)/python -m rnnc.demo specs out
+	$(BIN)/python -m rnnc.tools.demo specs out
 
 test: setup lint
 	$(BIN)/python -m pytest -q
 
 # Redraw docs/gallery (a test fails when a picture there is out of date).
 gallery: setup
-	$(BIN)/python -m rnnc.gallery_pictures specs docs
+	$(BIN)/python -m rnnc.tools.gallery_pictures specs docs
 
 lint: setup
 	$(BIN)/ruff check rnnc backends tests

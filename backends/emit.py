@@ -1,6 +1,6 @@
 """Source for one lowered cell, shared by the NumPy and PyTorch backends.
 
-:func:`emit_cell` writes, for a :class:`rnnc.lower.CellStep`, the functions a backend
+:func:`emit_cell` writes, for a :class:`rnnc.ir.lower.CellStep`, the functions a backend
 runs a recurrent layer with: its parameters (input blocks of every gate stacked into
 ``W_x``, recurrent blocks into ``R_s``), one step and the step's reverse, the scan over
 time and its reverse. The text is the same for both backends except for a few array
@@ -18,10 +18,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from rnnc import functions
-from rnnc.checks import Analysis
-from rnnc.functions import Renderer
-from rnnc.lower import (
+from rnnc.front import functions
+from rnnc.front.checks import Analysis
+from rnnc.front.functions import Renderer
+from rnnc.front.spec import RecurrentLayer
+from rnnc.ir.lower import (
     Adjoint,
     CellStep,
     Op,
@@ -32,7 +33,6 @@ from rnnc.lower import (
     reverse,
     uses_of,
 )
-from rnnc.spec import RecurrentLayer
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,7 @@ ACTIVATIONS = ("identity", "tanh", "relu", "sigmoid", "softmax", "log_softmax")
 
 def function_definitions(xp: Dialect, own: Mapping[str, str]) -> str:
     """A Python function for every function of the cell language, as ``xp`` writes its
-    value (rnnc.functions), or its source in ``own``."""
+    value (rnnc.front.functions), or its source in ``own``."""
     blocks: list[str] = []  # definitions, and runs of aliases
     aliases: list[str] = []
     for name in functions.FUNCTIONS:
@@ -332,7 +332,7 @@ _LEAVES: dict[OpKind, Leaf] = {
 }
 
 # Every op that computes, as Python over the Dialect's arrays (precedence: 4 an atom
-# or a call, 3 unary minus, 2 a product, 1 a sum; see rnnc.functions).
+# or a call, 3 unary minus, 2 a product, 1 a sum; see rnnc.front.functions).
 _RENDERINGS: dict[OpKind, Rendering] = {
     OpKind.ADD: lambda w, op, a: (f"{w.ref(a[0], 1)} + {w.ref(a[1], 2)}", 1),
     OpKind.SUB: lambda w, op, a: (f"{w.ref(a[0], 1)} - {w.ref(a[1], 2)}", 1),
@@ -516,17 +516,7 @@ def _emit_step_backward(
         var = adjoint.grads.get(key)
         return writer.exprs[var][0] if var is not None else None
 
-    for p in (p.name for p in step.cell.params if p.kind == "vector"):
-        if grad(f"param:{p}") is not None:
-            lines.append(f"    D[{p!r}] += {grad(f'param:{p}')}")
-    for block, g, operand in adjoint.block_grads:
-        grad_text, operand_text = writer.exprs[g][0], writer.exprs[operand][0]
-        product = (
-            f"{xp.lib}.outer({grad_text}, {operand_text})"  # a parameter vector as operand
-            if step.kinds[operand] == "vector"
-            else xp.matmul(f"{grad_text}.T", operand_text)
-        )
-        lines.append(f"    D[{block.param!r}][:, {block.start}:{block.stop}] += {product}")
+    lines += _parameter_grads(step, adjoint, writer, xp)
     zeros = f"{xp.lib}.zeros_like({d[states[0]]})"
     new_d = []
     new_terms = []
@@ -561,6 +551,27 @@ def _emit_step_backward(
         f"    return d_xp_t, d_x_t, {pack(new_d)}, {d_rps}",
     ]
     return "\n".join(lines)
+
+
+def _parameter_grads(
+    step: CellStep, adjoint: Adjoint, writer: _StepWriter, xp: Dialect
+) -> list[str]:
+    """A step's reverse adding its parameters' gradients to D: vectors' (summed over
+    the batch) and each block's product inside the step."""
+    lines = []
+    for p in (p.name for p in step.cell.params if p.kind == "vector"):
+        var = adjoint.grads.get(f"param:{p}")
+        if var is not None:
+            lines.append(f"    D[{p!r}] += {writer.exprs[var][0]}")
+    for block, g, operand in adjoint.block_grads:
+        grad_text, operand_text = writer.exprs[g][0], writer.exprs[operand][0]
+        product = (
+            f"{xp.lib}.outer({grad_text}, {operand_text})"  # a parameter vector as operand
+            if step.kinds[operand] == "vector"
+            else xp.matmul(f"{grad_text}.T", operand_text)
+        )
+        lines.append(f"    D[{block.param!r}][:, {block.start}:{block.stop}] += {product}")
+    return lines
 
 
 def _prev_index(step: CellStep, saved: list[str], state: str) -> int:

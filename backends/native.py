@@ -19,7 +19,7 @@ gradients are plain sums over the batch. :func:`plan` says whether a step fits a
 how it is cut; :func:`emit_c` writes the source. The source holds no text from the
 spec: every value is named by its position (``v3``, ``g7``, ``p0``), constants are
 written by ``repr`` of a float, and the functions come from an allow-list
-(:data:`rnnc.equations.FUNCTIONS`).
+(:data:`rnnc.front.equations.FUNCTIONS`).
 
 Each C function comes in float32 and float64 and takes the batch size, the step, the
 slots of the previous and the new state, this step's products (or, in the reverse,
@@ -35,8 +35,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from rnnc.functions import FUNCTIONS, c_renderer
-from rnnc.lower import Adjoint, Block, CellStep, Op, OpKind, grad_name, reverse
+from rnnc.front.functions import FUNCTIONS, c_renderer
+from rnnc.ir.lower import Adjoint, Block, CellStep, Op, OpKind, grad_name, reverse
 
 from .emit import TORCH, _shared_projection, gradient_products, pack
 
@@ -103,7 +103,7 @@ class NativePlan:
     # gradient after the loop) and what a later reverse stage reads.
     dstored: tuple[str, ...]
     d_out: dict[str, str]  # product output -> the gradient its reverse multiplies
-    adjoint: Adjoint  # the step's reverse (rnnc.lower.reverse)
+    adjoint: Adjoint  # the step's reverse (rnnc.ir.lower.reverse)
     kinds: dict[str, str]  # forward and adjoint var -> "batch" | "vector" | "scalar"
 
     def products_of(self, stage: int) -> tuple[Product, ...]:
@@ -161,8 +161,10 @@ def _recomputed(op: Op, kinds: dict[str, str], backward: bool = False) -> bool:
     return op.kind in leaves or kinds[op.out] != "batch"
 
 
-def plan(step: CellStep) -> NativePlan | None:
-    """How a step runs natively, or None when it does not fit (see the module docstring)."""
+def _admitted(step: CellStep) -> tuple[Adjoint, dict[str, str], list[str]] | None:
+    """A step's reverse, the kinds of its values, and the vector parameters whose
+    gradients are sums over the batch, if every op of the step and its reverse fits
+    the C steps (else None)."""
     H = step.hidden
     if step.uses_x:
         return None
@@ -191,11 +193,42 @@ def plan(step: CellStep) -> NativePlan | None:
             if kinds[var] != "vector" or _sums(var, by_out, kinds) is None:
                 return None
             grad_params.append(p.name)
+    return adjoint, kinds, grad_params
 
+
+def _stages(step: CellStep, adjoint: Adjoint) -> dict[str, int]:
+    """The stage of every value of a step and its reverse: a product inside the step
+    starts a new one. An adjoint op belongs to the stage of the forward op it came
+    from; a product's reverse (matmul_t) sits between stages, in the array library,
+    and counts as the stage that reads its result."""
     stage: dict[str, int] = {}
     for op in step.ops:
         base = max((stage[a] for a in op.args), default=0)
         stage[op.out] = base + (op.kind == OpKind.MATMUL)
+    for op, origin in zip(adjoint.ops, adjoint.origins, strict=True):
+        stage[op.out] = stage[origin] - (op.kind == OpKind.MATMUL_T)  # where its result comes in
+    return stage
+
+
+def _stages_reading(ops: tuple[Op, ...], stage: dict[str, int]) -> dict[str, set[int]]:
+    """For each value, the stages of the ops that read it."""
+    found: dict[str, set[int]] = {}
+    for op in ops:
+        for a in _reads(op):
+            found.setdefault(a, set()).add(stage[op.out])
+    return found
+
+
+def plan(step: CellStep) -> NativePlan | None:
+    """How a step runs natively, or None when it does not fit (see the module docstring)."""
+    admitted = _admitted(step)
+    if admitted is None:
+        return None
+    adjoint, kinds, grad_params = admitted
+    H = step.hidden
+    states = tuple(step.cell.state)
+
+    stage = _stages(step, adjoint)
     live = _live(step.ops, set(step.states.values()) | {step.output})
     ops = tuple(op for op in step.ops if op.out in live)  # a value nothing reads is not made
     products = tuple(
@@ -203,21 +236,8 @@ def plan(step: CellStep) -> NativePlan | None:
         for op in ops
         if op.kind == OpKind.MATMUL
     )
-    # Reverse stages: an adjoint op belongs to the stage of the forward op it came
-    # from; a product's reverse (matmul_t) sits between stages, in the array library,
-    # and counts as the stage that reads its result.
-    for op, origin in zip(adjoint.ops, adjoint.origins, strict=True):
-        stage[op.out] = stage[origin] - (op.kind == OpKind.MATMUL_T)  # where its result comes in
 
-    def uses(ops: tuple[Op, ...]) -> dict[str, set[int]]:
-        found: dict[str, set[int]] = {}
-        for op in ops:
-            args = _reads(op)
-            for a in args:
-                found.setdefault(a, set()).add(stage[op.out])
-        return found
-
-    forward_uses, reverse_uses = uses(ops), uses(adjoint.ops)
+    forward_uses, reverse_uses = _stages_reading(ops, stage), _stages_reading(adjoint.ops, stage)
     for var in _results(adjoint):  # written at the last stage, 0
         reverse_uses.setdefault(var, set()).add(0)
     new_states = set(step.states.values())
@@ -467,14 +487,20 @@ def _product(p: NativePlan, out: str) -> Product:
     return next(product for product in p.products if product.out == out)
 
 
-def _emit_reverse(step: CellStep, p: NativePlan, fn: str, tag: str, stage: int) -> list[str]:
-    """Reverse stage ``stage`` (run from the last stage down to 0): its adjoint ops,
-    from the gradients of the products' operands after it; stage 0 writes the results."""
-    t = _TYPES[tag]
-    real = t["real"]
-    adjoint, kinds = p.adjoint, p.kinds
-    w = _CWriter(step, p, t)
-    by_out = {op.out: op for op in adjoint.ops}
+def _reverse_outputs(p: NativePlan) -> list[tuple[str, int, str]]:
+    """The buffers a reverse stage 0 writes: (name, width, "xproj" | "rproj:s")."""
+    outputs: list[tuple[str, int, str]] = []
+    if p.x_width and p.shared is None:
+        outputs.append(("dxp", p.x_width, "xproj"))
+    for r, s in enumerate(p.recurrent):
+        outputs.append((f"drp{r}", p.r_widths[r], f"rproj:{s}"))
+    return outputs
+
+
+def _reverse_prologue(p: NativePlan, fn: str, tag: str, stage: int, w: _CWriter) -> list[str]:
+    """A reverse stage's signature, its pointers, and the rows past their length (the
+    gradients pass through), up to the loop over a row's units."""
+    real = _TYPES[tag]["real"]
     after = p.products_of(stage + 1)  # their operands' gradients come in
     inputs = [f"rec{r}" for r in range(len(p.recurrent))] + [f"dop{k}" for k in range(len(after))]
     lines = _signature(p, fn, f"reverse{stage}", tag, inputs)
@@ -485,11 +511,7 @@ def _emit_reverse(step: CellStep, p: NativePlan, fn: str, tag: str, stage: int) 
         lines.append(f"    const {real} *S{i} = (const {real} *)table[k++];")
     for i, _ in enumerate(p.params):
         lines.append(f"    const {real} *p{i} = (const {real} *)table[k++];")
-    outputs: list[tuple[str, int, str]] = []  # (buffer, width, "xproj" | "rproj:s")
-    if p.x_width and p.shared is None:
-        outputs.append(("dxp", p.x_width, "xproj"))
-    for r, s in enumerate(p.recurrent):
-        outputs.append((f"drp{r}", p.r_widths[r], f"rproj:{s}"))
+    outputs = _reverse_outputs(p)
     for name, width, _ in outputs:
         lines.append(f"    {real} *{name} = ({real} *)table[k++] + t * B * {width};")
     lines += [
@@ -522,7 +544,40 @@ def _emit_reverse(step: CellStep, p: NativePlan, fn: str, tag: str, stage: int) 
                 r = p.recurrent.index(s)
                 lines.append(f"            for (long j = 0; j < H; j++) G{i}_b[j] += rec{r}_b[j];")
     lines += ["            continue;", "        }"]
-    lines += _loop("        ")
+    return lines + _loop("        ")
+
+
+def _reverse_results(
+    p: NativePlan, w: _CWriter, outputs: list[tuple[str, int, str]], ind: str
+) -> list[str]:
+    """What reverse stage 0 writes: the projections' gradients and the states' before
+    the step."""
+    zero, H = w.lit(0.0), p.hidden
+
+    def result(key: str) -> str:
+        var = p.adjoint.grads.get(key)
+        return w.names[var] if var else zero
+
+    lines = []
+    for name, width, what in outputs:
+        for k in range(width // H):
+            key = f"xproj:{k}" if what == "xproj" else f"{what}:{k}"
+            lines.append(f"{ind}{name}_b[{k * H} + j] = {result(key)};")
+    for i, s in enumerate(p.states):
+        lines.append(f"{ind}G{i}_b[j] = {result(f'prev:{s}')};")
+    return lines
+
+
+def _emit_reverse(step: CellStep, p: NativePlan, fn: str, tag: str, stage: int) -> list[str]:
+    """Reverse stage ``stage`` (run from the last stage down to 0): its adjoint ops,
+    from the gradients of the products' operands after it; stage 0 writes the results."""
+    adjoint, kinds = p.adjoint, p.kinds
+    w = _CWriter(step, p, _TYPES[tag])
+    by_out = {op.out: op for op in adjoint.ops}
+    after = p.products_of(stage + 1)
+    outputs = _reverse_outputs(p)
+    kept = [var for var in p.dstored if p.stage[var] == stage]
+    lines = _reverse_prologue(p, fn, tag, stage, w)
     ind = "            "
     here = [
         op
@@ -580,24 +635,12 @@ def _emit_reverse(step: CellStep, p: NativePlan, fn: str, tag: str, stage: int) 
             w.define(op, f"g{index[op.out]}", lines, ind)
     for var in kept:
         lines.append(f"{ind}DVt[{p.dstored.index(var)} * BH + b * H + j] = {w.names[var]};")
-    zero = w.lit(0.0)
-    H = p.hidden
     if stage == 0:
-
-        def result(key: str) -> str:
-            var = adjoint.grads.get(key)
-            return w.names[var] if var else zero
-
-        for name, width, what in outputs:
-            for k in range(width // H):
-                key = f"xproj:{k}" if what == "xproj" else f"{what}:{k}"
-                lines.append(f"{ind}{name}_b[{k * H} + j] = {result(key)};")
-        for i, s in enumerate(p.states):
-            lines.append(f"{ind}G{i}_b[j] = {result(f'prev:{s}')};")
+        lines += _reverse_results(p, w, outputs, ind)
     for n, name in enumerate(p.grad_params):
         if sums.get(name):
             added = " + ".join(w.names[v] for v in sums[name])
-            lines.append(f"{ind}DP[{n * H} + j] += {added};")
+            lines.append(f"{ind}DP[{n * p.hidden} + j] += {added};")
     lines += ["        }", "    }", "}"]
     return lines
 
@@ -807,6 +850,11 @@ def emit_torch_scan(step: CellStep, p: NativePlan, fn: str) -> str:
     """``{fn}_native`` and ``{fn}_native_backward``: the scan and its reverse with, per
     step, one matrix product per recurrent state and one C call per stage (a product
     inside the step between two stages)."""
+    return _native_scan(step, p, fn) + "\n\n\n" + _native_scan_backward(step, p, fn)
+
+
+def _native_scan(step: CellStep, p: NativePlan, fn: str) -> str:
+    """``{fn}_native``: the forward scan (see emit_torch_scan)."""
     H = p.hidden
     n_states = len(p.states)
     r_index = {s: p.states.index(s) for s in p.recurrent}
@@ -868,7 +916,14 @@ def emit_torch_scan(step: CellStep, p: NativePlan, fn: str) -> str:
         "    final = tuple(buffer[last].clone() for buffer in S)",
         "    return ys, final, (S, V, valid, params) if taped else None",
     ]
+    return "\n".join(forward)
 
+
+def _native_scan_backward(step: CellStep, p: NativePlan, fn: str) -> str:
+    """``{fn}_native_backward``: the reverse scan (see emit_torch_scan)."""
+    H = p.hidden
+    n_states = len(p.states)
+    r_index = {s: p.states.index(s) for s in p.recurrent}
     outputs = []
     if p.x_width and p.shared is None:
         outputs.append(("d_xp", p.x_width))
@@ -935,7 +990,7 @@ def emit_torch_scan(step: CellStep, p: NativePlan, fn: str) -> str:
         backward.append(f"    prev_{s} = S[{i}][1:] if reverse else S[{i}][:-1]")
     backward += gradient_products(step, TORCH)
     backward.append("    return d_xs, d_state")
-    return "\n".join(forward) + "\n\n\n" + "\n".join(backward)
+    return "\n".join(backward)
 
 
 def _bind_kernels(direction: str, stages: int) -> str:

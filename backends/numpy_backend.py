@@ -2,7 +2,7 @@
 
 The module has a ``forward`` that runs the model and keeps what the backward pass
 needs, and a ``backward`` (BPTT) derived from the cell equations by
-:func:`rnnc.lower.reverse`: reverse-mode code, generated as source, no autograd.
+:func:`rnnc.ir.lower.reverse`: reverse-mode code, generated as source, no autograd.
 
 Layout inside the module: values are time-major ``(T, B, width)``; inputs and outputs
 are batch-first as the CompiledModel contract says. Every recurrent layer, depth and
@@ -19,12 +19,12 @@ from typing import Any
 import numpy as np
 
 import rnnc
-from rnnc.checks import Analysis
 from rnnc.errors import RnncError
-from rnnc.lower import Op, OpKind
-from rnnc.network import LoopBack, Scan, lower_network, reverse_network
-from rnnc.params import param_shapes, require_memory
-from rnnc.runtime import (
+from rnnc.front.checks import Analysis
+from rnnc.front.spec import TokenInput
+from rnnc.ir.lower import Op, OpKind
+from rnnc.ir.network import LoopBack, Scan, lower_network, reverse_network
+from rnnc.runtime.compiled import (
     CompiledModelBase,
     Loss,
     RunOptions,
@@ -32,12 +32,12 @@ from rnnc.runtime import (
     load_module,
     module_header,
 )
-from rnnc.spec import TokenInput
+from rnnc.runtime.params import param_shapes, require_memory
 
 from .emit import NUMPY, function_definitions, pack, used_helpers
 from .writer import ModuleWriter, Statement
 
-# The NumPy sigmoid: the one function written here rather than from rnnc.functions.
+# The NumPy sigmoid: the one function written here rather than from rnnc.front.functions.
 SIGMOID = '''\
 def sigmoid(a):
     """1 / (1 + exp(-a)), as 0.5 (1 + tanh(a / 2)): one transcendental call, no overflow."""
@@ -105,12 +105,12 @@ def zeros_like_all(arrays):
 '''
 
 
-# --- the module, written from rnnc.network's ops and their reverse --------------------
+# --- the module, written from rnnc.ir.network's ops and their reverse --------------------
 
 
 class _Writer(ModuleWriter):
     """Writes the module's ``forward`` and the ``backward`` derived from it
-    (rnnc.network.reverse_network): the statements below are NumPy's own."""
+    (rnnc.ir.network.reverse_network): the statements below are NumPy's own."""
 
     def __init__(self, analysis: Analysis):
         net = lower_network(analysis)

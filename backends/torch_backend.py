@@ -3,7 +3,7 @@
 The module defines ``Model``, a plain ``torch.nn.Module`` whose parameters are
 registered under rnnc's canonical names (``state_dict()`` keys are exactly the names of
 ``rnnc.init_params``), and whose ``forward`` takes batch-first tensors. It walks the
-same ops as the NumPy backend (rnnc.network), spelled for torch:
+same ops as the NumPy backend (rnnc.ir.network), spelled for torch:
 
 - a layer of a built-in ``rnn``, ``rnn_relu``, ``lstm`` or ``gru`` outside a step loop
   runs through PyTorch's fused RNN kernels (``torch.lstm`` and friends, as
@@ -26,16 +26,16 @@ from typing import Any
 import numpy as np
 
 import rnnc
-from rnnc.checks import Analysis
 from rnnc.errors import RnncError
-from rnnc.interop import TORCH_ORDER
-from rnnc.lower import CellStep, Op, OpKind
-from rnnc.network import Scan, live, lower_network
-from rnnc.params import param_shapes, require_memory
-from rnnc.program import time_axes
-from rnnc.runtime import CompiledModelBase, Loss, RunOptions, load_module, module_header
-from rnnc.spec import RecurrentLayer, TokenInput
-from rnnc.weights import init_rules
+from rnnc.front.checks import Analysis
+from rnnc.front.spec import RecurrentLayer, TokenInput
+from rnnc.ir.lower import CellStep, Op, OpKind
+from rnnc.ir.network import Scan, live, lower_network
+from rnnc.ir.program import time_axes
+from rnnc.runtime.compiled import CompiledModelBase, Loss, RunOptions, load_module, module_header
+from rnnc.runtime.interop import TORCH_ORDER
+from rnnc.runtime.params import param_shapes, require_memory
+from rnnc.runtime.weights import init_rules
 
 from . import native
 from .emit import TORCH, function_definitions, pack, used_helpers

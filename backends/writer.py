@@ -1,4 +1,4 @@
-"""Writing a network's ops (rnnc.network) as Python: what every target shares.
+"""Writing a network's ops (rnnc.ir.network) as Python: what every target shares.
 
 A :class:`ModuleWriter` turns ops into lines, one assignment per op, each value a local
 named after what it is (``decoder_energy_t``, ``d_out_pre``); parameters, constants and
@@ -14,9 +14,9 @@ import re
 from collections.abc import Callable
 from typing import ClassVar
 
-from rnnc.checks import Analysis
-from rnnc.lower import Op, OpKind
-from rnnc.network import Loop, Network, Scan, StepContract, live
+from rnnc.front.checks import Analysis
+from rnnc.ir.lower import Op, OpKind
+from rnnc.ir.network import Loop, Network, Scan, StepContract, live
 
 from .emit import RESERVED, CellFunctions, Dialect, Namespace, pack
 
@@ -242,7 +242,7 @@ class ModuleWriter:
 
     def step_contract(self) -> str:
         """``init``, ``step`` and ``finish`` around the step loop with feedback (see
-        rnnc.network.StepContract): what rnnc.decoding's strategies drive."""
+        rnnc.ir.network.StepContract): what rnnc.runtime.decoding's strategies drive."""
         contract = self.net.step
         if contract is None:
             return ""
@@ -259,7 +259,7 @@ class ModuleWriter:
         members = [m for m, _ in body.writes]
         step = {"input": contract.input, "prediction": contract.prediction}
         step["tokens"] = contract.tokens  # type: ignore[assignment]
-        lines = [f"STEP = {step!r}  # what rnnc.decoding's strategies feed", "", ""]
+        lines = [f"STEP = {step!r}  # what decoding strategies feed", "", ""]
         lines += [*self._init(contract, init, env), "", ""]
         lines += [*self._step(contract, env, members), "", ""]
         lines += self._finish(contract, finish, env, members)
@@ -273,10 +273,10 @@ class ModuleWriter:
         members = ", ".join(f"{m!r}: []" for m, _ in contract.body.writes)
         return [
             "def init(params, inputs, lengths):",
-            '    """Everything before the step loop over '
-            f"{contract.body.axis!r}, for a decoding strategy (rnnc.decoding):\n"
-            "    inputs batch-first, lengths (B,) per sequence input. Returns the carry: the\n"
-            '    step t, what the steps read, the carried states, each member\'s outputs so far."""',
+            f'    """Everything before the step loop over {contract.body.axis!r} (what\n'
+            "    rnnc.runtime.decoding's strategies start from): inputs batch-first, lengths\n"
+            "    (B,) per sequence input. Returns the carry: the step t, what the steps read,\n"
+            '    the carried states, each member\'s outputs so far."""',
             *(f"    {line}" for line in self.init_setup),
             *self.lines(init, "    "),
             "    env = {" + ", ".join(f"{v!r}: {self.name(v)}" for v in env) + "}",

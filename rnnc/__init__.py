@@ -10,28 +10,28 @@ See docs/spec.md for the spec language and docs/cells.md for cell equations.
 import sys
 from typing import TYPE_CHECKING, Any
 
-from rnnc.cells import builtin_cells
-from rnnc.checks import Analysis, analyze, check
-from rnnc.compiler import compile
-from rnnc.equations import Cell, parse_cell
 from rnnc.errors import Diagnostic, RnncError, SpecError
-from rnnc.graph import build_graph, unroll
-from rnnc.parse import load_spec, parse_spec
-from rnnc.spec import Spec
+from rnnc.front.cells import builtin_cells
+from rnnc.front.checks import Analysis, analyze, check
+from rnnc.front.equations import Cell, parse_cell
+from rnnc.front.graph import build_graph, unroll
+from rnnc.front.parse import load_spec, parse_spec
+from rnnc.front.spec import Spec
+from rnnc.runtime.compiler import compile
+from rnnc.runtime.weights import WeightsError, check_params, init_params, load_weights, save_weights
 from rnnc.version import __version__
-from rnnc.weights import WeightsError, check_params, init_params, load_weights, save_weights
 
 if TYPE_CHECKING:
-    from rnnc.drawing import render
+    from rnnc.tools.drawing import render
 
 if "IPython" in sys.modules:  # a notebook: specs and analyses show as their drawings
-    import rnnc.drawing  # noqa: F401 (registers the drawing with rnnc.notebook)
+    import rnnc.tools.drawing  # noqa: F401 (registers the drawing with rnnc.front.notebook)
 
 
 def __getattr__(name: str) -> Any:
     """``rnnc.render`` imports the drawing code (and graphviz) on first use only."""
     if name == "render":
-        from rnnc.drawing import render
+        from rnnc.tools.drawing import render
 
         return render
     raise AttributeError(f"module 'rnnc' has no attribute {name!r}")

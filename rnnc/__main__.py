@@ -1,5 +1,5 @@
 import sys
 
-from rnnc.cli import main
+from rnnc.tools.cli import main
 
 sys.exit(main())

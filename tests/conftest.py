@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from rnnc.cli import main
+from rnnc.tools.cli import main
 from tests.helpers import spec_text
 
 ROOT = Path(__file__).resolve().parent.parent

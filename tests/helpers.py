@@ -8,7 +8,7 @@ import shutil
 import textwrap
 from typing import Any
 
-from rnnc.verify import random_inputs
+from rnnc.tools.verify import random_inputs
 
 __all__ = ["c_compiler", "directional_errors", "python_scans", "random_inputs", "spec_text"]
 

@@ -1,9 +1,9 @@
-"""rnnc.bench: the benchmark's plumbing (its timings are reported, never asserted)."""
+"""rnnc.tools.bench: the benchmark's plumbing (its timings are reported, never asserted)."""
 
 from __future__ import annotations
 
 import rnnc
-from rnnc.bench import flops, format_rows, run_bench, torch_reference
+from rnnc.tools.bench import flops, format_rows, run_bench, torch_reference
 from tests.conftest import ROOT
 
 

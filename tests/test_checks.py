@@ -1,4 +1,4 @@
-"""rnnc.checks: graph-level checks, including the cases that must pass."""
+"""rnnc.front.checks: graph-level checks, including the cases that must pass."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""rnnc.cli: commands, output and exit codes (0 ok, 1 invalid, 2 usage, 3 internal)."""
+"""rnnc.tools.cli: commands, output and exit codes (0 ok, 1 invalid, 2 usage, 3 internal)."""
 
 from __future__ import annotations
 
@@ -94,12 +94,12 @@ def test_internal_errors_exit_3_and_show_a_traceback_only_with_debug(cli, monkey
     def explode(spec):
         raise ZeroDivisionError("boom")
 
-    monkeypatch.setattr("rnnc.cli.analyze", explode)
+    monkeypatch.setattr("rnnc.tools.cli.analyze", explode)
     result = cli("check", GALLERY[0])
     assert result.code == 3
     assert "internal error: ZeroDivisionError: boom" in result.err and "Traceback" not in result.err
     with pytest.raises(ZeroDivisionError):
-        rnnc.cli.main(["--debug", "check", str(GALLERY[0])])
+        rnnc.tools.cli.main(["--debug", "check", str(GALLERY[0])])
 
 
 def test_schema_prints_json_schema(cli) -> None:

@@ -1,4 +1,4 @@
-"""rnnc.decoding: teacher forcing and greedy feedback written once over the generated
+"""rnnc.runtime.decoding: teacher forcing and greedy feedback written once over the generated
 modules' step contract (init, step, finish) give, on both backends, exactly what the
 modules' own step loops give in train mode (every coin heads) and in generate mode."""
 
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 import rnnc
-from rnnc import decoding
-from rnnc.program import time_axes
-from rnnc.runtime import RunOptions
+from rnnc.ir.program import time_axes
+from rnnc.runtime import decoding
+from rnnc.runtime.compiled import RunOptions
 from tests.helpers import random_inputs
 
 GALLERY = Path(__file__).resolve().parents[1] / "specs"

@@ -1,11 +1,11 @@
-"""rnnc.equations and rnnc.cells: the cell language and the built-in library."""
+"""rnnc.front.equations and rnnc.front.cells: the cell language and the built-in library."""
 
 from __future__ import annotations
 
 import pytest
 
-from rnnc.cells import builtin_cells
-from rnnc.equations import (
+from rnnc.front.cells import builtin_cells
+from rnnc.front.equations import (
     MAX_EQUATION_CHARS,
     MAX_NESTING,
     Binary,
@@ -214,7 +214,7 @@ def test_never_evaluates_user_text(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize("name", list(CONTRACT))
 def test_printed_expressions_parse_back_to_the_same_ir(name: str) -> None:
-    from rnnc.equations import format_expr
+    from rnnc.front.equations import format_expr
 
     cell = builtin_cells()[name]
     printed = {eq.target: format_expr(eq.expr) for eq in cell.equations}

@@ -1,4 +1,4 @@
-"""rnnc.files and rnnc.registry."""
+"""rnnc.runtime.files and rnnc.runtime.registry."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from rnnc.errors import RnncError
-from rnnc.files import write_atomic
-from rnnc.registry import available_backends, load_backend
+from rnnc.runtime.files import write_atomic
+from rnnc.runtime.registry import available_backends, load_backend
 
 
 def test_write_atomic_replaces_the_whole_file(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""rnnc.functions: each function of the cell language, declared once, is right on every
+"""rnnc.front.functions: each function of the cell language, declared once, is right on every
 target: its slope against central finite differences of its value, and the NumPy,
 PyTorch and C renderings against each other and against the math in the docs."""
 
@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rnnc.equations import FUNCTIONS as LANGUAGE
-from rnnc.functions import FUNCTIONS, NUMPY, TORCH, Prim, Renderer, c_renderer
+from rnnc.front.equations import FUNCTIONS as LANGUAGE
+from rnnc.front.functions import FUNCTIONS, NUMPY, TORCH, Prim, Renderer, c_renderer
 from tests.helpers import c_compiler
 
 # Points away from the kinks (relu at 0, hard_sigmoid at -2.5 and 2.5), where a slope

@@ -55,7 +55,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rnnc.cli import main
+from rnnc.tools.cli import main
 from tests.conftest import ROOT
 from tests.test_cli import BROKEN
 from tests.test_properties import EXPLORE, _settings

@@ -42,8 +42,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import rnnc
-from rnnc.load import read_package_text
-from rnnc.params import count, param_shapes
+from rnnc.front.load import read_package_text
+from rnnc.runtime.params import count, param_shapes
 from tests.conftest import GALLERY
 from tests.test_properties import (
     EQUATION_TOKENS,

@@ -47,8 +47,8 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 import rnnc
-from rnnc.params import param_shapes
-from rnnc.weights import MAX_SAFETENSORS_HEADER, safetensors_bytes
+from rnnc.runtime.params import param_shapes
+from rnnc.runtime.weights import MAX_SAFETENSORS_HEADER, safetensors_bytes
 from tests.conftest import ROOT
 from tests.test_properties import BASE_EXAMPLES, _settings
 

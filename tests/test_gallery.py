@@ -8,7 +8,7 @@ import networkx as nx
 import pytest
 
 import rnnc
-from rnnc.spec import DenseLayer, RecurrentLayer, TokenInput, VectorInput
+from rnnc.front.spec import DenseLayer, RecurrentLayer, TokenInput, VectorInput
 from tests.conftest import GALLERY
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import rnnc
-from rnnc.registry import available_backends
+from rnnc.runtime.registry import available_backends
 from tests.conftest import ROOT
 
 GOLDEN = Path(__file__).parent / "golden"

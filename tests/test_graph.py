@@ -1,4 +1,4 @@
-"""rnnc.graph: the rolled graph and its unrolling over time."""
+"""rnnc.front.graph: the rolled graph and its unrolling over time."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import networkx as nx
 import pytest
 
 import rnnc
-from rnnc.graph import output_node
+from rnnc.front.graph import output_node
 from tests.helpers import spec_text
 
 SEQ2SEQ = """

@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 
 import rnnc
-from rnnc.gradflow import describe, slope
-from rnnc.params import format_bytes
-from rnnc.verify import verify
+from rnnc.runtime.params import format_bytes
+from rnnc.tools.gradflow import describe, slope
+from rnnc.tools.verify import verify
 from tests.conftest import ROOT
 
 SPECS = ROOT / "specs"
@@ -195,7 +195,7 @@ def test_compiling_a_huge_model_allocates_nothing(cli, tmp_path, monkeypatch) ->
     def refuse(*args, **kwargs):
         raise AssertionError("compile drew parameters")
 
-    monkeypatch.setattr("rnnc.weights.init_params", refuse)
+    monkeypatch.setattr("rnnc.runtime.weights.init_params", refuse)
     monkeypatch.setattr("rnnc.init_params", refuse)
     for backend in ("numpy", "torch"):
         result = cli("compile", spec, "--backend", backend, "-o", tmp_path / f"{backend}.py")
@@ -209,7 +209,7 @@ def test_check_reports_the_size_and_warns_when_it_will_not_fit(cli, tmp_path, mo
     result = cli("check", spec)
     assert result.code == 0
     assert f"total parameters: {count:,} ({format_bytes(4 * count)} in float32" in result.out
-    monkeypatch.setattr("rnnc.params.available_memory", lambda: 8 << 30)
+    monkeypatch.setattr("rnnc.runtime.params.available_memory", lambda: 8 << 30)
     result = cli("check", spec)
     assert result.code == 0
     assert "warning: the parameters take 16.0 GiB in float32" in result.err
@@ -220,7 +220,7 @@ def test_check_reports_the_size_and_warns_when_it_will_not_fit(cli, tmp_path, mo
 def test_running_a_model_too_big_is_refused_cleanly(cli, tmp_path, monkeypatch, command) -> None:
     spec = tmp_path / "huge.yaml"
     spec.write_text(HUGE)
-    monkeypatch.setattr("rnnc.params.available_memory", lambda: 1 << 30)
+    monkeypatch.setattr("rnnc.runtime.params.available_memory", lambda: 1 << 30)
     monkeypatch.chdir(tmp_path)
     result = cli(command[0], spec, *command[1:])
     assert result.code == 1, result.text

@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 
 import rnnc
-from rnnc.cli import main
 from rnnc.errors import Location
+from rnnc.tools.cli import main
 
 CORPUS = Path(__file__).resolve().parent / "invalid"
 FILES = sorted(CORPUS.glob("*.yaml"))

@@ -13,6 +13,9 @@ import networkx as nx
 from tests.conftest import ROOT
 
 PACKAGES = {"rnnc": ROOT / "rnnc", "rnnc.backends": ROOT / "backends"}
+PACKAGES |= {
+    f"rnnc.{group}": ROOT / "rnnc" / group for group in ("front", "ir", "runtime", "tools")
+}
 
 
 def test_import_rnnc_loads_neither_graphviz_nor_torch() -> None:
@@ -72,11 +75,29 @@ def test_no_import_cycles() -> None:
 
 def test_backends_and_their_models_follow_the_protocols() -> None:
     import rnnc
-    from rnnc.registry import available_backends, load_backend
-    from rnnc.runtime import Backend, CompiledModel
+    from rnnc.runtime.compiled import Backend, CompiledModel
+    from rnnc.runtime.registry import available_backends, load_backend
 
     spec = rnnc.load_spec(ROOT / "specs" / "elman_rnn.yaml")
     for name in available_backends():
         backend = load_backend(name)
         assert isinstance(backend, Backend) and backend.name == name
         assert isinstance(rnnc.compile(spec, backend=name), CompiledModel)
+
+
+# What each part of rnnc may import: the pipeline's order (front end, IR and lowering,
+# runtime, tools), never back up it. rnnc.errors and rnnc.version sit below them all.
+LAYERS = ("front", "ir", "runtime", "tools")
+
+
+def test_the_parts_import_only_what_comes_before_them() -> None:
+    def layer(module: str) -> int:
+        parts = module.split(".")
+        if parts[1:2] == ["backends"]:
+            return LAYERS.index(
+                "runtime"
+            )  # backends: the IR rendered, behind the runtime's protocols
+        return LAYERS.index(parts[1]) if len(parts) > 2 and parts[1] in LAYERS else -1
+
+    upward = [(u, v) for u, v in module_graph().edges if layer(v) > layer(u) >= 0]
+    assert upward == []

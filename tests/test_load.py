@@ -1,4 +1,4 @@
-"""rnnc.load: the safe YAML subset, file checks and the source map."""
+"""rnnc.front.load: the safe YAML subset, file checks and the source map."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from rnnc.errors import Location, SpecError
-from rnnc.load import MAX_ALIASES, MAX_FILE_BYTES, load_file, load_yaml, read_text
+from rnnc.front.load import MAX_ALIASES, MAX_FILE_BYTES, load_file, load_yaml, read_text
 
 
 def only_error(exc: pytest.ExceptionInfo[SpecError]) -> str:

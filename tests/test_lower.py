@@ -1,13 +1,13 @@
-"""rnnc.lower's op kinds: every forward kind has a reverse rule, and every target writes
+"""rnnc.ir.lower's op kinds: every forward kind has a reverse rule, and every target writes
 every kind it may meet (emit: those of a cell; the NumPy module: those of the network;
 the C steps: the ones their plan admits)."""
 
 from __future__ import annotations
 
-from rnnc import network
 from rnnc.backends import emit, native, numpy_backend, writer
-from rnnc.cells import builtin_cells
-from rnnc.lower import CELL_KINDS, REVERSE_RULES, OpKind, lower_cell, reverse
+from rnnc.front.cells import builtin_cells
+from rnnc.ir import network
+from rnnc.ir.lower import CELL_KINDS, REVERSE_RULES, OpKind, lower_cell, reverse
 
 REVERSE_ONLY = {OpKind.MATMUL_T, OpKind.DCALL, OpKind.SLICE, OpKind.SUM_BATCH}
 

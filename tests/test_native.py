@@ -13,10 +13,10 @@ import pytest
 
 import rnnc
 from rnnc.backends.native import plan
-from rnnc.cells import builtin_cells
-from rnnc.equations import parse_cell
-from rnnc.lower import lower_cell
-from rnnc.verify import random_inputs, verify
+from rnnc.front.cells import builtin_cells
+from rnnc.front.equations import parse_cell
+from rnnc.ir.lower import lower_cell
+from rnnc.tools.verify import random_inputs, verify
 from tests.helpers import c_compiler, python_scans, spec_text
 
 torch = pytest.importorskip("torch")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import rnnc
-import rnnc.registry
+import rnnc.runtime.registry
 from tests.conftest import GALLERY
 from tests.helpers import directional_errors, random_inputs, spec_text
 
@@ -185,7 +185,7 @@ def test_a_value_may_have_a_name_like_the_ones_the_lowering_makes(name: str) -> 
     spec = rnnc.parse_spec(spec_text(NAMED.replace("NAME", name)))
     rng = np.random.default_rng(0)
     inputs, lengths = random_inputs(spec, rng, batch=3, steps=4)
-    for backend in rnnc.registry.usable_backends():
+    for backend in rnnc.runtime.registry.usable_backends():
         reference = rnnc.compile(renamed, backend=backend, dtype="float64")
         model = rnnc.compile(spec, backend=backend, dtype="float64")
         model.load_params(reference.params())

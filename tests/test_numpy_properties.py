@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import rnnc
-from rnnc.summary import output_shapes
+from rnnc.tools.summary import output_shapes
 from tests.helpers import directional_errors, random_inputs
 from tests.test_numpy_backend import Mode
 from tests.test_properties import BASE_EXAMPLES, Generated, _settings, any_valid_specs, dump

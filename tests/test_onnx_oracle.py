@@ -14,8 +14,8 @@ from onnx import TensorProto, helper
 from onnx.reference import ReferenceEvaluator
 
 import rnnc
-from rnnc.interop import from_onnx, to_onnx
-from rnnc.registry import available_backends
+from rnnc.runtime.interop import from_onnx, to_onnx
+from rnnc.runtime.registry import available_backends
 from tests.helpers import spec_text
 
 CASES = {  # rnnc cell -> (ONNX op, attributes, gates)

@@ -1,12 +1,12 @@
-"""rnnc.params and rnnc.summary: canonical parameter names, shapes and output shapes."""
+"""rnnc.runtime.params and rnnc.tools.summary: canonical parameter names, shapes and output shapes."""
 
 from __future__ import annotations
 
 import pytest
 
 import rnnc
-from rnnc.params import count, param_shapes
-from rnnc.summary import output_shapes
+from rnnc.runtime.params import count, param_shapes
+from rnnc.tools.summary import output_shapes
 from tests.conftest import ROOT
 
 

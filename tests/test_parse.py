@@ -1,4 +1,4 @@
-"""rnnc.spec and rnnc.parse: the schema and how its errors read."""
+"""rnnc.front.spec and rnnc.front.parse: the schema and how its errors read."""
 
 from __future__ import annotations
 
@@ -8,7 +8,14 @@ import pytest
 
 import rnnc
 from rnnc.errors import Location
-from rnnc.spec import DenseLayer, EmbeddingLayer, RecurrentLayer, Spec, TokenInput, VectorInput
+from rnnc.front.spec import (
+    DenseLayer,
+    EmbeddingLayer,
+    RecurrentLayer,
+    Spec,
+    TokenInput,
+    VectorInput,
+)
 from tests.helpers import spec_text
 
 GOOD = """

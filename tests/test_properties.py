@@ -41,8 +41,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 import rnnc
-from rnnc.cli import main
-from rnnc.functions import FUNCTIONS as CELL_FUNCTIONS
+from rnnc.front.functions import FUNCTIONS as CELL_FUNCTIONS
+from rnnc.tools.cli import main
 
 pytestmark = pytest.mark.slow
 

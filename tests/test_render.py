@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import rnnc
-from rnnc.drawing import ERROR, encode, has_dot, label, render
+from rnnc.tools.drawing import ERROR, encode, has_dot, label, render
 from tests.conftest import GALLERY, ROOT
 from tests.helpers import spec_text
 
@@ -182,7 +182,7 @@ def test_cli_picks_the_format_from_the_suffix(cli, tmp_path: Path) -> None:  # t
 def test_without_dot_dot_text_works_and_pictures_say_how_to_get_it(
     cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setattr("rnnc.drawing.shutil.which", lambda name: None)
+    monkeypatch.setattr("rnnc.tools.drawing.shutil.which", lambda name: None)
     spec = str(ROOT / "specs" / "elman_rnn.yaml")
     assert cli("render", spec, "-o", str(tmp_path / "g.dot")).code == 0
     result = cli("render", spec, "-o", str(tmp_path / "g.svg"))

@@ -17,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import rnnc
-from rnnc.verify import TOLERANCE, random_inputs, verify
+from rnnc.tools.verify import TOLERANCE, random_inputs, verify
 from tests.conftest import GALLERY
 from tests.helpers import c_compiler, python_scans, spec_text
 from tests.test_properties import BASE_EXAMPLES, Generated, _settings, any_valid_specs, dump
@@ -300,7 +300,7 @@ def test_verify_cli_agrees_and_reports(cli) -> None:  # type: ignore[no-untyped-
 
 def test_verify_fails_and_names_what_differs(cli, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     """A backend that is wrong by one part in 1e6 in one gradient is caught."""
-    import rnnc.verify as verify_module
+    import rnnc.tools.verify as verify_module
 
     real = verify_module.compile
 

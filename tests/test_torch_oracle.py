@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import rnnc
-from rnnc.interop import from_torch, to_torch
+from rnnc.runtime.interop import from_torch, to_torch
 from tests.helpers import spec_text
 
 torch = pytest.importorskip("torch")  # the torch extra is installed by make test

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 import rnnc
-from rnnc.gradflow import csv_text, gradient_flow, slope
-from rnnc.interop import to_torch
-from rnnc.train import BOS, EOS, FIRST, PAD, Adam, Task, loss_and_cotangent, train
-from rnnc.verify import random_inputs
+from rnnc.runtime.interop import to_torch
+from rnnc.tools.gradflow import csv_text, gradient_flow, slope
+from rnnc.tools.train import BOS, EOS, FIRST, PAD, Adam, Task, loss_and_cotangent, train
+from rnnc.tools.verify import random_inputs
 from tests.conftest import ROOT
 from tests.helpers import spec_text
 

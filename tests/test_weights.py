@@ -1,4 +1,4 @@
-"""rnnc.weights: initial values, weights files and parameter checks."""
+"""rnnc.runtime.weights: initial values, weights files and parameter checks."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ import pytest
 import safetensors.numpy
 
 import rnnc
-import rnnc.weights
-from rnnc.params import param_shapes
-from rnnc.weights import read_safetensors, safetensors_bytes, weights_limit
+import rnnc.runtime.weights
+from rnnc.runtime.params import param_shapes
+from rnnc.runtime.weights import read_safetensors, safetensors_bytes, weights_limit
 from tests.conftest import GALLERY, ROOT
 
 
@@ -308,17 +308,17 @@ def test_a_zip_bomb_is_refused_from_its_declared_sizes_without_inflating(
     message = refusal(path, expected={"a": (3,)})
     assert f"a: expected (3,), found ({count},)" in message
     assert f"its arrays declare {size:,} bytes; weights for this model hold at most" in message
-    monkeypatch.setattr(rnnc.weights, "MAX_WEIGHTS_BYTES", 1 << 20)
+    monkeypatch.setattr(rnnc.runtime.weights, "MAX_WEIGHTS_BYTES", 1 << 20)
     assert f"its arrays declare {size:,} bytes; rnnc loads at most 1,048,576 bytes" in refusal(path)
     assert inflated.bytes < 10_000
 
 
 def test_the_weights_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     assert weights_limit({"a": (2, 3), "b": ()}) == 4 * 8 * 7 + (1 << 20)
-    assert 0 < weights_limit() <= rnnc.weights.MAX_WEIGHTS_BYTES == 16 << 30
-    monkeypatch.setattr(rnnc.weights, "available_memory", lambda: 1 << 30)
+    assert 0 < weights_limit() <= rnnc.runtime.weights.MAX_WEIGHTS_BYTES == 16 << 30
+    monkeypatch.setattr(rnnc.runtime.weights, "available_memory", lambda: 1 << 30)
     assert weights_limit() == 1 << 30
-    monkeypatch.setattr(rnnc.weights, "available_memory", lambda: None)
+    monkeypatch.setattr(rnnc.runtime.weights, "available_memory", lambda: None)
     assert weights_limit() == 16 << 30
 
 
@@ -327,7 +327,7 @@ def test_a_file_larger_than_the_model_allows_is_refused_unread(
 ) -> None:
     path = tmp_path / "w.safetensors"
     rnnc.save_weights(path, {"a": np.zeros(1 << 18)})  # 2 MiB
-    monkeypatch.setattr(rnnc.weights, "_read_safetensors_file", None)  # never reached
+    monkeypatch.setattr(rnnc.runtime.weights, "_read_safetensors_file", None)  # never reached
     assert "holds 2,097,232 bytes; weights for this model hold at most 1,048,608" in refusal(
         path, expected={"a": (1,)}
     )

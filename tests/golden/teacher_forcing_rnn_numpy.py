@@ -259,13 +259,14 @@ def backward(params, inputs, lengths, v, cotangents, dtype=np.float64):
     return {**grads, **input_grads}
 
 
-STEP = {'input': 'y_prev', 'prediction': 'o', 'tokens': True}  # what rnnc.decoding's strategies feed
+STEP = {'input': 'y_prev', 'prediction': 'o', 'tokens': True}  # what decoding strategies feed
 
 
 def init(params, inputs, lengths):
-    """Everything before the step loop over 'x', for a decoding strategy (rnnc.decoding):
-    inputs batch-first, lengths (B,) per sequence input. Returns the carry: the
-    step t, what the steps read, the carried states, each member's outputs so far."""
+    """Everything before the step loop over 'x' (what
+    rnnc.runtime.decoding's strategies start from): inputs batch-first, lengths
+    (B,) per sequence input. Returns the carry: the step t, what the steps read,
+    the carried states, each member's outputs so far."""
     dtype = np.result_type(*params.values()) if params else np.float64
     dropout = None
     like = np.zeros(0, dtype=dtype)

@@ -209,13 +209,14 @@ def run(params, inputs, lengths, tf_masks, uniform, like):
     return outputs
 
 
-STEP = {'input': 'y_prev', 'prediction': 'o', 'tokens': True}  # what rnnc.decoding's strategies feed
+STEP = {'input': 'y_prev', 'prediction': 'o', 'tokens': True}  # what decoding strategies feed
 
 
 def init(params, inputs, lengths):
-    """Everything before the step loop over 'x', for a decoding strategy (rnnc.decoding):
-    inputs batch-first, lengths (B,) per sequence input. Returns the carry: the
-    step t, what the steps read, the carried states, each member's outputs so far."""
+    """Everything before the step loop over 'x' (what
+    rnnc.runtime.decoding's strategies start from): inputs batch-first, lengths
+    (B,) per sequence input. Returns the carry: the step t, what the steps read,
+    the carried states, each member's outputs so far."""
     like = next(iter(params.values()))
     dtype, device = like.dtype, like.device
     uniform = None

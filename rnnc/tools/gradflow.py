@@ -28,13 +28,13 @@ from typing import Any
 
 import numpy as np
 
-from rnnc.checks import Analysis
-from rnnc.compiler import compile as compile_spec
 from rnnc.errors import RnncError
-from rnnc.program import Program
-from rnnc.runtime import RunOptions
-from rnnc.verify import random_inputs
-from rnnc.weights import init_params
+from rnnc.front.checks import Analysis
+from rnnc.ir.program import Program
+from rnnc.runtime.compiled import RunOptions
+from rnnc.runtime.compiler import compile as compile_spec
+from rnnc.runtime.weights import init_params
+from rnnc.tools.verify import random_inputs
 
 
 def gradient_flow(

@@ -15,17 +15,17 @@ import warnings
 from collections.abc import Callable, Sequence
 from importlib import resources
 
-from rnnc.cells import builtin_cells
-from rnnc.checks import Analysis, analyze
-from rnnc.compiler import DTYPES
-from rnnc.compiler import compile as compile_spec
-from rnnc.equations import Cell
 from rnnc.errors import Diagnostic, RnncError, SpecError, did_you_mean
-from rnnc.files import overwritten_input, write_atomic
-from rnnc.parse import load_spec
-from rnnc.registry import available_backends, usable_backends
-from rnnc.spec import Spec
-from rnnc.summary import memory_warning, summarize
+from rnnc.front.cells import builtin_cells
+from rnnc.front.checks import Analysis, analyze
+from rnnc.front.equations import Cell
+from rnnc.front.parse import load_spec
+from rnnc.front.spec import Spec
+from rnnc.runtime.compiler import DTYPES
+from rnnc.runtime.compiler import compile as compile_spec
+from rnnc.runtime.files import overwritten_input, write_atomic
+from rnnc.runtime.registry import available_backends, usable_backends
+from rnnc.tools.summary import memory_warning, summarize
 from rnnc.version import __version__
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
@@ -347,7 +347,7 @@ def run_compile(args: argparse.Namespace) -> int:
 
 
 def run_render(args: argparse.Namespace) -> int:
-    from rnnc.drawing import encode, output_format, render
+    from rnnc.tools.drawing import encode, output_format, render
 
     if args.spec is None and not (args.view == "cell" and args.cell):
         raise UsageError("render needs a SPEC (or --view cell --cell NAME for a built-in cell)")
@@ -376,7 +376,7 @@ def run_render(args: argparse.Namespace) -> int:
 
 
 def run_gradflow(args: argparse.Namespace) -> int:
-    from rnnc.gradflow import csv_text, describe, gradient_flow, plot_png
+    from rnnc.tools.gradflow import csv_text, describe, gradient_flow, plot_png
 
     _output(args.output, [args.spec], (".png", ".csv"))
     picture_wanted = args.output.endswith(".png")
@@ -401,8 +401,8 @@ def run_gradflow(args: argparse.Namespace) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from rnnc.train import TASKS, Task, train
-    from rnnc.weights import save_weights
+    from rnnc.runtime.weights import save_weights
+    from rnnc.tools.train import TASKS, Task, train
 
     if args.task not in TASKS:
         raise UsageError(
@@ -477,7 +477,7 @@ def _backend_names(text: str | None) -> list[str]:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from rnnc.verify import format_rows, summary, verify
+    from rnnc.tools.verify import format_rows, summary, verify
 
     backends = _backend_names(args.backends)
     modes = ("train", "generate") if args.mode == "both" else (args.mode,)
@@ -512,7 +512,7 @@ def run_verify(args: argparse.Namespace) -> int:
 
 
 def run_bench_command(args: argparse.Namespace) -> int:
-    from rnnc.bench import blas_description, format_rows, run_bench
+    from rnnc.tools.bench import blas_description, format_rows, run_bench
 
     analysis = _checked(args.spec)
     rows = run_bench(

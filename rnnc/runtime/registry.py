@@ -9,7 +9,7 @@ from __future__ import annotations
 from importlib.metadata import entry_points
 
 from rnnc.errors import RnncError, did_you_mean
-from rnnc.runtime import Backend
+from rnnc.runtime.compiled import Backend
 
 GROUP = "rnnc.backends"
 

@@ -25,11 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from rnnc.checks import Analysis
-from rnnc.compiler import compile as compile_spec
-from rnnc.params import param_shapes
-from rnnc.registry import load_backend, usable_backends
-from rnnc.spec import RecurrentLayer, VectorInput
+from rnnc.front.checks import Analysis
+from rnnc.front.spec import RecurrentLayer, VectorInput
+from rnnc.runtime.compiler import compile as compile_spec
+from rnnc.runtime.params import param_shapes
+from rnnc.runtime.registry import load_backend, usable_backends
 
 TORCH_LAYERS = {"rnn": "RNN", "rnn_relu": "RNN", "lstm": "LSTM", "gru": "GRU"}
 # Cells PyTorch has no layer for are timed against their nearest relative: the

@@ -25,10 +25,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from rnnc import functions
 from rnnc.errors import did_you_mean, one_of
+from rnnc.front import functions
 
-# The functions of the language, elementwise: each declared once in rnnc.functions.
+# The functions of the language, elementwise: each declared once in rnnc.front.functions.
 FUNCTIONS = tuple(functions.FUNCTIONS)
 INPUT = "x"
 MAX_EQUATION_CHARS = 1000

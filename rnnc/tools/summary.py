@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from rnnc.checks import Analysis, final_state_width
-from rnnc.graph import output_node
-from rnnc.params import count, format_bytes, layer_param_shapes, memory_shortfall, param_shapes
-from rnnc.spec import DenseLayer, EmbeddingLayer, RecurrentLayer, TokenInput
+from rnnc.front.checks import Analysis, final_state_width
+from rnnc.front.graph import output_node
+from rnnc.front.spec import DenseLayer, EmbeddingLayer, RecurrentLayer, TokenInput
+from rnnc.runtime.params import (
+    count,
+    format_bytes,
+    layer_param_shapes,
+    memory_shortfall,
+    param_shapes,
+)
 
 
 def output_shapes(

@@ -31,13 +31,13 @@ from typing import Any
 
 import numpy as np
 
-from rnnc.checks import Analysis
-from rnnc.compiler import compile as compile_spec
 from rnnc.errors import RnncError
-from rnnc.graph import output_node
-from rnnc.program import Program
-from rnnc.spec import TokenInput
-from rnnc.weights import init_params
+from rnnc.front.checks import Analysis
+from rnnc.front.graph import output_node
+from rnnc.front.spec import TokenInput
+from rnnc.ir.program import Program
+from rnnc.runtime.compiler import compile as compile_spec
+from rnnc.runtime.weights import init_params
 
 PAD, BOS, EOS, FIRST = 0, 1, 2, 3
 SEQ2SEQ = ("copy", "reverse", "sort")

@@ -2,7 +2,7 @@
 
 Pydantic stays at this edge: it checks the shape of a spec (keys, types, bounds,
 names) and reports every violation at once. References between parts of a spec,
-sizes and the graph are checked later, by :mod:`rnnc.checks`.
+sizes and the graph are checked later, by :mod:`rnnc.front.checks`.
 
 Layers and inputs are told apart by the key that names their kind (``cell``,
 ``dense``, ``embedding``; ``size``, ``vocab``), so an error names one variant
@@ -28,8 +28,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from rnnc import notebook
-from rnnc.load import SourceMap
+from rnnc.front import notebook
+from rnnc.front.load import SourceMap
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 MAX_NAME = 64

@@ -37,11 +37,11 @@ from typing import IO, Any, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from rnnc.checks import Analysis, analyze
 from rnnc.errors import RnncError, SpecError, did_you_mean
-from rnnc.files import write_atomic
-from rnnc.params import available_memory, param_shapes, require_memory
-from rnnc.spec import RecurrentLayer, Spec
+from rnnc.front.checks import Analysis, analyze
+from rnnc.front.spec import RecurrentLayer, Spec
+from rnnc.runtime.files import write_atomic
+from rnnc.runtime.params import available_memory, param_shapes, require_memory
 
 Params = dict[str, np.ndarray]
 _T = TypeVar("_T")
@@ -228,7 +228,7 @@ def weights_limit(expected: Shapes | None = None) -> int:
 
     For a model of known shapes: four times its parameters in float64, plus 1 MiB for
     names and headers. Otherwise :data:`MAX_WEIGHTS_BYTES` (16 GiB), and never more
-    than the memory available now (:func:`rnnc.params.available_memory`), where known.
+    than the memory available now (:func:`rnnc.runtime.params.available_memory`), where known.
     """
     if expected is not None:
         return 4 * 8 * sum(math.prod(shape) for shape in expected.values()) + (1 << 20)

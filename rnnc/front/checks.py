@@ -13,12 +13,12 @@ from typing import Any
 
 import networkx as nx
 
-from rnnc import notebook
-from rnnc.cells import builtin_cells, equation_diagnostic, parse_user_cells
-from rnnc.equations import Cell
 from rnnc.errors import Diagnostic, a_or_an, did_you_mean, one_of
-from rnnc.graph import build_graph, edges_of_kind, input_edges, output_node, unroll
-from rnnc.spec import RecurrentLayer, Spec
+from rnnc.front import notebook
+from rnnc.front.cells import builtin_cells, equation_diagnostic, parse_user_cells
+from rnnc.front.equations import Cell
+from rnnc.front.graph import build_graph, edges_of_kind, input_edges, output_node, unroll
+from rnnc.front.spec import RecurrentLayer, Spec
 
 UNROLL_STEPS_FOR_CHECKS = 3
 

@@ -1,7 +1,7 @@
 """Drawing specs with Graphviz: what course slides draw, from the spec itself.
 
 Three views, each a ``graphviz.Digraph`` built from the rolled graph of
-:mod:`rnnc.graph` (never from the unrolled one, so a sequence of 10,000 steps costs
+:mod:`rnnc.front.graph` (never from the unrolled one, so a sequence of 10,000 steps costs
 no more than one of 5):
 
 - ``rolled``: one node per input, layer and output; a layer's own recurrence as a
@@ -31,13 +31,13 @@ from typing import Any
 
 import graphviz
 
-from rnnc import notebook
-from rnnc.cells import builtin_cells
-from rnnc.checks import Analysis, analyze, fed_input
-from rnnc.equations import Binary, Call, Cell, Concat, Expr, MatMul, Neg, Num, Ref
 from rnnc.errors import RnncError, did_you_mean
-from rnnc.graph import input_edges, instant_order
-from rnnc.spec import RecurrentLayer, Spec, TokenInput
+from rnnc.front import notebook
+from rnnc.front.cells import builtin_cells
+from rnnc.front.checks import Analysis, analyze, fed_input
+from rnnc.front.equations import Binary, Call, Cell, Concat, Expr, MatMul, Neg, Num, Ref
+from rnnc.front.graph import input_edges, instant_order
+from rnnc.front.spec import RecurrentLayer, Spec, TokenInput
 
 VIEWS = ("rolled", "unrolled", "cell")
 FORMATS = ("svg", "png", "pdf", "dot")

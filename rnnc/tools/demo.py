@@ -1,4 +1,4 @@
-"""``python -m rnnc.demo``: what ``make demo`` runs over the gallery.
+"""``python -m rnnc.tools.demo``: what ``make demo`` runs over the gallery.
 
 For every spec: check it, draw it in every view (``out/NAME_VIEW.svg``, or ``.dot``
 without Graphviz), compile it to NumPy and PyTorch (the modules go to ``out/``), run
@@ -18,18 +18,18 @@ from pathlib import Path
 
 import numpy as np
 
-from rnnc.checks import analyze
-from rnnc.compiler import compile as compile_spec
-from rnnc.drawing import VIEWS, encode, has_dot, render
 from rnnc.errors import RnncError
-from rnnc.files import write_atomic
-from rnnc.gradflow import csv_text, describe, gradient_flow, plot_png
-from rnnc.parse import load_spec
-from rnnc.registry import usable_backends
-from rnnc.summary import summarize
-from rnnc.train import Task, train
-from rnnc.verify import random_inputs, verify
-from rnnc.weights import save_weights
+from rnnc.front.checks import analyze
+from rnnc.front.parse import load_spec
+from rnnc.runtime.compiler import compile as compile_spec
+from rnnc.runtime.files import write_atomic
+from rnnc.runtime.registry import usable_backends
+from rnnc.runtime.weights import save_weights
+from rnnc.tools.drawing import VIEWS, encode, has_dot, render
+from rnnc.tools.gradflow import csv_text, describe, gradient_flow, plot_png
+from rnnc.tools.summary import summarize
+from rnnc.tools.train import Task, train
+from rnnc.tools.verify import random_inputs, verify
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""Text -> :class:`~rnnc.spec.Spec`, with Pydantic's errors told in rnnc's words.
+"""Text -> :class:`~rnnc.front.spec.Spec`, with Pydantic's errors told in rnnc's words.
 
 Each Pydantic error becomes a :class:`~rnnc.errors.Diagnostic` that says where
 (``FILE:LINE:COL``), which key (``layers.decoder.direction``), what fits and what was
@@ -16,8 +16,8 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from rnnc.errors import Diagnostic, Path, SpecError, did_you_mean, one_of
-from rnnc.load import Document, decode, load_file, load_yaml
-from rnnc.spec import Spec, strip_union_tags
+from rnnc.front.load import Document, decode, load_file, load_yaml
+from rnnc.front.spec import Spec, strip_union_tags
 
 
 def parse_spec(text: str | bytes, file: str = "<string>") -> Spec:

@@ -18,12 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from rnnc.checks import Analysis
-from rnnc.compiler import compile
 from rnnc.errors import RnncError
-from rnnc.program import time_axes
-from rnnc.spec import Spec, TokenInput
-from rnnc.weights import init_params
+from rnnc.front.checks import Analysis
+from rnnc.front.spec import Spec, TokenInput
+from rnnc.ir.program import time_axes
+from rnnc.runtime.compiler import compile
+from rnnc.runtime.weights import init_params
 
 TOLERANCE = {"float64": 1e-9, "float32": 1e-4}
 

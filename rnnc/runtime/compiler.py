@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from rnnc.checks import Analysis, analyze
 from rnnc.errors import RnncError, SpecError
-from rnnc.registry import load_backend
-from rnnc.runtime import CompiledModel
-from rnnc.spec import Spec
+from rnnc.front.checks import Analysis, analyze
+from rnnc.front.spec import Spec
+from rnnc.runtime.compiled import CompiledModel
+from rnnc.runtime.registry import load_backend
 
 DTYPES = ("float32", "float64")
 

@@ -1,7 +1,7 @@
 """Decoding strategies, written once over the generated modules' step contract.
 
 A module generated for a spec with a step loop that feeds a prediction back (a
-decoder) exposes that loop as three functions (rnnc.network.StepContract):
+decoder) exposes that loop as three functions (rnnc.ir.network.StepContract):
 
 - ``init(params, inputs, lengths) -> carry``: everything before the loop (the
   encoder, bridges, attention keys) and the loop's initial states;

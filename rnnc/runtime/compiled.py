@@ -4,7 +4,7 @@ The CompiledModel conventions (DESIGN.md): checking and preparing the inputs a u
 passes (batch-first arrays, lengths, teacher-forcing masks), the keyword options of
 ``run``/``vjp``, the :class:`CompiledModelBase` every backend's model builds on, and
 how generated source becomes a module (a header, a hash of the spec, ``linecache``).
-The schedule a backend writes code from is :mod:`rnnc.program`.
+The schedule a backend writes code from is :mod:`rnnc.ir.program`.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from typing import Any, Protocol, TypedDict, Unpack, runtime_checkable
 
 import numpy as np
 
-from rnnc.checks import Analysis
 from rnnc.errors import RnncError
-from rnnc.program import time_axes
-from rnnc.spec import TokenInput
+from rnnc.front.checks import Analysis
+from rnnc.front.spec import TokenInput
+from rnnc.ir.program import time_axes
 from rnnc.version import __version__
 
 

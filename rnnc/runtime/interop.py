@@ -102,7 +102,7 @@ def _canonical(
     params: dict[str, np.ndarray], cell: str, prefixes: list[str]
 ) -> dict[str, np.ndarray]:
     """In the cell's canonical parameter order (that of rnnc.builtin_cells())."""
-    from rnnc.cells import builtin_cells
+    from rnnc.front.cells import builtin_cells
 
     names = [p.name for p in builtin_cells()[cell].params]
     return {prefix + name: params[prefix + name] for prefix in prefixes for name in names}

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import os
 
-from rnnc.checks import Analysis, cell_input_width, final_state_width
 from rnnc.errors import RnncError
-from rnnc.graph import input_edges
-from rnnc.spec import DenseLayer, EmbeddingLayer, RecurrentLayer, TokenInput
+from rnnc.front.checks import Analysis, cell_input_width, final_state_width
+from rnnc.front.graph import input_edges
+from rnnc.front.spec import DenseLayer, EmbeddingLayer, RecurrentLayer, TokenInput
 
 Shapes = dict[str, tuple[int, ...]]
 

@@ -16,13 +16,13 @@ can report it and a drawing can show it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import networkx as nx
 
-from rnnc.equations import Cell
-from rnnc.spec import (
+from rnnc.front.equations import Cell
+from rnnc.front.spec import (
     DenseLayer,
     RecurrentLayer,
     Spec,
@@ -53,7 +53,7 @@ def build_graph(spec: Spec, cells: Mapping[str, Cell] | None = None) -> nx.Multi
         )
     for name, layer in spec.layers.items():
         if name in g:
-            continue  # a name clash; rnnc.checks reports it
+            continue  # a name clash; rnnc.front.checks reports it
         kind = _layer_kind(layer)
         attrs: dict[str, Any] = {"kind": kind, "spec": layer, "path": ("layers", name)}
         if isinstance(layer, RecurrentLayer):
@@ -243,33 +243,7 @@ def unroll(g: nx.MultiDiGraph, steps: int | Mapping[str, int]) -> nx.MultiDiGrap
             return [(node, span[-1])]
         return [(node, t)]
 
-    # Nodes first, so every edge below lands on a node that exists.
-    for node, data in g.nodes(data=True):
-        kind, span = data["kind"], steps_of(node)
-        if kind == "missing":
-            continue
-        if kind == "recurrent":
-            if span is None:
-                continue
-            layer = data["spec"]
-            for k in range(layer.depth):
-                for d in layer.directions:
-                    for step in span:
-                        u.add_node(
-                            (node, k, d, step),
-                            kind="cell",
-                            layer=node,
-                            depth=k,
-                            direction=d,
-                            t=step,
-                        )
-        elif span is None or (
-            kind == "output" and (data["spec"].state is not None or data["spec"].steps == "last")
-        ):
-            u.add_node((node,), kind=kind, t=None)
-        else:
-            for step in span:
-                u.add_node((node, step), kind=kind, t=step)
+    _unrolled_nodes(g, u, steps_of)  # first: every edge below lands on a node that exists
 
     def link(sources: list[tuple[Any, ...]], target: tuple[Any, ...], kind: str) -> None:
         for s in sources:
@@ -301,6 +275,38 @@ def unroll(g: nx.MultiDiGraph, steps: int | Mapping[str, int]) -> nx.MultiDiGrap
                 for t in here:
                     link(values_at(source, t), (node,) if t is None else (node, t), "output")
     return u
+
+
+def _unrolled_nodes(
+    g: nx.MultiDiGraph, u: nx.MultiDiGraph, steps_of: Callable[[str], range | None]
+) -> None:
+    """The nodes of the unrolled graph (see unroll)."""
+    for node, data in g.nodes(data=True):
+        kind, span = data["kind"], steps_of(node)
+        if kind == "missing":
+            continue
+        if kind == "recurrent":
+            if span is None:
+                continue
+            layer = data["spec"]
+            for k in range(layer.depth):
+                for d in layer.directions:
+                    for step in span:
+                        u.add_node(
+                            (node, k, d, step),
+                            kind="cell",
+                            layer=node,
+                            depth=k,
+                            direction=d,
+                            t=step,
+                        )
+        elif span is None or (
+            kind == "output" and (data["spec"].state is not None or data["spec"].steps == "last")
+        ):
+            u.add_node((node,), kind=kind, t=None)
+        else:
+            for step in span:
+                u.add_node((node, step), kind=kind, t=step)
 
 
 def _unroll_recurrent(g, node, layer, span, values_at, link, lengths) -> None:  # type: ignore[no-untyped-def]

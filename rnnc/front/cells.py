@@ -10,10 +10,10 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping
 
-from rnnc.equations import Cell, EquationError, parse_cell
 from rnnc.errors import Diagnostic, Path
-from rnnc.load import SourceMap, load_yaml, read_package_text
-from rnnc.spec import CellSpec
+from rnnc.front.equations import Cell, EquationError, parse_cell
+from rnnc.front.load import SourceMap, load_yaml, read_package_text
+from rnnc.front.spec import CellSpec
 
 LIBRARY_FILE = "cells.yaml"
 

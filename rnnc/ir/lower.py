@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
-from rnnc.equations import Binary, Call, Cell, Concat, Expr, MatMul, Neg, Num, Ref
+from rnnc.front.equations import Binary, Call, Cell, Concat, Expr, MatMul, Neg, Num, Ref
 
 # Names the lowering makes hold a "$", which no name in a spec can: a cell may call a
 # value "_1", "h_prev" or "d_h" without meeting one of them. Backends turn "$" into
@@ -69,14 +69,14 @@ class OpKind(StrEnum):
     SUB = "sub"
     MUL = "mul"
     NEG = "neg"
-    CALL = "call"  # a function of the cell language (attr: its name; rnnc.functions)
+    CALL = "call"  # a function of the cell language (attr: its name; rnnc.front.functions)
     CONCAT = "concat"  # side by side (attr: the widths)
     # reverse
     MATMUL_T = "matmul_t"  # gradient @ block (attr: the Block)
     DCALL = "dcall"  # the function's slope from its value (args: value, argument)
     SLICE = "slice"  # columns offset:offset + width (attr: (offset, width))
     SUM_BATCH = "sum_batch"  # summed over the batch: the gradient of a broadcast vector
-    # the network around the cells (rnnc.network): arrays (T, B, width) or (B, width)
+    # the network around the cells (rnnc.ir.network): arrays (T, B, width) or (B, width)
     INPUT = "input"  # a real input as given, batch-first (attr: its name)
     IDS = "ids"  # token ids as given (attr: the input's name)
     STEP_MASK = "step_mask"  # (T, B, 1): step t is within the example's length (attr: axis)
@@ -123,7 +123,7 @@ class OpKind(StrEnum):
     CELL_STEP_BACK = "cell_step_back"  # its reverse: (d_x, d_states before)
 
 
-# The kinds a cell step and its reverse are written in (rnnc.network uses the others,
+# The kinds a cell step and its reverse are written in (rnnc.ir.network uses the others,
 # and the elementwise ones among these).
 CELL_KINDS = frozenset(list(OpKind)[: list(OpKind).index(OpKind.SUM_BATCH) + 1])
 
@@ -428,7 +428,6 @@ def _fold_biases(step: CellStep) -> CellStep:
     roots = [op for op in ops if op.kind == OpKind.ADD and op.out not in consumed_by_add]
     replaced: dict[str, list[Op]] = {}
     dropped: set[str] = set()
-    counter = 0
     for root in roots:
         found = terms(root.out)
         hoisted = [t for t in found if by_out[t].kind in (OpKind.XPROJ, OpKind.FUSED)]
@@ -453,20 +452,9 @@ def _fold_biases(step: CellStep) -> CellStep:
                 if inner(arg):
                     dropped.add(arg)
                     stack.append(arg)
-        new: list[Op] = []
         if len(keep) == 1:
-            only = by_out[keep[0]]
-            new.append(Op(root.out, only.kind, only.args, only.attr))
             dropped.add(keep[0])
-        else:
-            acc = keep[0]
-            for term in keep[1:-1]:
-                counter += 1
-                name = f"$f{counter}"
-                new.append(Op(name, OpKind.ADD, (acc, term)))
-                acc = name
-            new.append(Op(root.out, OpKind.ADD, (acc, keep[-1])))
-        replaced[root.out] = new
+        replaced[root.out] = _sum_of(root.out, keep, by_out, f"$f{len(replaced)}_")
     if not replaced:
         return step
     out_ops: list[Op] = []
@@ -482,6 +470,20 @@ def _fold_biases(step: CellStep) -> CellStep:
         if op.out.startswith("$f"):
             kinds[op.out] = "batch"
     return replace(step, ops=tuple(kept), x_bias=tuple(bias), kinds=kinds)
+
+
+def _sum_of(out: str, terms: list[str], by_out: dict[str, Op], prefix: str) -> list[Op]:
+    """Ops giving ``out`` the sum of ``terms`` (one term: that term's own op, renamed);
+    the partial sums are named ``prefix`` + a number."""
+    if len(terms) == 1:
+        only = by_out[terms[0]]
+        return [Op(out, only.kind, only.args, only.attr)]
+    ops = []
+    acc = terms[0]
+    for n, term in enumerate(terms[1:-1], 1):
+        ops.append(Op(f"{prefix}{n}", OpKind.ADD, (acc, term)))
+        acc = f"{prefix}{n}"
+    return [*ops, Op(out, OpKind.ADD, (acc, terms[-1]))]
 
 
 def _group_activations(step: CellStep) -> CellStep:
@@ -561,7 +563,7 @@ class Adjoint:
     origins: tuple[str, ...] = ()  # per op: the forward var whose reverse emitted it
 
 
-# Kinds of value no gradient reaches (a value's kind: rnnc.lower and rnnc.network).
+# Kinds of value no gradient reaches (a value's kind: rnnc.ir.lower and rnnc.ir.network).
 NO_GRADIENT = frozenset({"scalar", "int", "int_seq", "mask", "zeros", "packed", "tape"})
 
 
@@ -583,7 +585,7 @@ class _Reverse:
         self.hints: dict[str, tuple[int, str]] = {}
         self.inputs = inputs
         self.prefix = prefix
-        self.context: Any = None  # what rules of the caller's ops need (rnnc.network)
+        self.context: Any = None  # what rules of the caller's ops need (rnnc.ir.network)
 
     def emit(self, kind: OpKind, args: tuple[str, ...], attr: Any = None, value: str = "") -> str:
         out = f"{self.prefix}{len(self.ops) + 1}"
@@ -681,7 +683,7 @@ def _reverse_mul(r: _Reverse, op: Op, grad: str) -> None:
 
 def _reverse_call(r: _Reverse, op: Op, grad: str) -> None:
     (arg,) = op.args
-    slope = r.emit(OpKind.DCALL, (op.out, arg), op.attr)  # rnnc.functions: f' from f
+    slope = r.emit(OpKind.DCALL, (op.out, arg), op.attr)  # rnnc.front.functions: f' from f
     r.hint(slope, 2, f"slope${op.out}")
     r.add_term(arg, r.emit(OpKind.MUL, (grad, slope)))
 

@@ -1,11 +1,11 @@
 """Lowering a whole checked network to ops, and deriving its reverse.
 
-:mod:`rnnc.lower` turns one cell into the ops of one time step. This module does the
+:mod:`rnnc.ir.lower` turns one cell into the ops of one time step. This module does the
 same for everything around the cells: inputs, embeddings, dense layers, bridges, the
 merge of two directions, residuals, dropout masks, attention, feedback and recurrent
-edges become ops of the same kind (:class:`rnnc.lower.Op`, kinds in
-:class:`rnnc.lower.OpKind`), and :func:`reverse_network` derives the backward of all
-of them with the same reverse rules (``rnnc.lower.REVERSE_RULES``). A backend renders
+edges become ops of the same kind (:class:`rnnc.ir.lower.Op`, kinds in
+:class:`rnnc.ir.lower.OpKind`), and :func:`reverse_network` derives the backward of all
+of them with the same reverse rules (``rnnc.ir.lower.REVERSE_RULES``). A backend renders
 the forward ops and the reverse ops; it writes no gradient by hand.
 
 Values outside step loops are time-major arrays ``(T, B, width)``, or ``(B, width)``
@@ -23,11 +23,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from rnnc.checks import Analysis
-from rnnc.graph import input_edges
-from rnnc.lower import NO_GRADIENT, REVERSE_RULES, Op, OpKind, _Reverse
-from rnnc.program import Program
-from rnnc.spec import DenseLayer, EmbeddingLayer, RecurrentLayer, TokenInput
+from rnnc.front.checks import Analysis
+from rnnc.front.graph import input_edges
+from rnnc.front.spec import DenseLayer, EmbeddingLayer, RecurrentLayer, TokenInput
+from rnnc.ir.lower import NO_GRADIENT, REVERSE_RULES, Op, OpKind, _Reverse
+from rnnc.ir.program import Program
 
 # Kinds of value: arrays with a time axis ("seq"), rows per example ("batch"),
 # parameter vectors and matrices, and what no gradient reaches.
@@ -77,7 +77,7 @@ class Loop:
 
 @dataclass(frozen=True)
 class StepContract:
-    """The step loop with feedback as functions a decoding strategy drives (rnnc.decoding):
+    """The step loop with feedback as functions a decoding strategy drives (rnnc.runtime.decoding):
     ``init`` runs the ops before the loop, ``step`` one step of ``body`` with the fed
     value given (FEED: token ids, or the vector itself), ``finish`` the ops after it."""
 
@@ -167,18 +167,12 @@ class _Lowering:
 
     # --- leaves -------------------------------------------------------------------
 
-    def param(self, name: str) -> str:
+    def param(self, name: str, vector: bool = False) -> str:
+        """A parameter: a matrix (a weight, a table), or a vector (a bias, attention's v)."""
         if name not in self.params:
-            shape_kind = "vector" if self._is_vector(name) else "matrix"
-            self.params[name] = self.b.emit(OpKind.PARAM, (), name, shape_kind, out=name)
+            kind = "vector" if vector else "matrix"
+            self.params[name] = self.b.emit(OpKind.PARAM, (), name, kind, out=name)
         return self.params[name]
-
-    def _is_vector(self, name: str) -> bool:
-        from rnnc.params import param_shapes
-
-        if not hasattr(self, "_shapes"):
-            self._shapes = param_shapes(self.analysis)
-        return len(self._shapes[name]) == 1
 
     def const(self, value: float) -> str:
         key = ("const", value)
@@ -271,7 +265,7 @@ class _Lowering:
         product = self.b.like(
             OpKind.LINEAR, (x, self.param(W)), out=f"{out}:product" if out else ""
         )
-        return self.b.like(OpKind.ADD, (product, self.param(bias)), out=out)
+        return self.b.like(OpKind.ADD, (product, self.param(bias, vector=True)), out=out)
 
     def activation(self, function: str, x: str, b: _Builder | None = None, out: str = "") -> str:
         b = b or self.b
@@ -408,7 +402,8 @@ class _Lowering:
         cat = b.like(
             OpKind.CONCAT, (context, h), (M, layer.hidden), out=f"{name}:attentional_in{at}"
         )
-        W_c, b_c = self.param(f"{name}.attention.W_c"), self.param(f"{name}.attention.b_c")
+        W_c = self.param(f"{name}.attention.W_c")
+        b_c = self.param(f"{name}.attention.b_c", vector=True)
         product = b.like(OpKind.LINEAR, (cat, W_c), out=f"{name}:attentional_product{at}")
         pre = b.like(OpKind.ADD, (product, b_c), out=f"{name}:attentional_pre{at}")
         return b.like(OpKind.CALL, (pre,), "tanh", out=out)
@@ -553,7 +548,8 @@ class _Body:
             assert isinstance(layer, DenseLayer)
             low, b = self.low, self.b
             product = b.like(OpKind.LINEAR, (self.joined(name, layer), low.param(f"{name}.W")))
-            pre = b.like(OpKind.ADD, (product, low.param(f"{name}.b")), out=f"{name}:pre@t")
+            bias = low.param(f"{name}.b", vector=True)
+            pre = b.like(OpKind.ADD, (product, bias), out=f"{name}:pre@t")
             self.values[name] = b.named(low.activation(layer.activation, pre, b), f"{name}@t")
 
     def joined(self, name: str, layer: RecurrentLayer | DenseLayer) -> str:
@@ -611,7 +607,8 @@ class _Body:
         start = self.setups[name]["starts"][cell.state.index(cell.output)]
         query = self.carry(f"{name}.l{layer.depth - 1}.{cell.output}", start)
         keys = low.keys_of[name]
-        W_q, v = low.param(f"{name}.attention.W_q"), low.param(f"{name}.attention.v")
+        W_q = low.param(f"{name}.attention.W_q")
+        v = low.param(f"{name}.attention.v", vector=True)
         projected = b.like(OpKind.LINEAR, (query, W_q), out=f"{name}:query@t")
         spread = b.emit(
             OpKind.BROADCAST_T, (projected, keys), None, "seq", out=f"{name}:query_steps@t"

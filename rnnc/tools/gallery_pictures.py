@@ -1,4 +1,4 @@
-"""``python -m rnnc.gallery_pictures``: redraw docs/gallery (what ``make gallery`` runs).
+"""``python -m rnnc.tools.gallery_pictures``: redraw docs/gallery (what ``make gallery`` runs).
 
 Each gallery spec's unrolled diagram goes to ``docs/gallery/NAME.svg``, with the
 SHA-256 of the DOT text it was laid out from recorded inside (an XML comment), so a
@@ -12,9 +12,9 @@ import hashlib
 import sys
 from pathlib import Path
 
-from rnnc.drawing import encode, render
-from rnnc.files import write_atomic
-from rnnc.parse import load_spec
+from rnnc.front.parse import load_spec
+from rnnc.runtime.files import write_atomic
+from rnnc.tools.drawing import encode, render
 
 
 def picture(spec_path: Path) -> bytes:

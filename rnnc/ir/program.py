@@ -1,6 +1,6 @@
 """The schedule of a checked spec: in what order its parts run.
 
-:mod:`rnnc.network` lowers a spec in the order a :class:`Program` gives: inputs and
+:mod:`rnnc.ir.network` lowers a spec in the order a :class:`Program` gives: inputs and
 layers so that each comes after what it reads at the same step; layers that must run
 step by step together (feedback, additive attention, a recurrent edge back from what
 a layer feeds) grouped into one *step loop*; for each layer with feedback, which input
@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import networkx as nx
 
-from rnnc.checks import Analysis, fed_input
 from rnnc.errors import RnncError
-from rnnc.graph import input_edges, instant_order
-from rnnc.spec import EmbeddingLayer, RecurrentLayer
+from rnnc.front.checks import Analysis, fed_input
+from rnnc.front.graph import input_edges, instant_order
+from rnnc.front.spec import EmbeddingLayer, RecurrentLayer
 
 
 @dataclass(frozen=True)
