@@ -221,3 +221,22 @@ def test_printed_expressions_parse_back_to_the_same_ir(name: str) -> None:
     again = parse(printed, state=cell.state, output=cell.output)
     assert [eq.expr for eq in again.equations] == [eq.expr for eq in cell.equations]
     assert again.params == cell.params
+
+
+def test_a_value_no_later_equation_reads_is_refused_by_name() -> None:
+    equations = {"u": "W_u @ [x, h]", "v": "tanh(b)", "h": "tanh(u)"}
+    cell, errors = parse_cell("cell", ["h"], equations, None)
+    assert cell is None
+    assert [e.equation for e in errors] == ["v"]
+    assert "'v' is assigned but never used" in str(errors[0])
+    assert "remove it" in str(errors[0])
+    # read by a later equation, a state, or the output: all fine
+    assert parse_cell("cell", ["h"], {"u": "W_u @ [x, h]", "h": "tanh(u)"}, None)[1] == []
+    assert parse_cell("cell", ["h", "c"], {"c": "tanh(b)", "h": "tanh(W @ [x, h])"}, None)[1] == []
+
+
+def test_a_forgotten_matmul_is_named() -> None:
+    _, errors = parse_cell("cell", ["h"], {"h": "tanh(W_h [x, h] + b)"}, None)
+    assert "did you mean 'W_h @ [x, h]'?" in str(errors[0])
+    _, errors = parse_cell("cell", ["h"], {"h": "tanh(U x)"}, None)  # no brackets: invalid syntax
+    assert errors

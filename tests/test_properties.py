@@ -186,6 +186,8 @@ def user_cells(draw: Any) -> UserCell:
     )
     local = draw(st.lists(st.sampled_from(LOCAL_POOL), max_size=3, unique=True))
     order = draw(st.permutations([*local, *states]))
+    last = max(i for i, target in enumerate(order) if target in states)
+    order = [*order[:last], *order[last + 1 :], order[last]]  # a state's equation comes last
     counter = itertools.count()
     params: list[str] = []
 
@@ -197,6 +199,10 @@ def user_cells(draw: Any) -> UserCell:
     for target in order:
         visible = [*states, *(n for n in equations if n not in states)]
         equations[target] = _term(draw, visible, fresh, depth=2)
+    for n, target in enumerate(order[:-1]):  # every value is read (rnnc refuses dead ones)
+        later = " ".join(equations[t] for t in order[n + 1 :])
+        if target not in states and not re.search(rf"\b{target}\b", later):
+            equations[order[-1]] += f" + {target}"
     spec: dict[str, Any] = {"state": list(states), "equations": equations}
     if len(states) > 1 and draw(st.booleans()):
         spec["output"] = draw(st.sampled_from(states))

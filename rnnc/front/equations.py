@@ -19,6 +19,7 @@ checks the equalities that only some sizes satisfy.
 from __future__ import annotations
 
 import ast
+import difflib
 import math
 import warnings
 from collections.abc import Mapping, Sequence
@@ -263,12 +264,62 @@ def parse_cell(
                 field=where,
             )
         )
+    if not errors:
+        errors += _unused(parsed, state, chosen, scope, equations)
     if errors:
         return None, errors
     return (
         Cell(name, state, chosen, tuple(parsed), tuple(scope.params.values()), tuple(scope.rules)),
         [],
     )
+
+
+def _unused(
+    parsed: list[Equation],
+    state: tuple[str, ...],
+    output: str,
+    scope: _Scope,
+    equations: Mapping[str, str],
+) -> list[EquationError]:
+    """Values assigned and never read: not a state, not the output, and no later
+    equation reads them (a typo in a later equation makes a name a learned parameter
+    instead: say which one looks like it)."""
+    read = {ref.name for eq in parsed for ref in _refs(eq.expr) if ref.kind == "local"}
+    errors = []
+    for eq in parsed:
+        if eq.target in state or eq.target == output or eq.target in read:
+            continue
+        close = difflib.get_close_matches(eq.target, list(scope.params), n=1, cutoff=0.75)
+        hint = (
+            f"; did you mean {eq.target!r} where an equation reads {close[0]!r} (which is "
+            "therefore a learned parameter)?"
+            if close
+            else "; use it in a later equation, make it a state, or remove it"
+        )
+        error = EquationError(
+            f"{eq.target!r} is assigned but never used: it is not a state and no later "
+            f"equation reads it{hint}"
+        )
+        error.equation, error.text = eq.target, equations[eq.target]
+        errors.append(error)
+    return errors
+
+
+def _refs(expr: Expr) -> list[Ref]:
+    """Every name an expression reads."""
+    if isinstance(expr, Ref):
+        return [expr]
+    if isinstance(expr, Call):
+        return _refs(expr.arg)
+    if isinstance(expr, Neg):
+        return _refs(expr.operand)
+    if isinstance(expr, Binary):
+        return _refs(expr.left) + _refs(expr.right)
+    if isinstance(expr, MatMul):
+        return _refs(expr.operand)
+    if isinstance(expr, Concat):
+        return [ref for part in expr.parts for ref in _refs(part)]
+    return []
 
 
 def _parse_equation(target: str, text: str, scope: _Scope) -> Equation:
@@ -435,6 +486,14 @@ class _Translator:
                 parts.append(part)
                 total = total + width
             return Concat(tuple(parts)), total
+        if isinstance(node, ast.Subscript) and isinstance(node.slice, (ast.Tuple, ast.Name)):
+            inside = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
+            operand = "[" + ", ".join(_source(e) for e in inside) + "]"
+            raise self.fail(
+                f"did you mean '{_source(node.value)} @ {operand}'? (a matrix times a "
+                "concatenation is written with '@'; subscripts are not allowed)",
+                node,
+            )
         for kind, message in _REFUSED_NODES.items():
             if isinstance(node, kind):
                 raise self.fail(message, node)

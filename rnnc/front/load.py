@@ -223,6 +223,8 @@ def _compose(text: str, file: str) -> tuple[yaml.Node | None, dict[tuple[int, in
         ) from None
     except yaml.MarkedYAMLError as exc:
         message = exc.problem or exc.context or "invalid YAML"
+        if "'\\t'" in message:  # PyYAML's words for a tab where a token should start
+            message = "a tab: YAML is indented with spaces only (replace the tab with spaces)"
         context = (exc.context or "").removeprefix("while parsing ").removeprefix("while scanning ")
         if exc.problem and context and exc.context_mark is not None:
             start = _location(exc.context_mark)
