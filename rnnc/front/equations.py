@@ -488,9 +488,9 @@ class _Translator:
             return Concat(tuple(parts)), total
         if isinstance(node, ast.Subscript) and isinstance(node.slice, (ast.Tuple, ast.Name)):
             inside = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
-            operand = "[" + ", ".join(_source(e) for e in inside) + "]"
+            wanted = "[" + ", ".join(_source(e) for e in inside) + "]"
             raise self.fail(
-                f"did you mean '{_source(node.value)} @ {operand}'? (a matrix times a "
+                f"did you mean '{_source(node.value)} @ {wanted}'? (a matrix times a "
                 "concatenation is written with '@'; subscripts are not allowed)",
                 node,
             )
