@@ -231,7 +231,7 @@ rnnc: 1
 name: stages
 cells:
   odd:
-    state: [c, h]
+    state: [c, h, r]  # r: a state nothing else reads
     equations:
       c: h
       g: c + b0 - b1
@@ -251,7 +251,6 @@ cells:
       h: h
       g: W0 @ [h, h, x]
       m: W1 @ [m, g, m]
-      z: relu(W2 @ [h, m, h] + b3)
   late:
     state: [h, m, s]
     equations:
@@ -297,7 +296,8 @@ outputs:
 @needs_cc
 def test_steps_with_products_inside_agree_with_the_numpy_backend() -> None:
     """Found by hypothesis: two products whose outputs are added (so they share one
-    output gradient), a product nothing reads, a state that copies another, a product
+    output gradient), a state nothing else reads (a value nothing reads at all is refused
+    by the front end now), a state that copies another, a product
     whose output is a state (its gradient is the state's incoming one), the gradient
     of a product's operand that is another product's output gradient and a result
     (of x's projection), a bias whose gradient is summed after the product, a
