@@ -225,7 +225,7 @@ class _TorchWriter(ModuleWriter):
         super().__init__(analysis, lower_network(analysis), TORCH, grads=False)
         self.scanned: set[str] = set()  # cell functions a layer runs as a scan
         self.native: dict[str, tuple[CellStep, native.NativePlan]] = {}  # C steps by function
-        self.fused: dict[tuple[str, int], str] = {}  # (layer, depth) -> its fused call's ys
+        self.fused: set[tuple[str, int]] = set()  # (layer, depth) written by a fused call
         scans = [op for op in self.net.ops if op.kind == OpKind.SCAN]
         self.unpacked = {op.args[2] for op in scans if self.is_fused(op.attr)}
 
@@ -316,7 +316,7 @@ class _TorchWriter(ModuleWriter):
             part = "ys" if D == 1 else f"ys[..., {i * H}:{(i + 1) * H}]"
             var = self.name(f"{scan.layer}.{d}.l{scan.depth}:scan")
             lines.append(f"{var} = ({part}, tuple(s[{i}] for s in finals), None)")
-        self.fused[scan.layer, scan.depth] = "ys"
+        self.fused.add((scan.layer, scan.depth))
         return lines
 
     @staticmethod

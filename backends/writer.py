@@ -16,7 +16,7 @@ from typing import ClassVar
 
 from rnnc.front.checks import Analysis
 from rnnc.ir.lower import Op, OpKind
-from rnnc.ir.network import Loop, Network, Scan, StepContract, live
+from rnnc.ir.network import Loop, Network, Scan, StepContract, live, needed
 
 from .emit import RESERVED, CellFunctions, Dialect, Namespace, pack
 
@@ -250,12 +250,12 @@ class ModuleWriter:
         at = next(i for i, op in enumerate(ops) if op.out == contract.loop)
         finish = live(ops[at + 1 :])
         body = contract.body
-        needed = [a for op in (*body.ops, *finish) for a in op.args]
-        needed += [c.init for c in body.carries]
-        init = _needed(ops[:at], needed)
+        reads = [a for op in (*body.ops, *finish) for a in op.args]
+        reads += [c.init for c in body.carries]
+        init = needed(ops[:at], reads)
         self.begin_function()
         made = {op.out for op in init}
-        env = [v for v in dict.fromkeys(needed) if v in made and v not in self.inline]
+        env = [v for v in dict.fromkeys(reads) if v in made and v not in self.inline]
         members = [m for m, _ in body.writes]
         step = {"input": contract.input, "prediction": contract.prediction}
         step["tokens"] = contract.tokens  # type: ignore[assignment]
@@ -306,7 +306,7 @@ class ModuleWriter:
                 lines.append(f"    {self.buffer(member)} = carry['ys'][{member!r}]")
                 lines.append(f"    {self.local(f'zeros_{member}')} = {self.zeros(width)}")
         wanted = [v for _, v in body.writes] + [c.next for c in body.carries]
-        lines += self.lines(_needed(body.ops, wanted), "    ")
+        lines += self.lines(needed(body.ops, wanted), "    ")
         outs = ", ".join(f"{m!r}: {self.name(v)}" for m, v in body.writes)
         carries = ", ".join(f"{c.name!r}: {self.name(c.next)}" for c in body.carries)
         history = ", ".join(f"{m!r}: carry['ys'][{m!r}] + [{self.name(v)}]" for m, v in body.writes)
@@ -338,14 +338,3 @@ class ModuleWriter:
 
 
 Statement = Callable[[ModuleWriter, Op, list[str]], list[str]]
-
-
-def _needed(ops: tuple[Op, ...], wanted: list[str]) -> tuple[Op, ...]:
-    """The ops that compute ``wanted``, and what they read in turn (in order)."""
-    needed = set(wanted)
-    kept = []
-    for op in reversed(ops):
-        if op.out in needed:
-            kept.append(op)
-            needed.update(op.args)
-    return tuple(reversed(kept))

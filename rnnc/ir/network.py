@@ -72,7 +72,6 @@ class Loop:
     kinds: dict[str, str]
     carries: tuple[Carry, ...]
     writes: tuple[tuple[str, str], ...]  # (member, body value written at t)
-    saved: tuple[str, ...] = ()  # body values the reverse reads, kept per step
 
 
 @dataclass(frozen=True)
@@ -647,18 +646,21 @@ class _Body:
         return y
 
 
+def needed(ops: tuple[Op, ...], wanted: list[str]) -> tuple[Op, ...]:
+    """The ops that compute ``wanted``, and what they read in turn (in order)."""
+    reads = set(wanted)
+    kept = []
+    for op in reversed(ops):
+        if op.out in reads:
+            kept.append(op)
+            reads.update(op.args)
+    return tuple(reversed(kept))
+
+
 def live(ops: tuple[Op, ...]) -> tuple[Op, ...]:
     """The ops an output needs (and every dropout draw, whose order the random stream
     depends on): what a forward without a reverse runs."""
-    needed: set[str] = set()
-    kept = []
-    for op in reversed(ops):
-        if op.kind in (OpKind.OUTPUT, OpKind.DROPMASK) or op.out in needed:
-            kept.append(op)
-            needed.update(op.args)
-            if op.kind == OpKind.LOOP:
-                needed.update(c.init for c in op.attr.carries)
-    return tuple(reversed(kept))
+    return needed(ops, [op.out for op in ops if op.kind in (OpKind.OUTPUT, OpKind.DROPMASK)])
 
 
 def lower_network(analysis: Analysis) -> Network:

@@ -66,8 +66,8 @@ def greedy(
     itself otherwise (a model's generate mode). ``inputs`` holds ``steps`` steps of
     every input on the decoder's time axis (of the fed one only the first is read)."""
     prediction, tokens = module["STEP"]["prediction"], module["STEP"]["tokens"]
-    if tokens:
-        return run_steps(
-            module, params, inputs, lengths, steps, lambda t, y: y[prediction].argmax(axis=-1)
-        )
-    return run_steps(module, params, inputs, lengths, steps, lambda t, y: y[prediction])
+
+    def pick(t: int, y_t: dict[str, Any]) -> Any:
+        return y_t[prediction].argmax(axis=-1) if tokens else y_t[prediction]
+
+    return run_steps(module, params, inputs, lengths, steps, pick)
