@@ -67,7 +67,7 @@ def test_unrolled_shows_what_the_spec_says() -> None:
     assert '"decoder·bridge" -> "decoder.fwd.l0@0"' in source
     assert re.search(r'"tgt@1" -> "decoder\.fwd\.l0@1" \[[^]]*style=dashed', source)
     assert re.search(r'"tgt@0" -> "decoder\.fwd\.l0@0" \[(?![^]]*style=dashed)', source)
-    assert re.search(r'"out@0" -> "decoder\.fwd\.l0@1" \[[^]]*style=dotted', source)
+    assert re.search(r'"decoder\.fwd\.l0@1" -> "out@0" \[[^]]*dir=back[^]]*style=dotted', source)
     # Encoder and decoder in clusters of their own.
     assert "subgraph cluster_src" in source and "subgraph cluster_tgt" in source
 
@@ -224,3 +224,126 @@ def test_gallery_pictures_are_drawn_by_encode() -> None:
     drawing = render(rnnc.load_spec(GALLERY[0]))
     if has_dot():
         assert encode(drawing, "svg").startswith(b"<?xml")
+
+
+# --- pictures a lecturer would put on a slide (issue 13, part 7) ------------------------
+
+
+def _spec(name: str) -> rnnc.Spec:
+    return rnnc.load_spec(ROOT / "specs" / f"{name}.yaml")
+
+
+@pytest.mark.parametrize("view", ["rolled", "unrolled"])
+def test_luong_has_its_attentional_vector_and_bahdanau_does_not(view: str) -> None:
+    luong = render(_spec("seq2seq_luong"), view=view).source
+    bahdanau = render(_spec("seq2seq_attention"), view=view).source
+    assert "tanh(W_c [context; h])" in luong and "attentional" in luong
+    assert "attentional" not in bahdanau
+    # Luong: the context goes into h̃ and h̃ is what the dense layer reads.
+    assert re.search(r'-> "decoder·attentional[^"]*" \[[^]]*arrowhead=vee', luong)
+    assert re.search(r'"decoder·attentional[^"]*" -> "?out', luong)
+    # Bahdanau: the context goes into the cell.
+    assert re.search(r'-> "?decoder(\.fwd\.l0@\d)?"? \[[^]]*arrowhead=vee', bahdanau)
+
+
+def test_input_feeding_is_its_own_edge_across_time() -> None:
+    path = ROOT / "specs" / "seq2seq_luong_feeding.yaml"
+    if not path.exists():
+        pytest.skip("no gallery spec with input feeding")
+    source = render(rnnc.load_spec(path), steps=3).source
+    assert re.search(
+        r'"decoder\.fwd\.l0@1" -> "decoder·attentional@0" \[label="t-1"[^]]*dir=back',
+        source,
+    )
+
+
+@pytest.mark.parametrize("view", ["rolled", "unrolled"])
+def test_scheduled_sampling_shows_its_probabilities(view: str) -> None:
+    source = render(_spec("seq2seq_luong"), view=view).source  # teacher_forcing: 0.75
+    assert "truth, p = 0.75" in source and "t-1, p = 0.25" in source
+    forced = render(_spec("seq2seq_attention"), view=view).source  # 1.0: nothing to say
+    assert "p = " not in forced
+
+
+def test_feedback_edges_run_between_their_own_two_steps() -> None:
+    """Each is laid out as an edge up from the cell it feeds (arrow turned round), so
+    dot routes each between its two columns: no crossing, labels apart."""
+    source = render(_spec("seq2seq_luong"), steps=4).source
+    for t in range(1, 4):
+        assert re.search(rf'"decoder\.fwd\.l0@{t}" -> "out@{t - 1}" \[[^]]*dir=back', source)
+
+
+def test_input_and_output_edges_look_different() -> None:
+    from rnnc.tools.drawing import EDGE_STYLES
+
+    assert EDGE_STYLES["input"][0] != EDGE_STYLES["output"][0]
+    source = render(_spec("elman_rnn")).source
+    inputs = re.findall(r'"x@0" -> "hidden[^"]*" \[([^]]*)\]', source)
+    outputs = re.findall(r'"out@0" -> "outputs[^"]*" \[([^]]*)\]', source)
+    assert inputs and outputs and inputs[0] != outputs[0]
+
+
+@needs_dot
+@pytest.mark.parametrize("path", GALLERY, ids=lambda p: p.stem)
+def test_the_legend_is_at_most_a_third_of_the_width(path: Path) -> None:
+    import json
+
+    source = render(rnnc.load_spec(path)).source
+    laid = json.loads(
+        subprocess.run(
+            ["dot", "-Tjson"], input=source.encode(), capture_output=True, check=True
+        ).stdout
+    )
+    width = float(laid["bb"].split(",")[2])
+    legend = next(o for o in laid["objects"] if o.get("name") == "legend")
+    assert float(legend["width"]) * 72 <= width / 3
+    assert "<table" in legend["label"].lower() or "table" in source  # a table: no label on a line
+
+
+def test_the_cell_view_names_the_parts_and_has_a_legend() -> None:
+    source = render(view="cell", cell="gru_reset_before").source
+    assert "[x, r ⊙ h]" in source
+    assert "legend" in source and "matrix product" in source
+
+
+@pytest.mark.parametrize("path", GALLERY, ids=lambda p: p.stem)
+def test_every_layer_names_its_cell_in_the_unrolled_view(path: Path) -> None:
+    spec = rnnc.load_spec(path)
+    source = render(spec).source
+    for name, layer in spec.recurrent_layers().items():
+        assert f"{name}: {layer.cell}" in source
+
+
+def test_heads_and_handoffs_say_what_they_read() -> None:
+    text = """
+    rnnc: 1
+    name: heads
+    inputs:
+      x: {size: 4}
+    layers:
+      enc: {cell: lstm, hidden: 8, input: x, depth: 2}
+      final: {dense: 2, input: {from: enc, state: h}}
+      pooled: {dense: 2, input: {from: enc, pool: mean}}
+      last: {dense: 2, input: {from: enc, steps: last}}
+    outputs:
+      a: {from: final}
+      b: {from: pooled}
+      c: {from: last}
+    """
+    spec = rnnc.parse_spec(spec_text(text))
+    for view in ("rolled", "unrolled"):
+        source = render(spec, view=view).source
+        assert "final h" in source and "mean over t" in source and "last step" in source
+    unrolled = render(spec, steps=3).source
+    # No time axis: one node each; a pool reads every step, a final state one.
+    assert len(re.findall(r"-> pooled \[", unrolled)) == 3
+    assert len(re.findall(r"-> final \[", unrolled)) == 1
+    sutskever = ROOT / "specs" / "seq2seq_sutskever.yaml"
+    if sutskever.exists():
+        source = render(rnnc.load_spec(sutskever)).source
+        assert re.search(
+            r'"encoder\.fwd\.l0@3" -> "decoder\.fwd\.l0@0" \[[^]]*label="h, c"', source
+        )
+        assert re.search(
+            r'"encoder\.fwd\.l1@3" -> "decoder\.fwd\.l1@0" \[[^]]*label="h, c"', source
+        )

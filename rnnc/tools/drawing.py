@@ -23,6 +23,7 @@ gives the same DOT text, byte for byte.
 
 from __future__ import annotations
 
+import html
 import itertools
 import shutil
 from collections.abc import Iterable, Mapping, Sequence
@@ -45,24 +46,40 @@ ERROR = "#d62728"
 
 # One style per kind of edge, in every view: (Graphviz attributes, legend text).
 EDGE_STYLES: dict[str, tuple[dict[str, str], str]] = {
-    "input": ({"color": "#333333"}, "input (same step)"),
-    "state": ({"color": "#555555", "penwidth": "1.4"}, "state (t-1 -> t)"),
-    "recurrent": ({"color": "#8c564b", "fontcolor": "#8c564b"}, "recurrent edge (t-k)"),
+    "input": ({"color": "#333333"}, "input"),
+    "state": ({"color": "#555555", "penwidth": "1.4"}, "state, t-1 → t"),
+    "recurrent": ({"color": "#8c564b", "fontcolor": "#8c564b"}, "recurrent, t-k"),
     "init": ({"color": "#1f77b4", "penwidth": "2.2", "fontcolor": "#1f77b4"}, "init / bridge"),
     "attention": (
         {"color": "#ff7f0e", "arrowhead": "vee", "fontcolor": "#ff7f0e"},
         "attention",
     ),
-    "teacher": ({"color": "#2ca02c", "style": "dashed"}, "teacher forcing (truth at t)"),
+    "feeding": (
+        {
+            "color": "#ff7f0e",
+            "style": "dotted",
+            "penwidth": "1.8",
+            "arrowhead": "vee",
+            "fontcolor": "#d95f02",
+        },
+        "input feeding h̃, t-1",
+    ),
+    "teacher": (
+        {"color": "#2ca02c", "style": "dashed", "fontcolor": "#2ca02c"},
+        "truth at t (teacher forcing)",
+    ),
     "feedback": (
         {"color": "#9467bd", "style": "dotted", "penwidth": "1.8", "fontcolor": "#9467bd"},
-        "feedback (own prediction, t-1)",
+        "own prediction at t-1",
     ),
     "residual": (
         {"color": "#7f7f7f", "style": "dashed", "arrowhead": "empty"},
-        "residual (added to the output)",
+        "residual (added)",
     ),
-    "output": ({"color": "#333333", "arrowhead": "normal"}, "output"),
+    "output": (
+        {"color": "#138d90", "penwidth": "1.6", "arrowhead": "box", "arrowsize": "0.5"},
+        "output",
+    ),
 }
 
 NODE_STYLES: dict[str, dict[str, str]] = {
@@ -74,8 +91,20 @@ NODE_STYLES: dict[str, dict[str, str]] = {
     "missing": {"shape": "box", "style": "dashed", "color": ERROR, "fontcolor": ERROR},
     "merge": {"shape": "circle", "width": "0.3", "fixedsize": "false", "fontsize": "10"},
     "bridge": {"shape": "box", "style": "filled", "fillcolor": "#dceaf7", "fontsize": "10"},
+    "attentional": {
+        "shape": "box",
+        "style": "filled",
+        "fillcolor": "#fde3c8",
+        "color": "#d95f02",
+        "fontsize": "10",
+    },
+    "hub": {"shape": "box", "style": "rounded,dashed", "color": "#ff7f0e", "fontsize": "10"},
     "ellipsis": {"shape": "plaintext", "fontsize": "18"},
 }
+
+# NOTE: Luong's attentional vector (Luong et al. 2015, eq. 5); the layer's output is
+# this, not the cell's h, so everything that reads the layer reads this node.
+ATTENTIONAL = "tanh(W_c [context; h])"
 
 MERGE_SYMBOL = {"concat": "[ , ]", "sum": "+", "mean": "mean", "mul": "⊙"}
 ARROW = {"fwd": "→", "bwd": "←"}
@@ -216,39 +245,23 @@ class _Drawer:
         return attrs
 
     def legend(self, d: graphviz.Digraph) -> None:
-        """One short sample edge per kind drawn, side by side, and the errors."""
+        """A small table: a sample line per kind of edge drawn, and the errors."""
         kinds = [k for k in EDGE_STYLES if k in self.kinds_used]
-        with d.subgraph(name="cluster_legend") as c:
-            c.attr(label="legend", fontsize="11", style="rounded", color="#bbbbbb")
-            tails, heads = [], []
-            for i, kind in enumerate(kinds):
-                a, b = f"legend_{i}_a", f"legend_{i}_b"
-                c.node(a, label="", shape="point", width="0.04")
-                c.node(b, label="", shape="point", width="0.04")
-                attrs = {**EDGE_STYLES[kind][0], "label": label(EDGE_STYLES[kind][1])}
-                attrs["fontcolor"] = attrs.get("fontcolor", "#333333")
-                c.edge(a, b, **attrs)
-                tails.append(a)
-                heads.append(b)
-            for same in (tails, heads):
-                with c.subgraph() as s:
-                    s.attr(rank="same")
-                    for node in same:
-                        s.node(node)
-                for left, right in itertools.pairwise(same):
-                    c.edge(left, right, style="invis")
-            if self.analysis.errors:
-                lines = [f"{d.dotted_path or 'spec'}: {d.message}" for d in self.analysis.errors]
-                c.node(
-                    "legend_errors",
-                    label=label(*_wrap(lines)),
-                    shape="box",
-                    color=ERROR,
-                    fontcolor=ERROR,
-                    fontsize="10",
-                )
-                if heads:
-                    c.edge(heads[0], "legend_errors", style="invis")
+        if kinds:
+            entries = [(EDGE_STYLES[k][0], EDGE_STYLES[k][1]) for k in kinds]
+            d.node("legend", label=legend_table(entries), **LEGEND_NODE)
+        if self.analysis.errors:
+            lines = [f"{d.dotted_path or 'spec'}: {d.message}" for d in self.analysis.errors]
+            d.node(
+                "legend_errors",
+                label=label(*_wrap(lines)),
+                shape="box",
+                color=ERROR,
+                fontcolor=ERROR,
+                fontsize="10",
+            )
+            if kinds:
+                d.edge("legend", "legend_errors", style="invis")
 
     def describe(self, node: str) -> list[str]:
         data = self.g.nodes[node]
@@ -275,13 +288,7 @@ class _Drawer:
         if data["kind"] == "embedding":
             return [node, f"embedding {spec.embedding}"]
         if data["kind"] == "output":
-            name = node.split(".", 1)[1]
-            detail = (
-                f"state {spec.state}"
-                if spec.state
-                else ("last step" if spec.steps == "last" else "every step")
-            )
-            return [name, detail]
+            return [node.split(".", 1)[1], _output_text(spec) or "every step"]
         return [node, "(not defined)"]
 
     def axis_roles(self) -> dict[str, str]:
@@ -334,6 +341,9 @@ class _Drawer:
         if isinstance(spec, RecurrentLayer) and spec.depth > 1:
             attrs["peripheries"] = str(min(spec.depth, 4))  # stacked, as a stack
         d.node(_id(node), label=label(*self.describe(node)), **attrs)
+        if _luong(spec):
+            text = label(f"{node}: attentional h̃", ATTENTIONAL)
+            d.node(_id(f"{node}:attentional"), label=text, **NODE_STYLES["attentional"])
 
     def rolled_edge(self, d: graphviz.Digraph, u: str, v: str, data: Mapping[str, Any]) -> None:
         kind, delay = data["kind"], data["delay"]
@@ -344,18 +354,53 @@ class _Drawer:
             text = f"t-{delay}"
         elif kind == "init":
             text = "dense bridge" if data.get("bridge") == "dense" else "init"
+            if data.get("states"):
+                text += f" {', '.join(data['states'])}, layer by layer"
         elif kind == "attention":
             text = f"attention ({data.get('score')})"
+        elif kind == "input":
+            text = _select_text(data.get("select"))
         style = kind
         if kind == "input" and self.teacher_forced(u, v):
             style = "teacher"
-            text = "truth"
+            text = "truth" + self.forcing_text(v, "truth")
+        elif kind == "feedback":
+            text += self.forcing_text(v, "feedback")
         attrs = self.edge_attrs(style, data.get("path"))
-        if text:
-            attrs["label"] = label(text)
         if kind in ("init", "attention", "feedback"):
             attrs["constraint"] = "false" if kind == "feedback" else "true"
-        d.edge(_id(u), _id(v), **attrs)
+        source, target = _id(u), _id(v)
+        if _luong(self.g.nodes[u].get("spec")) and self.reads_output(data):
+            source = _id(f"{u}:attentional")  # what reads a Luong layer reads h̃
+        if kind == "attention" and _luong(self.g.nodes[v].get("spec")):
+            target = _id(f"{v}:attentional")  # the context goes into h̃, not the cell
+            query = self.edge_attrs("input", data.get("path"), label=label("query h(t)"))
+            d.edge(_id(v), target, **query)
+            if data.get("input_feeding"):
+                feeding = self.edge_attrs("feeding", data.get("path"), label=label("t-1"))
+                d.edge(target, _id(v), constraint="false", **feeding)
+        if text:
+            attrs["label"] = label(text)
+        d.edge(source, target, **attrs)
+
+    @staticmethod
+    def reads_output(data: Mapping[str, Any]) -> bool:
+        """Whether an edge out of a layer reads its output at some step (not its final
+        state, as ``{from: L, state: h}`` and ``init`` do)."""
+        select = data.get("select") or ""
+        return data["kind"] in ("input", "output", "recurrent", "feedback") and not (
+            select.startswith("state")
+        )
+
+    def forcing_text(self, layer: str, edge: str) -> str:
+        """The probability of the truth (``edge="truth"``) or of the layer's own
+        prediction (``"feedback"``) at a step, when teacher forcing is scheduled
+        (below 1); empty otherwise."""
+        spec = self.spec.layers.get(layer)
+        p = getattr(spec, "teacher_forcing", None)
+        if p is None or p >= 1:
+            return ""
+        return f", p = {p if edge == 'truth' else 1 - p:.3g}"
 
     def teacher_forced(self, source: str, layer: str) -> bool:
         """Whether ``source`` is the ground truth a layer with feedback reads."""
@@ -383,6 +428,7 @@ class _Drawer:
         self.input_rows: dict[str, list[str]] = {}  # per time axis: the last input row
         self.free: list[tuple[str, dict[str, str]]] = []  # nodes outside every cluster
         self.pending_invisible: list[tuple[str, str]] = []  # layout-only edges
+        self.same_rank: list[tuple[str, str]] = []  # pairs laid out side by side
         roles = self.axis_roles()
         bundle = attention == "bundled"
         if attention == "auto":
@@ -424,10 +470,17 @@ class _Drawer:
         self.order_axes(d, axes)
         for a, b in self.pending_invisible:
             d.edge(a, b, style="invis")
+        for pair in self.same_rank:
+            with d.subgraph() as s:
+                s.attr(rank="same")
+                for node_id in pair:
+                    s.node(node_id)
         for a, b, attrs in edges:
-            source = self.at(*a) if isinstance(a, tuple) else a
-            if source is not None:
-                d.edge(source, b, **attrs)
+            # An end may name a value drawn later (node, step): resolved now.
+            tail = self.at(*a) if isinstance(a, tuple) else a
+            head = self.at(*b) if isinstance(b, tuple) else b
+            if tail is not None and head is not None:
+                d.edge(tail, head, **attrs)
         self.legend(d)
         return d
 
@@ -477,18 +530,14 @@ class _Drawer:
             self.unrolled_output(node, data, bucket, edges)
             return
         attrs = self.node_attrs(node, kind)
-        if shown is None:
+        if shown is None:  # one value per example: a head on a final state, a pool
             node_id = _id(node)
             bucket.append((node_id, {"label": label(*self.describe(node)), **attrs}))
-            self.values[(node, None)] = node_id
-            self.values[(node, "final")] = node_id
-            for each in self.all_steps():
+            for each in (None, "final", "last", *self.all_steps()):
                 self.values[(node, each)] = node_id
             if kind not in ("input", "missing"):  # (a layer without steps: a broken spec)
                 for source, e in input_edges(self.g, node):
-                    edges.append(
-                        ((source, "final"), node_id, self.edge_attrs("input", e.get("path")))
-                    )
+                    self.read_edges(source, e, None, node_id, edges, "input")
             return
 
         def step(t: int) -> str:
@@ -497,15 +546,44 @@ class _Drawer:
             self.values[(node, t)] = node_id
             if kind != "input":
                 for source, e in input_edges(self.g, node):
-                    per_step = self.g.nodes[source].get("axis") is not None
-                    src = self.at(source, t if per_step else "final")
-                    if src:
-                        edges.append((src, node_id, self.edge_attrs("input", e.get("path"))))
+                    self.read_edges(source, e, t, node_id, edges, "input")
             return node_id
 
         row = self.row(node, shown, bucket, step)
-        self.values[(node, "final")] = row[-1]
+        self.values[(node, "final")] = self.values[(node, "last")] = row[-1]
         self.add_row(axis, row, stack=kind == "input")
+
+    def read_edges(
+        self,
+        source: str,
+        e: Mapping[str, Any],
+        t: int | None,
+        target: str,
+        edges: list[Any],
+        kind: str,
+        text: str | None = None,
+    ) -> None:
+        """The edges by which ``target`` (at step t; None: no time axis) reads
+        ``source`` as edge ``e`` selects it: the value at t, the final state, or (last
+        step, pooled) for a reader without steps every step, for one with steps the
+        last. The first edge carries ``text``, by default the selection's name."""
+        select = e.get("select")
+        per_step = self.g.nodes[source].get("axis") is not None
+        if select is None:
+            tails = [self.at(source, t if per_step and t is not None else "final")]
+        elif select.startswith("state"):
+            tails = [self.at(source, "final")]
+        elif t is None and per_step:  # each example's last step may be any step
+            shown = self.shown.get(self.g.nodes[source]["axis"], [])
+            tails = [self.at(source, s) for s in reversed(shown) if s is not None]
+        else:
+            tails = [self.at(source, "last")]
+        text = _select_text(select) if text is None else text
+        for i, tail in enumerate(tail for tail in tails if tail):
+            attrs = self.edge_attrs(kind, e.get("path"))
+            if text and i == 0:
+                attrs["label"] = label(text)
+            edges.append((tail, target, attrs))
 
     def all_steps(self) -> list[int]:
         return sorted({t for shown in self.shown.values() for t in shown if t is not None})
@@ -534,26 +612,17 @@ class _Drawer:
         last = steps[-1] if steps else 0
         below: dict[Any, list[str]] = {}  # step -> what depth k reads (k > 0)
         attrs = self.node_attrs(node, "recurrent")
-        init = next(
-            ((u, e) for u, _, e in self.g.in_edges(node, data=True) if e["kind"] == "init"), None
+        source, init = next(
+            ((u, e) for u, _, e in self.g.in_edges(node, data=True) if e["kind"] == "init"),
+            ("", {}),
         )
-        start: str | None = None  # what the first step of every row starts from
-        init_path = init[1].get("path") if init else None
-        if init is not None and self.at(init[0], "final"):
-            start = self.at(init[0], "final")
-            if init[1].get("bridge") == "dense":
-                bridge = _id(f"{node}:bridge")
-                bucket.append(
-                    (bridge, {"label": label("bridge", "tanh(W h + b)"), **NODE_STYLES["bridge"]})
-                )
-                edges.append((start, bridge, self.edge_attrs("init", init_path)))
-                start = bridge
+        starts = self.init_starts(node, layer, source, init, bucket, edges)
         for k in range(layer.depth):
             merged: dict[Any, list[str]] = {}  # step -> this depth's cells at that step
             inputs = below  # what depth k reads (depth k-1's output), for the residual
             for d in layer.directions:
                 first = steps[0] if d == "fwd" else last
-                where = _Row(node, layer, k, d, shown, start, first, init_path)
+                where = _Row(node, layer, k, d, shown, starts.get(k, ()), first, init)
                 row = self.cell_row(where, attrs, below, merged, bucket, edges)
                 if d == "bwd" and len(layer.directions) == 2:  # the backward row above
                     for a, b in zip(self.rows[-1], row, strict=True):
@@ -576,11 +645,106 @@ class _Drawer:
                 axis, self.row(f"{node}.merge.l{k}", shown, bucket, lambda t, ids=ids: next(ids))
             )
             self.residual_edges(layer, k, inputs, below, edges)
+        if steps:
+            self.values[(node, "final")] = self.final_state(node, layer, steps, bucket, edges)
+        if _luong(layer) and steps:
+            self.values[(node, "top")] = below[steps[0]][0]
+            below = self.attentional_row(node, layer, shown, below, bucket, edges)
         for t in steps:
             self.values[(node, t)] = below[t][0]
         if steps:
-            self.values[(node, "final")] = self.final_state(node, layer, steps, bucket, edges)
+            self.values[(node, "last")] = below[last][0]
         self.attention_edges(node, layer, steps, edges, bundle, bucket)
+
+    def attentional_row(
+        self,
+        node: str,
+        layer: RecurrentLayer,
+        shown: list[int | None],
+        top: dict[Any, list[str]],
+        bucket: list[Any],
+        edges: list[Any],
+    ) -> dict[Any, list[str]]:
+        """Luong's attentional vector at each step, above the top depth: it reads the
+        new h (and the context, see attention_edges), and is what the layer gives."""
+        attrs = self.node_attrs(node, "attentional")
+        steps = [t for t in shown if t is not None]
+        out: dict[Any, list[str]] = {}
+
+        def step(t: int) -> str:
+            node_id = _id(f"{node}:attentional@{t}")
+            lines = [f"h̃[{t}]"] + ([ATTENTIONAL] if t == steps[0] else [])
+            bucket.append((node_id, {"label": label(*lines), **attrs}))
+            for cell_id in top[t]:
+                edges.append((cell_id, node_id, self.edge_attrs("input")))
+            out[t] = [node_id]
+            return node_id
+
+        self.add_row(
+            self.g.nodes[node]["axis"], self.row(f"{node}.attentional", shown, bucket, step)
+        )
+        return out
+
+    def init_starts(
+        self,
+        node: str,
+        layer: RecurrentLayer,
+        source: str,
+        init: Mapping[str, Any],
+        bucket: list[Any],
+        edges: list[Any],
+    ) -> dict[int, tuple[str, ...]]:
+        """What each depth's first step starts from: the source's final state (every
+        depth), or with ``states`` its depth k's final cells; through a bridge node
+        (one, or one per depth) when the bridge is dense."""
+        if not init:
+            return {}
+        if init.get("states"):
+            ends = self.final_cells(source)
+            found = {k: tuple(ends.get(k, ())) for k in range(layer.depth)}
+        else:
+            final = self.at(source, "final")
+            found = {k: (final,) if final else () for k in range(layer.depth)}
+        if init.get("bridge") != "dense":
+            return found
+        per_depth = bool(init.get("states"))
+        bridges: dict[int, tuple[str, ...]] = {}
+        for k, tails in found.items():
+            if not tails:
+                continue
+            bridge = _id(f"{node}:bridge" + (f" l{k}" if per_depth else ""))
+            if not per_depth and k > 0:
+                bridges[k] = bridges[0]
+                continue
+            name = f"bridge l{k}" if per_depth and layer.depth > 1 else "bridge"
+            bucket.append(
+                (bridge, {"label": label(name, "tanh(W h + b)"), **NODE_STYLES["bridge"]})
+            )
+            for tail in tails:
+                edges.append((tail, bridge, self.init_attrs(init)))
+            bridges[k] = (bridge,)
+        return bridges
+
+    def final_cells(self, source: str) -> dict[int, list[str]]:
+        """A recurrent layer's drawn cells holding its final states, per depth: each
+        direction's end (the last step forward, the first backward)."""
+        spec = self.g.nodes[source].get("spec")
+        shown = self.shown.get(self.g.nodes[source].get("axis") or "", [])
+        steps = [t for t in shown if t is not None]
+        if not isinstance(spec, RecurrentLayer) or not steps:
+            return {}
+        ends = {"fwd": steps[-1], "bwd": steps[0]}
+        return {
+            k: [_id(f"{source}.{d}.l{k}@{ends[d]}") for d in spec.directions]
+            for k in range(spec.depth)
+        }
+
+    def init_attrs(self, init: Mapping[str, Any]) -> dict[str, str]:
+        """An init edge, labelled with the states it hands over (``h, c``), if listed."""
+        attrs = self.edge_attrs("init", init.get("path"))
+        if init.get("states"):
+            attrs["label"] = label(", ".join(init["states"]))
+        return attrs
 
     def residual_edges(
         self,
@@ -608,21 +772,30 @@ class _Drawer:
         edges: list[Any],
     ) -> list[str]:
         """One depth and direction of a layer over the shown steps, its state running
-        along the row: to the right forward, to the left backward."""
+        along the row: to the right forward, to the left backward. The leftmost cell
+        names the cell (``encoder: lstm``)."""
         node, layer, k, d = where.node, where.layer, where.depth, where.direction
-        name = node + (f" l{k}" if layer.depth > 1 else "")
-        text = name + (f" {ARROW[d]}" if len(layer.directions) == 2 else "")
+        depth = f"l{k}" if layer.depth > 1 else ""
+        arrow = ARROW[d] if len(layer.directions) == 2 else ""
+        leftmost = next(t for t in where.shown if t is not None)
 
         def cell(t: int) -> str:
             cell_id = _id(f"{node}.{d}.l{k}@{t}")
-            bucket.append((cell_id, {"label": label(text), **attrs}))
+            if t == leftmost:
+                lines = [f"{node}: {layer.cell}"] + (
+                    [f"{depth} {arrow}".strip()] if depth or arrow else []
+                )
+            else:
+                lines = [" ".join(part for part in (node, depth, arrow) if part)]
+            bucket.append((cell_id, {"label": label(*lines), **attrs}))
             merged.setdefault(t, []).append(cell_id)
             if k == 0:
-                self.layer_inputs(node, layer, t, cell_id, edges)
+                self.layer_inputs(where, t, cell_id, edges)
             for src in below.get(t, []):
                 edges.append((src, cell_id, self.edge_attrs("input")))
-            if where.start is not None and t == where.first:
-                edges.append((where.start, cell_id, self.edge_attrs("init", where.init_path)))
+            if t == where.first:
+                for start in where.starts:
+                    edges.append((start, cell_id, self.init_attrs(where.init)))
             return cell_id
 
         row = self.row(f"{node}.{d}.l{k}", where.shown, bucket, cell)
@@ -641,9 +814,7 @@ class _Drawer:
     ) -> str:
         """What a reader of the layer's final state starts from: the top row's last step
         (forward) or first step (backward); both directions merged when there are two."""
-        top = layer.depth - 1
-        ends = {"fwd": steps[-1], "bwd": steps[0]}
-        cells = [_id(f"{node}.{d}.l{top}@{ends[d]}") for d in layer.directions]
+        cells = self.final_cells(node)[layer.depth - 1]
         if len(cells) == 1:
             return cells[0]
         final = _id(f"{node}:final")
@@ -654,24 +825,40 @@ class _Drawer:
             edges.append((cell_id, final, self.edge_attrs("state", constraint="false")))
         return final
 
-    def layer_inputs(
-        self, node: str, layer: RecurrentLayer, t: int, cell_id: str, edges: list[Any]
-    ) -> None:
+    def layer_inputs(self, where: _Row, t: int, cell_id: str, edges: list[Any]) -> None:
+        """What the bottom depth reads at step t: its inputs (the truth, when teacher
+        forced), and the values across time (recurrent edges, the prediction fed back,
+        Luong's h̃ fed in)."""
+        node, steps = where.node, [s for s in where.shown if s is not None]
+        forced = [s for s in steps if s > 0][:1]  # the first forced step carries p
         for source, e in input_edges(self.g, node):
-            per_step = self.g.nodes[source].get("axis") is not None
-            src = self.at(source, t if per_step else "final")
-            if not src:
-                continue
-            style = "teacher" if t > 0 and self.teacher_forced(source, node) else "input"
-            edges.append((src, cell_id, self.edge_attrs(style, e.get("path"))))
+            teacher = t > 0 and self.teacher_forced(source, node)
+            p = self.forcing_text(node, "truth") if teacher and t in forced else ""
+            style = "teacher" if teacher else "input"
+            self.read_edges(source, e, t, cell_id, edges, style, ("truth" + p) if p else None)
         for u, _, e in self.g.in_edges(node, data=True):
             if e["kind"] in ("recurrent", "feedback") and t - e["delay"] >= 0:
-                # The source may be drawn later (the prediction a decoder feeds back):
-                # the edge names the value and is resolved when every node is drawn.
-                attrs = self.edge_attrs(
-                    e["kind"], e.get("path"), label=label(f"t-{e['delay']}"), constraint="false"
-                )
-                edges.append(((u, t - e["delay"]), cell_id, attrs))
+                text = f"t-{e['delay']}"
+                if e["kind"] == "feedback" and t in forced:
+                    text += self.forcing_text(node, "feedback")
+                attrs = self.edge_attrs(e["kind"], e.get("path"), label=label(text))
+                edges.append(self.across_time((u, t - e["delay"]), cell_id, attrs))
+            feeding = e["kind"] == "attention" and e.get("input_feeding")
+            if feeding and _luong(where.layer) and t - 1 in steps:
+                attrs = self.edge_attrs("feeding", e.get("path"), label=label("t-1"))
+                edges.append(self.across_time((node, t - 1), cell_id, attrs))
+
+    def across_time(
+        self, value: tuple[str, int], cell_id: str, attrs: dict[str, str]
+    ) -> tuple[Any, Any, dict[str, str]]:
+        """An edge from a value of an earlier step into a cell. A value drawn before
+        the cell (below it) is an ordinary edge that does not move anything; one drawn
+        after (above it: the prediction a decoder feeds back, its h̃) is laid out as an
+        edge up from the cell with its arrow turned round, so dot routes each between
+        its two columns, and they neither cross nor bunch their labels."""
+        if self.at(*value) is not None:
+            return (value, cell_id, {**attrs, "constraint": "false"})
+        return (cell_id, value, {**attrs, "dir": "back"})
 
     def attention_edges(
         self,
@@ -682,54 +869,38 @@ class _Drawer:
         bundle: bool,
         bucket: list[Any],
     ) -> None:
+        """Attention from the memory's steps into each step: into the bottom cell for
+        Bahdanau (the context joins the input; the query is the previous h, along the
+        state edge), into h̃ for Luong (the query is the new h, the edge up from the
+        top cell)."""
         if layer.attention is None:
             return
         memory = layer.attention.memory
         path = ("layers", node, "attention", "memory")
-        k = 0 if layer.attention.score == "additive" else layer.depth - 1
         d = layer.directions[0]
+        luong = _luong(layer) and self.at(node, "top") is not None
+        if luong:
+            targets = [_id(f"{node}:attentional@{t}") for t in steps]
+        else:
+            targets = [_id(f"{node}.{d}.l0@{t}") for t in steps]
         memory_axis = self.g.nodes.get(memory, {}).get("axis")
         memory_steps = [t for t in self.shown.get(memory_axis, []) if t is not None]
+        sources = [s for s in (self.at(memory, t) for t in memory_steps) if s]
+        # NOTE: these edges must not rank anything (constraint=false): any edge that
+        # does, from the memory's side into the decoder's cluster, lets dot reorder
+        # the steps of both. Into Luong's h̃, high up, dot routes them round the right.
+        into = {"constraint": "false", "headport": "w"} if luong else {"constraint": "false"}
         if bundle:
             hub = _id(f"{node}:attention")
-            self.free.append(  # outside the clusters: between the memory and the queries
-                (
-                    hub,
-                    {
-                        "label": label(
-                            f"attention over {memory}", f"({layer.attention.score}, all steps)"
-                        ),
-                        "shape": "box",
-                        "style": "rounded,dashed",
-                        "color": "#ff7f0e",
-                        "fontsize": "10",
-                    },
-                )
-            )
-            for s in memory_steps:
-                src = self.at(memory, s)
-                if src:
-                    edges.append((src, hub, self.edge_attrs("attention", path)))
-            for t in steps:
-                edges.append(
-                    (
-                        hub,
-                        _id(f"{node}.{d}.l{k}@{t}"),
-                        self.edge_attrs("attention", path, constraint="false"),
-                    )
-                )
-            return
-        for t in steps:
-            for s in memory_steps:
-                src = self.at(memory, s)
-                if src:
-                    edges.append(
-                        (
-                            src,
-                            _id(f"{node}.{d}.l{k}@{t}"),
-                            self.edge_attrs("attention", path, constraint="false"),
-                        )
-                    )
+            text = label(f"attention over {memory}", f"({layer.attention.score}, all steps)")
+            # outside the clusters: between the memory and the queries
+            self.free.append((hub, {"label": text, **NODE_STYLES["hub"]}))
+            for src in sources:
+                edges.append((src, hub, self.edge_attrs("attention", path)))
+            sources = [hub]
+        for target in targets:
+            for src in sources:
+                edges.append((src, target, self.edge_attrs("attention", path, **into)))
 
     def unrolled_output(
         self, node: str, data: Mapping[str, Any], bucket: list[Any], edges: list[Any]
@@ -738,25 +909,19 @@ class _Drawer:
         source = out.from_
         attrs = self.node_attrs(node, "output")
         name = node.split(".", 1)[1]
-        path = ("outputs", name, "from")
+        e = {"select": getattr(out, "select", None), "path": ("outputs", name, "from")}
         axis = self.g.nodes.get(source, {}).get("axis")
-        if out.state is not None or out.steps == "last" or axis is None:
+        if e["select"] is not None or axis is None:
             node_id = _id(node)
-            what = (
-                f"final {out.state}" if out.state else ("last step" if out.steps == "last" else "")
-            )
+            what = _output_text(out)
             bucket.append((node_id, {"label": label(name, what) if what else label(name), **attrs}))
-            src = self.at(source, "final")
-            if src:
-                edges.append((src, node_id, self.edge_attrs("output", path)))
+            self.read_edges(source, e, None, node_id, edges, "output", "")
             return
 
         def step(t: int) -> str:
             node_id = _id(f"{node}@{t}")
             bucket.append((node_id, {"label": label(f"{name}[{t}]"), **attrs}))
-            src = self.at(source, t)
-            if src:
-                edges.append((src, node_id, self.edge_attrs("output", path)))
+            self.read_edges(source, e, t, node_id, edges, "output", "")
             return node_id
 
         self.add_row(axis, self.row(node, self.shown[axis], bucket, step))
@@ -764,17 +929,17 @@ class _Drawer:
 
 @dataclass(frozen=True)
 class _Row:
-    """Where a row of cells sits: layer, depth, direction, the steps shown, and what
-    its first step starts from (an init or bridge node, or nothing)."""
+    """Where a row of cells sits: layer, depth, direction, the steps shown, what its
+    first step starts from (init or bridge nodes, or nothing) and the init edge."""
 
     node: str
     layer: RecurrentLayer
     depth: int
     direction: str
     shown: list[int | None]
-    start: str | None
+    starts: tuple[str, ...]
     first: int
-    init_path: Any
+    init: Mapping[str, Any]
 
 
 def _shown_steps(T: int) -> list[int | None]:
@@ -802,6 +967,58 @@ def _wrap(lines: Sequence[str], width: int = 70) -> list[str]:
     return out
 
 
+LEGEND_NODE = {"shape": "box", "style": "rounded", "color": "#bbbbbb", "margin": "0.05"}
+
+# What a legend's sample line is drawn with: a line of these characters, then a head.
+LINE_GLYPHS = {"solid": "─", "dashed": "╌", "dotted": "┈", "bold": "━"}
+HEAD_GLYPHS = {"normal": "▸", "vee": "›", "empty": "▹", "box": "▪", "none": ""}
+
+
+def legend_table(entries: Sequence[tuple[Mapping[str, str], str]]) -> str:
+    """An HTML-like table for a legend node: a coloured sample of each edge style (or
+    of a node's text, for the cell view) and what it means. The texts are rnnc's own,
+    never a user's, and escaped all the same."""
+    rows = ['<tr><td colspan="2" align="center"><font point-size="10">legend</font></td></tr>']
+    for attrs, meaning in entries:
+        style = attrs.get("style", "solid")
+        if style == "solid" and float(attrs.get("penwidth", "1")) >= 2:
+            style = "bold"
+        glyph = attrs.get("glyph") or (
+            LINE_GLYPHS.get(style, "─") * 3 + HEAD_GLYPHS.get(attrs.get("arrowhead", "normal"), "▸")
+        )
+        color = attrs.get("color", "#333333")
+        rows.append(
+            f'<tr><td align="left"><font color="{color}">{html.escape(glyph)}</font></td>'
+            f'<td align="left">{html.escape(meaning)}</td></tr>'
+        )
+    cells = 'border="0" cellborder="0" cellspacing="0" cellpadding="1"'
+    return f"<<table {cells}>{''.join(rows)}</table>>"
+
+
+def _select_text(select: str | None) -> str:
+    """How an edge that reads part of a node says so: ``state h`` -> ``final h``,
+    ``last`` -> ``last step``, ``mean`` -> ``mean over t``."""
+    if select is None:
+        return ""
+    if select.startswith("state"):
+        return "final " + select.split(" ", 1)[-1]
+    return "last step" if select == "last" else f"{select} over t"
+
+
+def _output_text(out: object) -> str:
+    """What part of its source an output takes, as its node says it."""
+    if getattr(out, "attention", None):
+        return "attention weights"
+    return _select_text(getattr(out, "select", None))
+
+
+def _luong(spec: object) -> bool:
+    """Whether a layer attends as Luong does (query: the new h; output: h̃)."""
+    if not isinstance(spec, RecurrentLayer) or spec.attention is None:
+        return False
+    return spec.attention.score != "additive"
+
+
 # --- the cell view ---------------------------------------------------------------------------
 
 FUNCTION_STYLE = {
@@ -827,6 +1044,7 @@ def _draw_cells(cells: Sequence[Cell], analysis: Analysis | None) -> Drawing:
     )
     d.attr("node", fontname="Helvetica", fontsize="11")
     d.attr("edge", fontname="Helvetica", fontsize="9", arrowsize="0.7")
+    d.node("legend", label=legend_table(CELL_LEGEND), **LEGEND_NODE)
     for cell in cells:
         if len(cells) == 1:
             _CellDrawer(cell, d, "").draw()
@@ -943,9 +1161,34 @@ class _CellDrawer:
 
 
 def _short(e: Expr) -> str:
+    """A part of a concatenation as the equations write it (``f ⊙ h``, ``W @ x``)."""
     if isinstance(e, Ref):
         return e.name
+    if isinstance(e, Num):
+        return f"{e.value:g}"
+    if isinstance(e, Binary):
+        symbol = {"+": "+", "-": "−", "*": "⊙"}[e.op]
+        return f"{_short(e.left)} {symbol} {_short(e.right)}"
+    if isinstance(e, MatMul):
+        return f"{e.param} @ {_short(e.operand)}"
+    if isinstance(e, Call):
+        return f"{FUNCTION_STYLE.get(e.function, (e.function,))[0]}({_short(e.arg)})"
+    if isinstance(e, Neg):
+        return f"−{_short(e.operand)}"
+    if isinstance(e, Concat):
+        return "[" + ", ".join(_short(p) for p in e.parts) + "]"
     return "…"
+
+
+# The cell view's legend: what each kind of box means.
+CELL_LEGEND: list[tuple[dict[str, str], str]] = [
+    ({"glyph": "W ·", "color": "#1f77b4"}, "matrix product W @ v"),
+    ({"glyph": "σ tanh", "color": "#d95f02"}, "activation"),
+    ({"glyph": "⊙ + −", "color": "#333333"}, "elementwise"),
+    ({"glyph": "[a, b]", "color": "#333333"}, "concatenation"),
+    ({"glyph": "b_f", "color": "#777777"}, "parameter vector"),
+    ({"glyph": "h(t-1)", "color": "#1f77b4"}, "state in / out h(t)"),
+]
 
 
 # --- writing ---------------------------------------------------------------------------------
