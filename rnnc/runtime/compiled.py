@@ -24,30 +24,77 @@ from rnnc.ir.program import time_axes
 from rnnc.version import __version__
 
 
-def _check_inputs(analysis: Analysis, inputs: Mapping[str, np.ndarray]) -> None:
-    """Every input present, with the rank, width, dtype and token range the spec says."""
-    problems = []
+def input_rules(analysis: Analysis) -> dict[str, dict[str, int]]:
+    """What each input of the spec must be, as the plain data check_input_values reads
+    (and a generated torch module carries as INPUTS): ``vocab`` for token ids or
+    ``size`` for vectors, and ``sequence`` (whether it has a time axis after the batch)."""
+    rules: dict[str, dict[str, int]] = {}
     for name, inp in analysis.spec.inputs.items():
+        width = {"vocab": inp.vocab} if isinstance(inp, TokenInput) else {"size": inp.size}
+        rules[name] = {**width, "sequence": inp.sequence}
+    return rules
+
+
+# NOTE: check_input_values, check_lengths and check_tf_mask are copied as text into
+# every generated torch module (backends/torch_backend.py), so that Model.forward
+# refuses what run refuses, in the same words, without importing rnnc. They read only
+# builtins and their arguments, take NumPy arrays and torch tensors alike, and their
+# annotations are builtin types that evaluate in any module.
+
+
+def check_input_values(
+    rules: dict[str, dict[str, int]],
+    inputs: dict,
+    kinds: dict[str, str],
+    errors: tuple[type[Exception], type[Exception]] = (ValueError, TypeError),
+) -> None:
+    """Every input of ``rules`` (what input_rules gives; a generated torch module's
+    INPUTS) present in ``inputs``, no other, each batch-first with the rank, width,
+    dtype and token range its rule says. ``kinds``:
+    each input's NumPy dtype kind ('f', 'i', 'u', 'b', ...). Every problem is reported
+    at once, as ``errors[1]`` when only dtypes are wrong, else as ``errors[0]``."""
+    problems: list[str] = []
+    dtypes = 0  # how many of the problems are dtypes
+    for name, rule in rules.items():
         if name not in inputs:
-            problems.append(f"{name}: missing")
             continue
-        value = inputs[name]
-        steps = "(B, T" if inp.sequence else "(B"
-        if isinstance(inp, TokenInput):
-            if value.ndim != (2 if inp.sequence else 1):
-                problems.append(f"{name}: expected shape {steps}), found {value.shape}")
-            elif value.dtype.kind not in "iu":
-                problems.append(f"{name}: expected integer token ids, found dtype {value.dtype}")
-            elif value.size and (value.min() < 0 or value.max() >= inp.vocab):
-                problems.append(f"{name}: token ids must be in 0..{inp.vocab - 1}")
-        elif value.ndim != (3 if inp.sequence else 2) or value.shape[-1] != inp.size:
-            problems.append(f"{name}: expected shape {steps}, {inp.size}), found {value.shape}")
-        elif value.dtype.kind not in "fiu":
-            problems.append(f"{name}: expected real numbers, found dtype {value.dtype}")
-    unknown = [n for n in inputs if n not in analysis.spec.inputs]
-    problems += [f"{n}: not an input of the spec" for n in unknown]
+        value, kind, shape = inputs[name], kinds[name], tuple(inputs[name].shape)
+        ids = "vocab" in rule
+        steps = "(B, T" if rule["sequence"] else "(B"
+        width = "" if ids else f", {rule['size']}"
+        rank = 1 + rule["sequence"] + (not ids)  # (B[, T]) ids, (B[, T], size) vectors
+        if len(shape) != rank or not (ids or shape[-1] == rule["size"]):
+            problems.append(f"{name}: expected shape {steps}{width}), found {shape}")
+        elif kind not in (("i", "u") if ids else ("f", "i", "u")):
+            wanted = "integer token ids" if ids else "real numbers"
+            problems.append(f"{name}: expected {wanted}, found dtype {value.dtype}")
+            dtypes += 1
+        elif ids and 0 not in shape and (value.min() < 0 or value.max() >= rule["vocab"]):
+            problems.append(f"{name}: token ids must be in 0..{rule['vocab'] - 1}")
+    names = [f"{name}: missing" for name in rules if name not in inputs]
+    names += [f"{name}: not an input of the spec" for name in inputs if name not in rules]
+    if names:
+        problems += [*names, f"the spec's inputs are {', '.join(rules)}"]
     if problems:
-        raise RnncError("inputs do not fit the spec: " + "; ".join(problems))
+        error = errors[1] if dtypes == len(problems) else errors[0]
+        raise error("inputs do not fit the spec: " + "; ".join(problems))
+
+
+def check_lengths(
+    axis: str, lengths, batch: int, total: int, error: type[Exception] = ValueError
+) -> None:
+    """``lengths`` of the time axis ``axis`` (NumPy or torch integers): (B,), in 1..T."""
+    fits = tuple(lengths.shape) == (batch,)
+    if not fits or (batch and (lengths.min() < 1 or lengths.max() > total)):
+        raise error(f"lengths[{axis!r}] must be (B,) = ({batch},) integers in 1..{total}")
+
+
+def check_tf_mask(
+    axis: str, mask, batch: int, total: int, error: type[Exception] = ValueError
+) -> None:
+    """A teacher-forcing mask of the time axis ``axis``: (B, T)."""
+    if tuple(mask.shape) != (batch, total):
+        raise error(f"tf_mask for {axis!r} must be (B, T) = ({batch}, {total})")
 
 
 def dropout_generator(mode: str, seed: int | None) -> np.random.Generator | None:
@@ -78,7 +125,8 @@ def prepare_inputs(
     g = analysis.graph
     axes, fed_axes, truths = time_axes(analysis)
     inputs = {name: np.asarray(value) for name, value in inputs.items()}
-    _check_inputs(analysis, inputs)
+    kinds = {name: value.dtype.kind for name, value in inputs.items()}
+    check_input_values(input_rules(analysis), inputs, kinds, (RnncError, RnncError))
     if mode == "generate":
         if not fed_axes:
             raise RnncError("mode='generate' needs a layer with feedback")
@@ -107,8 +155,7 @@ def prepare_inputs(
         else:
             length = np.asarray(lengths)
         length = length.astype(np.int64)
-        if length.shape != (batch,) or length.min(initial=1) < 1 or length.max(initial=1) > total:
-            raise RnncError(f"lengths[{axis!r}] must be (B,) = ({batch},) integers in 1..{total}")
+        check_lengths(axis, length, batch, total, RnncError)
         out[axis] = length
     masks: dict[str, np.ndarray] = {}
     rng = np.random.default_rng(seed)
@@ -120,8 +167,7 @@ def prepare_inputs(
         elif tf_mask is not None:
             given = tf_mask.get(axis) if isinstance(tf_mask, Mapping) else tf_mask
             mask = np.asarray(given, dtype=bool)
-            if mask.shape != (batch, total):
-                raise RnncError(f"tf_mask for {axis!r} must be (B, T) = ({batch}, {total})")
+            check_tf_mask(axis, mask, batch, total, RnncError)
         else:
             mask = rng.random((batch, total)) < p
         masks[axis] = mask
