@@ -322,6 +322,12 @@ def at_last(d, like, lengths):
     return out
 
 
+def at_max(d, values, top):
+    \"\"\"The gradient of a maximum over time: d shared evenly by the steps that reach it.\"\"\"
+    hit = values == top[None]
+    return hit * (d / hit.sum(axis=0, dtype=d.dtype))[None]
+
+
 def dropout_mask(dropout, shape, p, dtype):
     \"\"\"Inverted dropout: 0 or 1 / (1 - p) per entry, drawn from the generator; ones
     when dropout is off (None).\"\"\"

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
+import inspect
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -27,12 +28,22 @@ import numpy as np
 
 import rnnc
 from rnnc.errors import RnncError
-from rnnc.front.checks import Analysis
-from rnnc.front.spec import RecurrentLayer, TokenInput
+from rnnc.front.checks import Analysis, cell_input_width
+from rnnc.front.spec import DenseLayer, RecurrentLayer, TokenInput
 from rnnc.ir.lower import CellStep, Op, OpKind
 from rnnc.ir.network import Scan, live, lower_network
 from rnnc.ir.program import time_axes
-from rnnc.runtime.compiled import CompiledModelBase, Loss, RunOptions, load_module, module_header
+from rnnc.runtime.compiled import (
+    CompiledModelBase,
+    Loss,
+    RunOptions,
+    check_input_values,
+    check_lengths,
+    check_tf_mask,
+    input_rules,
+    load_module,
+    module_header,
+)
 from rnnc.runtime.interop import TORCH_ORDER
 from rnnc.runtime.params import param_shapes, require_memory
 from rnnc.runtime.weights import init_rules
@@ -154,11 +165,11 @@ def fused_scan(kind, xs, lengths, hx, weights, bidirectional):
     return ys, tuple(s.index_select(1, back) for s in out[1:])
 
 
-def register(root, name, parameter):
-    """Put a parameter at a dotted canonical name, so state_dict() keys are the names,
-    and return the key. Containers are plain Modules; a part that nn.Module keeps as
-    an attribute of its own ('training', '_modules', ...), or Model's rnnc_like, gets a
-    trailing '_'."""
+def register(root, name, value):
+    """Put a parameter (or a Layer) at a dotted canonical name, so state_dict() keys
+    are the names, and return the key. Containers are plain Modules unless a Layer was
+    put there first; a part that nn.Module keeps as an attribute of its own ('training',
+    '_modules', ...), or Model's rnnc_like, gets a trailing '_'."""
     taken = {*vars(torch.nn.Module()), "rnnc_like"}
     path = []
     module = root
@@ -170,9 +181,60 @@ def register(root, name, parameter):
             if part not in module._modules:
                 module._modules[part] = torch.nn.Module()
             module = module._modules[part]
-    module._parameters[path[-1]] = parameter
+    if isinstance(value, torch.nn.Module):
+        module._modules[path[-1]] = value
+    else:
+        module._parameters[path[-1]] = value
     return ".".join(path)
+
+
+class Layer(torch.nn.Module):
+    """The parameters of one layer of the spec (a recurrent one's in containers by
+    direction and depth). It prints as one line, what the layer is, as torch.nn.LSTM
+    does: the containers inside hold only parameters, which a repr leaves out anyway."""
+
+    def __init__(self, description):
+        super().__init__()
+        self.description = description
+
+    def extra_repr(self):
+        return self.description
+
+    def __repr__(self):
+        return f"{self._get_name()}({self.extra_repr()})"
+
+
+def dtype_kind(dtype):
+    """NumPy's one-letter kind ('b', 'i', 'u', 'f', 'c', ...) of a torch or NumPy dtype."""
+    if not isinstance(dtype, torch.dtype):
+        return dtype.kind
+    if dtype == torch.bool:
+        return "b"
+    if dtype.is_complex:
+        return "c"
+    if dtype.is_floating_point:
+        return "f"
+    return "i" if dtype.is_signed else "u"
+
+
+def checked_inputs(rules, inputs, device):
+    """inputs as tensors (token ids as int64), checked as rnnc's run checks them: a
+    NumPy array is checked as it is, then converted (on device), never reinterpreted;
+    a value without a dtype (a list) becomes a tensor first."""
+    inputs = {k: v if hasattr(v, "dtype") else torch.as_tensor(v) for k, v in inputs.items()}
+    check_input_values(rules, inputs, {k: dtype_kind(v.dtype) for k, v in inputs.items()})
+    tensors = {}
+    for name, value in inputs.items():
+        tensor = value if torch.is_tensor(value) else torch.as_tensor(value, device=device)
+        tensors[name] = tensor.long() if "vocab" in rules[name] else tensor
+    return tensors
 '''
+    # The checks run makes, as text: the module refuses what run refuses in its words.
+    + "\n\n\n"
+    + "\n\n\n".join(
+        inspect.getsource(check).strip()
+        for check in (check_input_values, check_lengths, check_tf_mask)
+    )
 )
 
 FUNCTION = '''
@@ -211,6 +273,7 @@ TORCH_EXPRESSIONS: dict[OpKind, Expression] = {
         f"{a[0]}[lengths[{op.attr!r}] - 1, torch.arange({a[0]}.shape[1], device=device)]"
     ),
     OpKind.MUL: lambda w, op, a: w.multiply(op, a),  # type: ignore[attr-defined]
+    OpKind.MAX0: lambda w, op, a: f"{a[0]}.amax(0)",
 }
 
 
@@ -242,7 +305,7 @@ class _TorchWriter(ModuleWriter):
     def is_fused(self, scan: Scan) -> bool:
         return self.analysis.spec.layers[scan.layer].cell in FUSED_CELLS  # type: ignore[union-attr]
 
-    def new_buffer(self, width: int) -> str:
+    def new_buffer(self, width: int | str) -> str:
         return "[None] * T"  # written step by step: a list, stacked after the loop
 
     def zeros(self, width: int, rows: str = "B") -> str:
@@ -281,7 +344,7 @@ class _TorchWriter(ModuleWriter):
         xs, mask, P, *starts = a
         scan: Scan = op.attr
         if self.is_fused(scan):
-            return self.fused_scan(scan, xs, starts[0])
+            return self.fused_scan(scan, xs, starts)
         fn = self.function(scan)
         self.scanned.add(fn)
         out = self.local(f"{op.out}:out")
@@ -291,7 +354,7 @@ class _TorchWriter(ModuleWriter):
             f"{self.name(op.out)} = ({out}[0], {out}[1:], None)",
         ]
 
-    def fused_scan(self, scan: Scan, xs: str, h0: str) -> list[str]:
+    def fused_scan(self, scan: Scan, xs: str, starts: list[str]) -> list[str]:
         """Every direction of one depth of a built-in cell, through fused_scan."""
         layer: Any = self.analysis.spec.layers[scan.layer]
         if (scan.layer, scan.depth) in self.fused:
@@ -302,7 +365,7 @@ class _TorchWriter(ModuleWriter):
         for d in layer.directions:
             weights += self.torch_weights(layer.cell, f"{scan.layer}.{d}.l{scan.depth}.", X, H)
         D = len(layer.directions)
-        hx = pack([f"{h0}.expand({D}, -1, -1).contiguous()"] * (2 if layer.cell == "lstm" else 1))
+        hx = pack([f"{s}.expand({D}, -1, -1).contiguous()" for s in starts])
         lengths = f"lengths[{axis!r}]"
         if layer.directions == ("bwd",):  # a backward layer alone: the forward kernel on
             xs = f"flip_within({xs}, {lengths})"  # each example's steps reversed
@@ -373,8 +436,11 @@ class _TorchWriter(ModuleWriter):
         axes, fed_axes, truths = time_axes(self.analysis)
         shapes = {name: shape for name, (shape, _) in rules.items()}
         inits = {name: rule for name, (_, rule) in rules.items()}
+        layers = self.layer_descriptions(shapes)
         return f'''PARAM_SHAPES = {shapes!r}
 INIT = {inits!r}  # (kind, value): N(0, 1), U(-value, value) or a constant
+INPUTS = {input_rules(self.analysis)!r}  # what forward checks (token vocab or vector size)
+LAYERS = {layers!r}  # what print(model) says of each
 SEQUENCES = {tuple(axes)!r}  # sequence inputs that start a time axis
 FEEDBACK = {fed_axes!r}  # time axis -> teacher-forcing probability
 TRUTHS = {tuple(truths)!r}  # inputs whose later steps feedback replaces
@@ -386,6 +452,8 @@ class Model(torch.nn.Module):
     def __init__(self, dtype=torch.float32, device=None):
         super().__init__()
         self.canonical = {{}}  # state_dict key -> rnnc's name (the same but for clashes)
+        for name, description in LAYERS.items():
+            register(self, name, Layer(description))
         for name, shape in PARAM_SHAPES.items():
             empty = torch.empty(shape, dtype=dtype, device=device)
             self.canonical[register(self, name, torch.nn.Parameter(empty))] = name
@@ -409,20 +477,22 @@ class Model(torch.nn.Module):
 
     def forward(self, inputs, lengths=None, mode="train", tf_mask=None, steps=None, uniform=None):
         """Outputs (a dict of batch-first tensors) for inputs (a dict of batch-first
-        tensors: (B, T, size) reals or (B, T) token ids).
+        tensors: (B, T, size) reals or (B, T) token ids; NumPy arrays are converted),
+        checked as rnnc's run checks them (ValueError, TypeError for dtypes alone).
 
         lengths: (B,) for a spec with one sequence input, else a dict by input (default:
         full length). mode="train": a layer with feedback reads the ground truth where
         tf_mask (B, T) is true, else its own previous prediction (default: drawn with
-        the spec's teacher_forcing probability); dropout when the module is training.
-        mode="generate": free running for `steps` steps from the first ground-truth
-        step. uniform: shape -> uniform [0, 1) tensor for dropout masks (default
-        torch.rand while training).
+        the spec's teacher_forcing probability while training, the ground truth at
+        every step in eval mode); dropout while training. mode="generate": free running
+        for `steps` steps from the first ground-truth step. uniform: shape -> uniform
+        [0, 1) tensor for dropout masks (default torch.rand while training, none in
+        eval mode); when given, it is used in either mode.
         """
         params = {{self.canonical[key]: p for key, p in self.named_parameters()}}
         like = self.rnnc_like
         device = like.device
-        inputs = dict(inputs)
+        inputs = checked_inputs(INPUTS, inputs, device)
         if mode not in ("train", "generate"):
             raise ValueError(f"mode must be 'train' or 'generate', found {{mode!r}}")
         if mode == "generate":
@@ -439,6 +509,7 @@ class Model(torch.nn.Module):
             if given is None or (mode == "generate" and axis in FEEDBACK):
                 given = torch.full((batch,), total)
             by_axis[axis] = torch.as_tensor(given, device=device).long()
+            check_lengths(axis, by_axis[axis], batch, total)
         tf_masks = {{}}
         for axis, p in FEEDBACK.items():
             batch, total = inputs[axis].shape[:2]
@@ -448,6 +519,9 @@ class Model(torch.nn.Module):
             elif tf_mask is not None:
                 mask = tf_mask.get(axis) if isinstance(tf_mask, dict) else tf_mask
                 mask = torch.as_tensor(mask, device=device).bool()
+                check_tf_mask(axis, mask, batch, total)
+            elif not self.training:  # eval mode: deterministic, the ground truth
+                mask = torch.ones((batch, total), dtype=torch.bool, device=device)
             else:
                 mask = torch.rand((batch, total), device=device) < p
             tf_masks[axis] = mask
@@ -456,6 +530,46 @@ class Model(torch.nn.Module):
         elif uniform is None and self.training:
             uniform = lambda shape: torch.rand(shape, dtype=like.dtype, device=device)  # noqa: E731
         return run(params, inputs, by_axis, tf_masks, uniform, like)'''
+
+    def layer_descriptions(self, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, str]:
+        """What print(model) says of each embedded input and each layer: its kind and
+        sizes, torch.nn.LSTM's way, then what it reads. In the order of the parameters,
+        so that the state dict keeps its order."""
+        said = {
+            name: f"embedding({inp.vocab}, {inp.embed})"
+            for name, inp in self.spec.inputs.items()
+            if isinstance(inp, TokenInput) and inp.embed is not None
+        }
+        for name, layer in self.spec.layers.items():
+            s = "s" if len(layer.inputs) > 1 else ""
+            parts = [self.layer_kind(name, layer, shapes), f"input{s} {', '.join(layer.inputs)}"]
+            said[name] = ", ".join(parts + self.connections(layer))
+        first = dict.fromkeys(name.split(".")[0] for name in shapes)
+        order = [name for name in first if name in said] + [n for n in said if n not in first]
+        return {name: said[name] for name in order}
+
+    def layer_kind(self, name: str, layer: Any, shapes: Mapping[str, tuple[int, ...]]) -> str:
+        """lstm(32, 64, forward, depth=2, ...), dense(64, 40) or embedding(40, 32): the
+        kind, the sizes in and out, the options."""
+        if isinstance(layer, DenseLayer):
+            activation = "" if layer.activation == "identity" else f", {layer.activation}"
+            return f"dense({shapes[name + '.W'][1]}, {layer.dense}{activation})"
+        if not isinstance(layer, RecurrentLayer):  # an embedding layer
+            return f"embedding({shapes[name + '.embedding'][0]}, {layer.embedding})"
+        options = [layer.direction, f"depth={layer.depth}"]
+        if layer.direction == "bidirectional" and layer.merge != "concat":
+            options.append(f"merge={layer.merge}")
+        if layer.residual:
+            options.append("residual")
+        if layer.dropout:
+            options.append(f"dropout={layer.dropout:g}")
+        width = cell_input_width(self.analysis.graph, name)
+        return f"{layer.cell}({width}, {layer.hidden}, {', '.join(options)})"
+
+    @staticmethod
+    def connections(layer: Any) -> list[str]:
+        """Where a recurrent layer starts from, what it attends to and feeds back."""
+        return layer.links() if isinstance(layer, RecurrentLayer) else []
 
     def module(self, header: str) -> str:
         run = self.run_function()

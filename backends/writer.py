@@ -65,6 +65,9 @@ EXPRESSIONS: dict[OpKind, Expression] = {
     OpKind.ROWSUM: lambda w, op, a: f"{a[0]}.sum(axis=-1, keepdims=True)",
     OpKind.BROADCAST_T: lambda w, op, a: w.xp.broadcast(a[0], f"{a[1]}.shape[0]"),
     OpKind.SUM0: lambda w, op, a: f"{a[0]}.sum(axis=0)",
+    OpKind.MAX0: lambda w, op, a: f"{a[0]}.max(axis=0)",
+    OpKind.AT_MAX: lambda w, op, a: f"at_max({a[0]}, {a[1]}, {a[2]})",
+    OpKind.MEAN_WEIGHTS: lambda w, op, a: f"{a[0]} / {a[0]}.sum(axis=0, dtype=dtype)",
     OpKind.SHIFT: lambda w, op, a: f"shift({a[0]}, {op.attr})",
     OpKind.UNSHIFT: lambda w, op, a: f"unshift({a[0]}, {op.attr})",
     OpKind.EINSUM: lambda w, op, a: f"{w.xp.lib}.einsum({op.attr!r}, {a[0]}, {a[1]})",
@@ -97,7 +100,7 @@ WRITER_NAMES = {
     "v", "outputs", "inputs", "lengths", "dtype", "device", "like", "tf_masks", "dropout",
     "uniform", "cotangents", "input_grads", "name", "value", "D", "d_x", "d_prev", "d_rps",
     "d_in", "rows", "scatter_rows", "at_last", "dropout_mask", "cotangent", "unshift",
-    "zeros_like_all", "weights", "ys", "finals",
+    "zeros_like_all", "weights", "ys", "finals", "at_max",
 }  # fmt: skip
 
 # Leaves read where they are used instead of getting a line of their own.
@@ -184,13 +187,20 @@ class ModuleWriter:
     def begin_function(self) -> None:
         """Called before writing each function's lines (a target's state per function)."""
 
-    def new_buffer(self, width: int) -> str:
+    def new_buffer(self, width: int | str) -> str:
         """Where a step loop writes a member's output, step by step."""
         return f"np.zeros((T, B, {width}), dtype=dtype)"
 
     def zeros(self, width: int, rows: str = "B") -> str:
         """Zeros of (rows, width) in the model's dtype."""
         return f"np.zeros(({rows}, {width}), dtype=dtype)"
+
+    def write_width(self, loop: Loop, write: str) -> int | str:
+        """The width of what a step loop writes at each step: a member's, or the
+        length of the memory attention weights are over."""
+        if write in loop.extents:
+            return f"{self.name(loop.extents[write])}.shape[0]"
+        return int(self.analysis.graph.nodes[write]["width"])
 
     def loop(self, op: Op, a: list[str]) -> list[str]:
         """A step loop: the body at every step, each member's output written at t, the
@@ -204,10 +214,10 @@ class ModuleWriter:
         ]
         read = {o.attr[0] for o in loop.ops if o.kind == OpKind.PAST}
         for member, _ in loop.writes:
-            width = self.analysis.graph.nodes[member]["width"]
+            width = self.write_width(loop, member)
             lines.append(f"{self.buffer(member)} = {self.new_buffer(width)}")
-            if member in read:
-                lines.append(f"{self.local(f'zeros_{member}')} = {self.zeros(width)}")
+            if member in read:  # a member's output (attention weights are never read)
+                lines.append(f"{self.local(f'zeros_{member}')} = {self.zeros(int(width))}")
         for c in loop.carries:
             lines.append(f"{self.carry(c.name)} = {self.name(c.init)}")
         tape = self.local(f"tape_{op.out}")

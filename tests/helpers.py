@@ -10,7 +10,14 @@ from typing import Any
 
 from rnnc.tools.verify import random_inputs
 
-__all__ = ["c_compiler", "directional_errors", "python_scans", "random_inputs", "spec_text"]
+__all__ = [
+    "c_compiler",
+    "directional_errors",
+    "python_scans",
+    "random_inputs",
+    "spec_text",
+    "torch_grads",
+]
 
 
 def c_compiler() -> str | None:
@@ -22,6 +29,21 @@ def c_compiler() -> str | None:
 def python_scans(model: Any) -> None:
     """Make a compiled torch model run its Python scans, not the cells' C steps."""
     model.namespace["_native"]["library"] = None
+
+
+def torch_grads(module: Any, layer: str, cell: str, depth: int, bidirectional: bool) -> dict:
+    """The gradients of a torch.nn.RNN/LSTM/GRU's parameters under rnnc's names: the
+    gradient of a matrix over [x, h] is its two blocks side by side; rnnc's single bias
+    has the gradient of either of PyTorch's two (they enter the same sum), except in
+    GRU's candidate."""
+    from rnnc.runtime.interop import from_torch
+
+    grads = {name: p.grad.numpy().copy() for name, p in module.named_parameters()}
+    hidden = module.hidden_size
+    for name, value in grads.items():
+        if name.startswith("bias_hh"):  # counted once, through bias_ih
+            value[: 2 * hidden if cell == "gru" else None] = 0.0
+    return from_torch(grads, layer, cell, depth, bidirectional)
 
 
 def spec_text(text: str) -> str:

@@ -65,6 +65,17 @@ def test_the_course_architectures_are_all_there(specs: dict[str, rnnc.Spec]) -> 
     luong = specs["seq2seq_luong"].layers["decoder"]
     assert isinstance(luong, RecurrentLayer) and luong.attention
     assert luong.attention.score == "general" and 0 < (luong.teacher_forcing or 0) < 1
+    sentiment = specs["sentiment_bigru"]
+    assert one("sentiment_bigru").direction == "bidirectional" and one("sentiment_bigru").depth > 1
+    assert sentiment.layers["sentiment"].input.state == "h"  # type: ignore[union-attr]
+    sutskever = specs["seq2seq_sutskever"].layers["decoder"]
+    assert isinstance(sutskever, RecurrentLayer) and sutskever.init
+    assert sutskever.init.states == ["h", "c"] and sutskever.depth > 1
+    feeding = specs["seq2seq_luong_feeding"]
+    decoder = feeding.layers["decoder"]
+    assert isinstance(decoder, RecurrentLayer) and decoder.attention
+    assert decoder.attention.input_feeding and decoder.attention.score in ("dot", "general")
+    assert any(o.attention == "weights" for o in feeding.outputs.values())
 
 
 def test_slide_lstm_has_the_builtin_lstm_parameters_under_other_names(specs) -> None:

@@ -95,8 +95,11 @@ def test_misspelt_key_suggests_the_right_one_at_the_key() -> None:
 @pytest.mark.parametrize(
     ("value", "path", "words"),
     [
-        ("3", "layers.rnn.input", "expected a name or a list of names, found 3"),
-        ("[x, 3]", "layers.rnn.input[1]", "expected a string, found 3"),
+        ("3", "layers.rnn.input", "expected a name, a list of names or {from: NAME, ...}, found 3"),
+        ("[x, 3]", "layers.rnn.input[1]", "expected a name or {from: NAME, ...}, found 3"),
+        ("[x, {from: x, pool: x}]", "layers.rnn.input[1].pool", "expected 'max' or 'mean'"),
+        ("{from: x, bad: 1}", "layers.rnn.input.bad", "unknown key 'bad'"),
+        ("{from: x, state: h, pool: max}", "layers.rnn.input", "give only one of"),
         ("[x, class]", "layers.rnn.input[1]", "keyword"),
         ("'no way'", "layers.rnn.input", "ASCII letters"),
     ],
@@ -209,7 +212,7 @@ def test_input_without_a_kind_key_and_non_mapping() -> None:
 def test_output_selects_steps_or_state_not_both() -> None:
     text = spec_text(GOOD).replace("y: {from: out}", "y: {from: rnn, steps: last, state: h}")
     (d,) = errors_of(text)
-    assert d.path == ("outputs", "y") and "not both" in d.message
+    assert d.path == ("outputs", "y") and "give only one of" in d.message
 
 
 def test_version_and_top_level() -> None:

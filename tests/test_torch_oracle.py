@@ -10,7 +10,7 @@ import pytest
 
 import rnnc
 from rnnc.runtime.interop import from_torch, to_torch
-from tests.helpers import spec_text
+from tests.helpers import spec_text, torch_grads
 
 torch = pytest.importorskip("torch")  # the torch extra is installed by make test
 
@@ -78,14 +78,7 @@ def test_backends_match_torch_nn(backend: str, cell: str, depth: int, bidirectio
 
     grads = model.vjp({"x": x}, {"y": cot_y, "h": cot_h}, lengths=lengths)
     np.testing.assert_allclose(grads["x"], xt.grad.numpy(), rtol=1e-9, atol=1e-12)
-    # Map PyTorch's gradients into rnnc's names: the gradient of a matrix over [x, h]
-    # is its two blocks side by side; rnnc's single bias has the gradient of either of
-    # PyTorch's two (they enter the same sum), except in GRU's candidate.
-    torch_grads = {name: p.grad.numpy().copy() for name, p in module.named_parameters()}
-    for name, value in torch_grads.items():
-        if name.startswith("bias_hh"):  # counted once, through bias_ih
-            value[: 2 * 6 if cell == "gru" else None] = 0.0
-    expected = from_torch(torch_grads, "r", cell, depth, bidirectional)
+    expected = torch_grads(module, "r", cell, depth, bidirectional)
     for name, value in expected.items():
         np.testing.assert_allclose(grads[name], value, rtol=1e-9, atol=1e-12, err_msg=name)
 

@@ -151,11 +151,14 @@ def check_layer_inputs(spec: Spec, g: nx.MultiDiGraph, cells: Mapping[str, Cell]
                 )
             elif src["kind"] == "output":
                 yield _error(f"{source!r} is an output, not a layer", edge["path"], source, name)
+            if edge.get("select") is not None:
+                yield from check_selection(g, cells, source, edge["select"], edge["path"][:-1])
         broken = any(g.nodes[s]["kind"] == "missing" for s, _ in input_edges(g, name))
         if data["kind"] == "recurrent" and data.get("axis") is None and not broken:
             yield _error(
                 "a recurrent layer needs at least one sequence input to set its number of steps "
-                "(all of its inputs have 'sequence: false')",
+                "(all of its inputs have one value per example: 'sequence: false', a final "
+                "state, a last step or a pool)",
                 ("layers", name, "input"),
                 name,
             )
@@ -165,6 +168,8 @@ def cell_input_width(g: nx.MultiDiGraph, name: str) -> int | None:
     """Width of the cell input ``x`` at depth 0: inputs, recurrent edges, additive context."""
     total = 0
     for source, _, data in g.in_edges(name, data=True):
+        if data.get("input_feeding"):  # the attentional vector of step t-1 (Luong)
+            total += g.nodes[name]["spec"].hidden
         counts = data["kind"] in ("input", "recurrent") or (
             data["kind"] == "attention" and data.get("score") == "additive"
         )
@@ -232,6 +237,7 @@ def check_init(spec: Spec, g: nx.MultiDiGraph, cells: Mapping[str, Cell]) -> Fou
     for source, name, edge in edges_of_kind(g, "init"):
         src = g.nodes[source]
         layer: RecurrentLayer = g.nodes[name]["spec"]
+        assert layer.init is not None
         if src["kind"] == "missing":
             continue
         if src["kind"] != "recurrent" and src.get("axis") is not None:
@@ -243,18 +249,77 @@ def check_init(spec: Spec, g: nx.MultiDiGraph, cells: Mapping[str, Cell]) -> Fou
                 name,
             )
             continue
+        if layer.init.states is not None:
+            yield from _check_handoff(g, cells, source, name, layer)
+            continue
         width, how = final_state_width(g, source)
         if width is None:
             yield _error(f"{source!r} holds token ids; embed it first", edge["path"], source, name)
-        elif layer.init is not None and layer.init.bridge == "none" and width != layer.hidden:
+        elif layer.init.bridge == "none" and width != layer.hidden:
             yield _error(
                 f"size mismatch: {source!r} hands over a final h of width {width}{how}, but "
                 f"{name!r} has states of width {layer.hidden}; add 'bridge: dense' to map it, "
-                "or make the sizes equal (merge: sum on a bidirectional encoder)",
+                f"or make the sizes equal{_merge_hint(g, source)}",
                 ("layers", name, "init"),
                 source,
                 name,
             )
+
+
+def _merge_hint(g: nx.MultiDiGraph, source: str) -> str:
+    """How a bidirectional source could hand over half the width."""
+    layer = g.nodes[source].get("spec")
+    if isinstance(layer, RecurrentLayer) and layer.direction == "bidirectional":
+        return f" (merge: sum on {source!r})"
+    return ""
+
+
+def _check_handoff(
+    g: nx.MultiDiGraph, cells: Mapping[str, Cell], source: str, name: str, layer: RecurrentLayer
+) -> Found:
+    """``init: {states: [...]}``: depth k of the source hands each listed state to depth k."""
+    assert layer.init is not None and layer.init.states is not None
+    at = ("layers", name, "init")
+    src = g.nodes[source].get("spec")
+    if not isinstance(src, RecurrentLayer):
+        yield _error(
+            f"'states' hands a recurrent layer's final states over depth by depth, but {source!r} "
+            "is an input; remove 'states' to start every state from it",
+            (*at, "states"),
+            source,
+            name,
+        )
+        return
+    if src.depth != layer.depth:
+        yield _error(
+            f"'states' hands depth k of {source!r} to depth k of {name!r}, but their depths "
+            f"differ ({src.depth} and {layer.depth}); give them the same depth, or remove "
+            "'states' to start every depth from the top layer's final h",
+            (*at, "states"),
+            source,
+            name,
+        )
+    for i, state in enumerate(layer.init.states):
+        for node, spec_ in ((source, src), (name, layer)):
+            cell = cells.get(spec_.cell)
+            if cell is not None and state not in cell.state:
+                yield _error(
+                    f"{node!r} runs cell {spec_.cell!r}, which has no state {state!r}"
+                    f"{did_you_mean(state, cell.state)}; its states: {', '.join(cell.state)}",
+                    (*at, "states", i),
+                    source,
+                    name,
+                )
+    width, how = final_state_width(g, source)
+    if layer.init.bridge == "none" and width != layer.hidden:
+        yield _error(
+            f"size mismatch: each depth of {source!r} hands over states of width {width}{how}, "
+            f"but {name!r} has states of width {layer.hidden}; add 'bridge: dense' (one map per "
+            f"depth and state), or make the sizes equal{_merge_hint(g, source)}",
+            at,
+            source,
+            name,
+        )
 
 
 def check_attention(spec: Spec, g: nx.MultiDiGraph, cells: Mapping[str, Cell]) -> Found:
@@ -278,14 +343,26 @@ def check_attention(spec: Spec, g: nx.MultiDiGraph, cells: Mapping[str, Cell]) -
                 memory,
                 name,
             )
+        score = edge["score"]
         if layer.direction != "forward":
+            why = (
+                "the query is the state of the step before"
+                if score == "additive"
+                else "the query is the new state of a decoder that generates left to right "
+                "(attend from a forward layer over a bidirectional encoder)"
+            )
             yield _error(
-                f"attention needs a forward layer (found direction: {layer.direction}); the query "
-                "is the state of the step before",
+                f"attention needs a forward layer (found direction: {layer.direction}); {why}",
                 ("layers", name, "direction"),
                 name,
             )
-        score = edge["score"]
+        if edge.get("input_feeding") and score == "additive":
+            yield _error(
+                "input_feeding is Luong's (score: dot or general): additive attention already "
+                "feeds its context into the cell at every step",
+                ("layers", name, "attention", "input_feeding"),
+                name,
+            )
         if score == "dot" and src.get("width") not in (None, layer.hidden):
             yield _error(
                 f"size mismatch: dot attention compares the state of {name!r} (width {layer.hidden}) with "
@@ -302,7 +379,11 @@ def fed_input(g: nx.MultiDiGraph, name: str, width: int | None) -> tuple[str | N
     One sequence input: that one. Several: the one a ``width``-wide prediction fits
     (token ids from a ``width``-word vocabulary, or ``width``-wide vectors).
     """
-    candidates = [s for s, _ in input_edges(g, name) if g.nodes[s].get("axis") is not None]
+    candidates = [
+        s
+        for s, edge in input_edges(g, name)
+        if g.nodes[s].get("axis") is not None and edge.get("select") is None
+    ]
     if len(candidates) == 1:
         return candidates[0], candidates
     fitting = [s for s in candidates if _ground_truth_width(g, s) == width]
@@ -413,6 +494,52 @@ def check_recurrent_edges(spec: Spec, g: nx.MultiDiGraph, cells: Mapping[str, Ce
             yield _error(f"{source!r} holds token ids; embed it first", edge["path"], source, name)
 
 
+def check_selection(
+    g: nx.MultiDiGraph,
+    cells: Mapping[str, Cell],
+    source: str,
+    select: str | None,
+    at: tuple[Any, ...],
+) -> Found:
+    """A final state, last step or pool of ``source`` (an input entry or an output
+    written at ``at``) exists."""
+    src = g.nodes[source]
+    layer = src.get("spec")
+    if select in ("last", "mean", "max") and src.get("axis") is None:
+        key = "steps" if select == "last" else "pool"
+        what = "steps: last" if select == "last" else f"pool: {select}"
+        yield _error(
+            f"{what} needs a sequence, but {source!r} has one value per example",
+            (*at, key),
+            source,
+        )
+    elif select is not None and select.startswith("state"):
+        state = select.split()[1]
+        if not isinstance(layer, RecurrentLayer):
+            yield _error(
+                f"'state' needs a recurrent layer, but {source!r} is {_kind_words(src['kind'])} "
+                "(use steps: last for its last value)",
+                (*at, "state"),
+                source,
+            )
+        elif layer.cell in cells and state not in cells[layer.cell].state:
+            states = cells[layer.cell].state
+            yield _error(
+                f"cell {layer.cell!r} has no state {state!r}{did_you_mean(state, states)}; "
+                f"its states: {', '.join(states)}",
+                (*at, "state"),
+                source,
+            )
+    elif select == "last" and isinstance(layer, RecurrentLayer) and len(layer.directions) == 2:
+        yield _warning(
+            f"steps: last reads {source!r} at each example's last step, where its backward "
+            "direction has read only that one token; use 'state: h' for the final state of "
+            "both directions",
+            (*at, "steps"),
+            source,
+        )
+
+
 def check_outputs(spec: Spec, g: nx.MultiDiGraph, cells: Mapping[str, Cell]) -> Found:
     for name, out in spec.outputs.items():
         src = g.nodes[out.from_]
@@ -423,29 +550,14 @@ def check_outputs(spec: Spec, g: nx.MultiDiGraph, cells: Mapping[str, Cell]) -> 
             yield _error(
                 f"{out.from_!r} holds token ids; outputs are vectors", (*path, "from"), out.from_
             )
-        if out.steps == "last" and src.get("axis") is None:
+        yield from check_selection(g, cells, out.from_, out.select, path)
+        layer = src.get("spec")
+        if out.attention is not None and getattr(layer, "attention", None) is None:
             yield _error(
-                f"steps: last needs a sequence, but {out.from_!r} has one value per example",
-                (*path, "steps"),
+                f"'attention: weights' needs a layer with attention, but {out.from_!r} has none",
+                (*path, "attention"),
                 out.from_,
             )
-        if out.state is not None:
-            layer = src.get("spec")
-            if not isinstance(layer, RecurrentLayer):
-                yield _error(
-                    f"'state' needs a recurrent layer, but {out.from_!r} is {_kind_words(src['kind'])} "
-                    "(use steps: last for its last value)",
-                    (*path, "state"),
-                    out.from_,
-                )
-            elif layer.cell in cells and out.state not in cells[layer.cell].state:
-                states = cells[layer.cell].state
-                yield _error(
-                    f"cell {layer.cell!r} has no state {out.state!r}{did_you_mean(out.state, states)}; "
-                    f"its states: {', '.join(states)}",
-                    (*path, "state"),
-                    out.from_,
-                )
 
 
 def _graph_name(node: Any) -> str:

@@ -22,13 +22,7 @@ from typing import Any
 import networkx as nx
 
 from rnnc.front.equations import Cell
-from rnnc.front.spec import (
-    DenseLayer,
-    RecurrentLayer,
-    Spec,
-    TokenInput,
-    as_names,
-)
+from rnnc.front.spec import DenseLayer, RecurrentLayer, Spec, TokenInput, references
 
 
 def output_node(name: str) -> str:
@@ -75,7 +69,7 @@ def build_graph(spec: Spec, cells: Mapping[str, Cell] | None = None) -> nx.Multi
     for name, out in spec.outputs.items():
         node = output_node(name)
         source = g.nodes[out.from_]
-        g.nodes[node]["width"] = source.get("width")
+        g.nodes[node]["width"] = None if out.attention else source.get("width")  # weights: (S,)
     return g
 
 
@@ -103,29 +97,30 @@ def _add_edge(
 
 def _add_layer_edges(g: nx.MultiDiGraph, name: str, layer: Any) -> None:
     base = ("layers", name)
-    names = as_names(layer.input)
-    for i, source in enumerate(names):
-        path = (*base, "input") if isinstance(layer.input, str) else (*base, "input", i)
-        _add_edge(g, source, name, "input", 0, path, position=i)
+    entries = layer.input if isinstance(layer.input, list) else [layer.input]
+    for i, (entry, (source, select)) in enumerate(
+        zip(entries, references(layer.input), strict=True)
+    ):
+        path = (*base, "input", i) if isinstance(layer.input, list) else (*base, "input")
+        if not isinstance(entry, str):  # {from: L, ...}
+            path = (*path, "from")
+        _add_edge(g, source, name, "input", 0, path, position=i, select=select)
     if not isinstance(layer, RecurrentLayer):
         return
     g.add_edge(name, name, key="state", kind="state", delay=1, path=(*base, "cell"))
     for i, edge in enumerate(layer.recurrent):
         _add_edge(g, edge.from_, name, "recurrent", edge.delay, (*base, "recurrent", i, "from"))
     if layer.init is not None:
-        _add_edge(
-            g, layer.init.from_, name, "init", 0, (*base, "init", "from"), bridge=layer.init.bridge
-        )
+        init = layer.init
+        states = tuple(init.states) if init.states is not None else None
+        where = (*base, "init", "from")
+        _add_edge(g, init.from_, name, "init", 0, where, bridge=init.bridge, states=states)
     if layer.attention is not None:
+        attention = layer.attention
         _add_edge(
-            g,
-            layer.attention.memory,
-            name,
-            "attention",
-            0,
-            (*base, "attention", "memory"),
-            score=layer.attention.score,
-        )
+            g, attention.memory, name, "attention", 0, (*base, "attention", "memory"),
+            score=attention.score, input_feeding=attention.input_feeding,
+        )  # fmt: skip
     if layer.feedback is not None:
         _add_edge(g, layer.feedback, name, "feedback", 1, (*base, "feedback"))
 
@@ -173,8 +168,9 @@ def _infer_axes(g: nx.MultiDiGraph) -> None:
         elif data["kind"] == "output":
             found = sequences_under(next(iter(g.predecessors(node))), visiting | {node})
         elif data["kind"] != "missing" and node not in visiting:
-            for source, _ in input_edges(g, node):
-                found |= sequences_under(source, visiting | {node})
+            for source, edge in input_edges(g, node):
+                if edge.get("select") is None:  # a final state or a pool has no steps
+                    found |= sequences_under(source, visiting | {node})
         sources[node] = found
         return found
 
@@ -245,6 +241,16 @@ def unroll(g: nx.MultiDiGraph, steps: int | Mapping[str, int]) -> nx.MultiDiGrap
 
     _unrolled_nodes(g, u, steps_of)  # first: every edge below lands on a node that exists
 
+    def read(source: str, select: str | None, t: int | None) -> list[tuple[Any, ...]]:
+        """What a reader at step t (None: no time axis) reads of ``source``: its value
+        at t, its final states, or (last step, pooled) any of its steps."""
+        span = steps_of(source)
+        if select is None:
+            return values_at(source, t if span is not None else None)
+        if select.startswith("state") or span is None:
+            return values_at(source, None)
+        return [node for s in span for node in values_at(source, s)]
+
     def link(sources: list[tuple[Any, ...]], target: tuple[Any, ...], kind: str) -> None:
         for s in sources:
             if s in u and target in u:
@@ -254,26 +260,18 @@ def unroll(g: nx.MultiDiGraph, steps: int | Mapping[str, int]) -> nx.MultiDiGrap
         kind, span = data["kind"], steps_of(node)
         here: list[int | None] = list(span) if span is not None else [None]
         if kind == "recurrent" and span is not None:
-            _unroll_recurrent(g, node, data["spec"], span, values_at, link, lengths)
+            _unroll_recurrent(g, node, data["spec"], span, values_at, read, link, lengths)
         elif kind in ("dense", "embedding"):
-            for source, _ in input_edges(g, node):
-                per_step = g.nodes[source].get("axis") is not None
+            for source, edge in input_edges(g, node):
                 for t in here:
                     target = (node,) if t is None else (node, t)
-                    link(values_at(source, t if per_step else None), target, "input")
+                    link(read(source, edge.get("select"), t), target, "input")
         elif kind == "output":
             source = next(iter(g.predecessors(node)))
-            out = data["spec"]
-            if out.state is not None:
-                link(values_at(source, None), (node,), "output")
-            elif out.steps == "last":
-                # Each example's own last step: any step may be it.
-                source_span = steps_of(source)
-                for t in list(source_span) if source_span is not None else [None]:
-                    link(values_at(source, t), (node,), "output")
-            else:
-                for t in here:
-                    link(values_at(source, t), (node,) if t is None else (node, t), "output")
+            select = data["spec"].select
+            for t in here if select is None else [None]:
+                target = (node,) if t is None else (node, t)
+                link(read(source, select, t), target, "output")
     return u
 
 
@@ -300,16 +298,14 @@ def _unrolled_nodes(
                             direction=d,
                             t=step,
                         )
-        elif span is None or (
-            kind == "output" and (data["spec"].state is not None or data["spec"].steps == "last")
-        ):
+        elif span is None or (kind == "output" and data["spec"].select is not None):
             u.add_node((node,), kind=kind, t=None)
         else:
             for step in span:
                 u.add_node((node, step), kind=kind, t=step)
 
 
-def _unroll_recurrent(g, node, layer, span, values_at, link, lengths) -> None:  # type: ignore[no-untyped-def]
+def _unroll_recurrent(g, node, layer, span, values_at, read, link, lengths) -> None:  # type: ignore[no-untyped-def]
     T = len(span)
     first = {"fwd": 0, "bwd": T - 1}
     for k in range(layer.depth):
@@ -321,11 +317,10 @@ def _unroll_recurrent(g, node, layer, span, values_at, link, lengths) -> None:  
                     link([(node, k, d, t - step)], here, "state")
                 if k > 0:
                     link([(node, k - 1, d2, t) for d2 in layer.directions], here, "input")
-    for source, _ in input_edges(g, node):
-        per_step = g.nodes[source].get("axis") is not None
+    for source, edge in input_edges(g, node):
         for d in layer.directions:
             for t in span:
-                link(values_at(source, t if per_step else None), (node, 0, d, t), "input")
+                link(read(source, edge.get("select"), t), (node, 0, d, t), "input")
     for u_, _, data in g.in_edges(node, data=True):
         kind = data["kind"]
         for d in layer.directions:
@@ -342,6 +337,9 @@ def _unroll_recurrent(g, node, layer, span, values_at, link, lengths) -> None:  
                     for s in memory_span:
                         link(values_at(u_, s), (node, target_depth, d, t), "attention")
         if kind == "init":
+            finals = values_at(u_, None)  # the source's top layer
             for k in range(layer.depth):
+                if data.get("states"):  # depth by depth
+                    finals = [(u_, k, *final[2:]) for final in values_at(u_, None)]
                 for d in layer.directions:
-                    link(values_at(u_, None), (node, k, d, first[d]), "init")
+                    link(finals, (node, k, d, first[d]), "init")

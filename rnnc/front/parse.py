@@ -59,9 +59,23 @@ def spec_from_document(document: Document) -> Spec:
     return spec
 
 
-def _union_branch(loc: tuple[Any, ...]) -> str | None:
-    """Pydantic labels the branches of a plain union in the location: 'list[...]'."""
-    return next((p for p in loc if isinstance(p, str) and "[" in p and p != "[key]"), None)
+def _is_branch(loc: tuple[Any, ...], i: int) -> bool:
+    """Pydantic labels the branches of a plain union in the location: 'list[...]',
+    'function-after[check_identifier(), str]' (a name), '...Selection]' (a mapping).
+    A layer's ``input`` is the one union; a key a user wrote may hold '[' too."""
+    part, before = loc[i], loc[i - 1] if i else None
+    if not isinstance(part, str) or "[" not in part:
+        return False
+    listed = isinstance(before, int) and i >= 2 and str(loc[i - 2]).startswith("list[")
+    return before == "input" or listed
+
+
+def _fits(branch: str, value: Any) -> bool:
+    if branch.startswith("list["):
+        return isinstance(value, list)
+    if branch.endswith("str]"):
+        return isinstance(value, str)
+    return isinstance(value, dict)
 
 
 def _value_at(data: Any, path: tuple[Any, ...]) -> Any:
@@ -74,34 +88,46 @@ def _value_at(data: Any, path: tuple[Any, ...]) -> Any:
 
 
 def _one_branch_per_union(errors: list[Any], data: Any) -> list[Any]:
-    """Keep the errors of the union branch that matches what was written.
+    """Keep the errors of the union branches that match what was written.
 
-    ``input: x`` or ``input: [x, y]`` is a name or a list of names; an error in one
-    should not also be reported as a failure of the other form.
+    ``input: x``, ``input: {from: enc, state: h}`` or ``input: [x, ...]`` is a name, a
+    mapping or a list of either; an error in one form should not also be reported as
+    a failure of the others. A value of none of the forms gets one message.
     """
     kept = []
     explained: set[tuple[Any, ...]] = set()
+    listed = {  # where a list is one of the forms
+        tuple(p for j, p in enumerate(e["loc"][:i]) if not _is_branch(e["loc"], j))
+        for e in errors
+        for i, part in enumerate(e["loc"])
+        if _is_branch(e["loc"], i) and part.startswith("list[")
+    }
     for error in errors:
         loc = tuple(error["loc"])
-        branch = _union_branch(loc)
-        if branch is None:
-            kept.append(error)
-            continue
-        at = loc[: loc.index(branch)]
-        value = _value_at(data, strip_union_tags(at))
-        if isinstance(value, list) == branch.startswith("list[") and isinstance(value, (list, str)):
-            kept.append({**error, "loc": tuple(p for p in loc if p != branch)})
-        elif not isinstance(value, (list, str)) and at not in explained:
-            explained.add(at)
-            kept.append(
-                {
-                    "type": "names",
-                    "loc": at,
-                    "msg": f"expected a name or a list of names, found {_found(value)}",
-                    "input": value,
-                }
-            )
+        path: list[Any] = []
+        for i, part in enumerate(loc):
+            if not _is_branch(loc, i):
+                path.append(part)
+                continue
+            value = _value_at(data, strip_union_tags(tuple(path)))
+            if _fits(part, value):
+                continue
+            if not isinstance(value, (list, str, dict)) and tuple(path) not in explained:
+                explained.add(tuple(path))
+                forms = "a name, a list of names" if tuple(path) in listed else "a name"
+                message = f"expected {forms} or {{from: NAME, ...}}, found {_found(value)}"
+                message += _boolean_hint(value)
+                kept.append({"type": "names", "loc": tuple(path), "msg": message, "input": value})
+            break
+        else:
+            kept.append({**error, "loc": tuple(path)})
     return kept
+
+
+def _boolean_hint(value: Any) -> str:
+    if isinstance(value, bool):
+        return " (YAML reads unquoted yes/no/on/off/true/false as booleans: quote the name)"
+    return ""
 
 
 def _unique(diagnostics: list[Diagnostic]) -> list[Diagnostic]:
@@ -211,9 +237,7 @@ def _diagnostic(error: Any) -> Diagnostic:
     if kind == "string_too_long":
         return Diagnostic(f"expected at most {ctx.get('max_length')} characters", path)
     if kind in _EXPECTED:
-        hint = ""
-        if kind == "string_type" and isinstance(found, bool):
-            hint = " (YAML reads unquoted yes/no/on/off/true/false as booleans: quote the name)"
+        hint = _boolean_hint(found) if kind == "string_type" else ""
         return Diagnostic(f"expected {_EXPECTED[kind]}, found {_found(found)}{hint}", path)
     if kind == "union_tag_invalid" or kind.startswith("union"):
         return Diagnostic(error["msg"], path)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import keyword
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     AfterValidator,
@@ -67,7 +67,6 @@ Size = Annotated[int, Field(ge=1, le=65536)]
 Vocab = Annotated[int, Field(ge=1, le=1_000_000)]
 Probability = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False, ge=-1e6, le=1e6)]
-References = Identifier | Annotated[list[Identifier], Field(min_length=1, max_length=64)]
 
 Direction = Literal["forward", "backward", "bidirectional"]
 Merge = Literal["concat", "sum", "mean", "mul"]
@@ -80,8 +79,67 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True)
 
 
-def as_names(value: str | list[str]) -> tuple[str, ...]:
-    return (value,) if isinstance(value, str) else tuple(value)
+class Selection(_Model):
+    """A value of a node: its steps (the default), each example's last step
+    (``steps: last``), a recurrent layer's final state (``state: h``) or its valid steps
+    pooled (``pool: mean | max``)."""
+
+    SELECTORS: ClassVar[tuple[str, ...]] = ("steps", "state", "pool")
+
+    from_: Identifier = Field(alias="from")
+    steps: Literal["all", "last"] | None = Field(
+        None, description="all (default): (B, T, size); last: each example's own last step."
+    )
+    state: Identifier | None = Field(
+        None,
+        description="A final state of a recurrent layer's cell: top layer, directions "
+        "merged, at each example's length.",
+    )
+    pool: Literal["mean", "max"] | None = Field(
+        None, description="The mean or the maximum over each example's valid steps."
+    )
+
+    @model_validator(mode="after")
+    def _one_selector(self) -> Selection:
+        given = [key for key in self.SELECTORS if getattr(self, key) is not None]
+        if len(given) > 1:
+            raise PydanticCustomError(
+                "selector",
+                "give only one of {keys} (found {found})",
+                {"keys": ", ".join(f"'{k}'" for k in self.SELECTORS), "found": " and ".join(given)},
+            )
+        return self
+
+    @property
+    def select(self) -> str | None:
+        """How the value is taken, as the graph's edges say it: ``state h``, ``last``,
+        ``mean``, ``max``, or None for every step."""
+        if self.state is not None:
+            return f"state {self.state}"
+        if self.steps == "last":
+            return "last"
+        return self.pool
+
+
+Reference = Identifier | Selection
+References = Reference | Annotated[list[Reference], Field(min_length=1, max_length=64)]
+
+
+def references(value: Reference | list[Reference]) -> tuple[tuple[str, str | None], ...]:
+    """What a layer's ``input`` reads: (node, how it is selected) per entry, in order."""
+    entries = value if isinstance(value, list) else [value]
+    return tuple((e, None) if isinstance(e, str) else (e.from_, e.select) for e in entries)
+
+
+def as_names(value: Reference | list[Reference]) -> tuple[str, ...]:
+    return tuple(name for name, _ in references(value))
+
+
+def _unique(states: list[str]) -> list[str]:
+    twice = [s for i, s in enumerate(states) if s in states[:i]]
+    if twice:
+        raise PydanticCustomError("unique", "state '{name}' is listed twice", {"name": twice[0]})
+    return states
 
 
 # --- inputs ----------------------------------------------------------------------------
@@ -129,7 +187,13 @@ InputSpec = Annotated[
 
 
 class Init(_Model):
-    """Start every layer and state of this layer from another node's final ``h``."""
+    """Start this layer's states from another node's final states.
+
+    Without ``states``, every depth and state starts from the source's final ``h`` (top
+    layer); with ``states: [h, c]``, depth k starts each listed state from the source's
+    depth k final state of that name (as ``torch.nn.LSTM`` hands ``(h_n, c_n)`` over),
+    the states not listed from zeros.
+    """
 
     from_: Identifier = Field(
         alias="from", description="A recurrent layer or a non-sequence input."
@@ -137,6 +201,22 @@ class Init(_Model):
     bridge: Bridge = Field(
         "none", description="none: copy (sizes must match); dense: tanh(W h + b)."
     )
+    states: Annotated[list[Identifier], Field(min_length=1, max_length=16)] | None = Field(
+        None, description="Hand these states over depth by depth (e.g. [h, c])."
+    )
+
+    @field_validator("states")
+    @classmethod
+    def _unique_states(cls, states: list[str] | None) -> list[str] | None:
+        return _unique(states) if states is not None else None
+
+
+def bridge_params(layer: str, depth: int = 0, state: str | None = None) -> tuple[str, str]:
+    """The matrix and bias of a dense bridge: one for the source's final h, or with
+    ``init: {states: [...]}`` one per depth and state."""
+    if state is None:
+        return f"{layer}.bridge.W", f"{layer}.bridge.b"
+    return f"{layer}.bridge.l{depth}.W_{state}", f"{layer}.bridge.l{depth}.b_{state}"
 
 
 class Attention(_Model):
@@ -144,6 +224,10 @@ class Attention(_Model):
 
     memory: Identifier = Field(description="The sequence to attend over (an encoder).")
     score: Score = Field("additive", description="dot | general | additive")
+    input_feeding: bool = Field(
+        False,
+        description="Luong 3.3: the attentional vector of step t-1 joins the input at step t.",
+    )
 
 
 class RecurrentEdge(_Model):
@@ -188,6 +272,21 @@ class RecurrentLayer(_Model):
         return {"forward": ("fwd",), "backward": ("bwd",), "bidirectional": ("fwd", "bwd")}[
             self.direction
         ]
+
+    def links(self) -> list[str]:
+        """What the layer starts from, attends to and feeds back, in words."""
+        said = []
+        if self.init is not None:
+            states = f" ({', '.join(self.init.states)} layer by layer)" if self.init.states else ""
+            bridge = " through a dense bridge" if self.init.bridge == "dense" else ""
+            said.append(f"starts from {self.init.from_}{states}{bridge}")
+        if self.attention is not None:
+            feeding = " with input feeding" if self.attention.input_feeding else ""
+            said.append(f"{self.attention.score} attention over {self.attention.memory}{feeding}")
+        if self.feedback is not None:
+            tf = 1.0 if self.teacher_forcing is None else self.teacher_forcing
+            said.append(f"feeds back {self.feedback} (teacher forcing {tf:g})")
+        return said
 
     @property
     def output_width(self) -> int:
@@ -249,24 +348,15 @@ Layer = RecurrentLayer | DenseLayer | EmbeddingLayer
 # --- outputs and cells -------------------------------------------------------------------
 
 
-class Output(_Model):
-    """What the model returns: every step, the last step, or a final state."""
+class Output(Selection):
+    """What the model returns: every step, the last step, a final state, the steps
+    pooled, or a decoder's attention weights."""
 
-    from_: Identifier = Field(alias="from")
-    steps: Literal["all", "last"] | None = Field(
-        None, description="all (default): (B, T, size); last: each example's own last step."
-    )
-    state: Identifier | None = Field(
-        None, description="A state of a recurrent layer's cell, at each example's length."
-    )
+    SELECTORS: ClassVar[tuple[str, ...]] = ("steps", "state", "pool", "attention")
 
-    @model_validator(mode="after")
-    def _one_selector(self) -> Output:
-        if self.steps is not None and self.state is not None:
-            raise PydanticCustomError(
-                "output_selector", "give 'steps' or 'state', not both (found both)"
-            )
-        return self
+    attention: Literal["weights"] | None = Field(
+        None, description="weights: the decoder's attention weights, (B, T_target, T_source)."
+    )
 
 
 class CellSpec(_Model):
@@ -279,12 +369,7 @@ class CellSpec(_Model):
     @field_validator("state")
     @classmethod
     def _unique_states(cls, state: list[str]) -> list[str]:
-        twice = [s for i, s in enumerate(state) if s in state[:i]]
-        if twice:
-            raise PydanticCustomError(
-                "unique", "state '{name}' is listed twice", {"name": twice[0]}
-            )
-        return state
+        return _unique(state)
 
 
 class Spec(_Model):

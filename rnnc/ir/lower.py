@@ -98,7 +98,10 @@ class OpKind(StrEnum):
     LOG_SOFTMAX = "log_softmax"
     ROWSUM = "rowsum"  # summed over the last axis, kept as an axis of 1
     BROADCAST_T = "broadcast_t"  # (B, w) repeated along the first axis of the second arg
-    SUM0 = "sum0"  # summed over the first axis: the reverse of broadcast_t
+    SUM0 = "sum0"  # summed over the first axis (over time)
+    MAX0 = "max0"  # the maximum over the first axis (over time)
+    AT_MAX = "at_max"  # reverse of max0 (args: d, x, max): d shared by the steps at the max
+    MEAN_WEIGHTS = "mean_weights"  # (T, B, 1): 1 / length within each example's length, else 0
     SHIFT = "shift"  # along time: step t reads step t - attr, zeros before
     UNSHIFT = "unshift"
     EINSUM = "einsum"  # a product of two arrays spelled as numpy.einsum (attr: the spec)

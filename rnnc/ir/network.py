@@ -25,7 +25,7 @@ from typing import Any
 
 from rnnc.front.checks import Analysis
 from rnnc.front.graph import input_edges
-from rnnc.front.spec import DenseLayer, EmbeddingLayer, RecurrentLayer, TokenInput
+from rnnc.front.spec import DenseLayer, EmbeddingLayer, RecurrentLayer, TokenInput, bridge_params
 from rnnc.ir.lower import NO_GRADIENT, REVERSE_RULES, Op, OpKind, _Reverse
 from rnnc.ir.program import Program
 
@@ -62,8 +62,9 @@ class Carry:
 class Loop:
     """The body of a step loop over ``axis``: ``ops`` at step t, on (B, width) values.
 
-    The loop's value is a tuple: one (T, B, width) array per member (``writes``: the
-    body value written at t), then the final value of every carry, then the tape.
+    The loop's value is a tuple: one (T, B, width) array per write (``writes``: each
+    member's body value at t, then any attention weights an output asks for), then the
+    final value of every carry, then the tape.
     """
 
     axis: str
@@ -71,7 +72,8 @@ class Loop:
     ops: tuple[Op, ...]
     kinds: dict[str, str]
     carries: tuple[Carry, ...]
-    writes: tuple[tuple[str, str], ...]  # (member, body value written at t)
+    writes: tuple[tuple[str, str], ...]  # (member or LAYER:weights, body value written at t)
+    extents: dict[str, str]  # write -> the outer (S, ...) array whose length is its width
 
 
 @dataclass(frozen=True)
@@ -159,8 +161,11 @@ class _Lowering:
         self.inputs: dict[str, str] = {}
         self.params: dict[str, str] = {}
         self.outputs: dict[str, str] = {}
-        self.finals: dict[tuple[str, int], str] = {}  # (layer, state index) -> final value
+        self.finals: dict[tuple[str, int, int], str] = {}  # (layer, depth, state) -> final
+        self.ends: dict[str, Any] = {}  # layer -> how its finals are had (see final)
         self.keys_of: dict[str, str] = {}  # layer -> its attention keys (in a step loop)
+        self.weights: dict[str, str] = {}  # layer -> its attention weights (T, B, S)
+        self.wanted_weights = {o.from_ for o in self.spec.outputs.values() if o.attention}
         self.value: dict[str, str] = {}  # input or layer -> the value it gives
         self.step: StepContract | None = None
 
@@ -240,14 +245,15 @@ class _Lowering:
     def joined(self, name: str) -> str:
         """A node's inputs side by side (then its recurrent edges, shifted in time)."""
         axis = self.g.nodes[name]["axis"]
-        edges = [(s, 0) for s, _ in input_edges(self.g, name)]
+        edges = [(s, e.get("select"), 0) for s, e in input_edges(self.g, name)]
         spec = self.g.nodes[name]["spec"]
         if isinstance(spec, RecurrentLayer):
-            edges += [(e.from_, e.delay) for e in spec.recurrent]
+            edges += [(e.from_, None, e.delay) for e in spec.recurrent]
         parts, widths = [], []
-        for source, delay in edges:
-            value = self.value[source]
-            if axis is not None and self.g.nodes[source].get("axis") is None:
+        for source, select, delay in edges:
+            value = self.read(source, select)
+            steps = select is None and self.g.nodes[source].get("axis") is not None
+            if axis is not None and not steps:
                 value = self.b.emit(
                     OpKind.BROADCAST_T, (value, self.mask(axis)), None, "seq", out=f"{source}:steps"
                 )
@@ -258,6 +264,59 @@ class _Lowering:
         if len(parts) == 1:
             return parts[0]
         return self.b.like(OpKind.CONCAT, tuple(parts), tuple(widths), out=f"{name}:in")
+
+    def read(self, source: str, select: str | None) -> str:
+        """What a reader takes of ``source``: its value, or (B, width) per example: a
+        final state, the last valid step, or the valid steps pooled."""
+        if select is None:
+            return self.value[source]
+        key = ("read", source, select)
+        if key in self.leaves:
+            return self.leaves[key]
+        b = self.b
+        if select.startswith("state"):
+            layer = self.spec.layers[source]
+            assert isinstance(layer, RecurrentLayer)
+            state = self.analysis.cells[layer.cell].state.index(select.split()[1])
+            value = self.final(source, layer.depth - 1, state)
+        else:
+            axis = self.g.nodes[source]["axis"]
+            steps, mask = self.value[source], self.mask(axis)
+            out = f"{source}:{select}"
+            if select == "last":
+                value = b.emit(OpKind.LAST, (steps,), axis, "batch", out=out)
+            elif select == "mean":
+                weights = b.emit(OpKind.MEAN_WEIGHTS, (mask,), None, "mask", out=f"mean:{axis}")
+                weighted = b.like(OpKind.MUL, (steps, weights), out=f"{source}:weighted")
+                value = b.emit(OpKind.SUM0, (weighted,), None, "batch", out=out)
+            else:
+                filled = b.emit(OpKind.FILL, (steps, mask), -1e30, "seq", out=f"{source}:filled")
+                value = b.emit(OpKind.MAX0, (filled,), None, "batch", out=out)
+        self.leaves[key] = value
+        return value
+
+    def final(self, name: str, depth: int, state: int) -> str:
+        """A recurrent layer's final state at a depth (directions merged): made where it
+        is first read, from the scans or the step loop that ran the layer."""
+        key = (name, depth, state)
+        if key not in self.finals:
+            layer = self.spec.layers[name]
+            assert isinstance(layer, RecurrentLayer)
+            s = self.analysis.cells[layer.cell].state[state]
+            top = depth == layer.depth - 1
+            out = f"{name}:final_{s}" if top else f"{name}.l{depth}:final_{s}"
+            how, held = self.ends[name]
+            if how == "loop":  # the loop's tuple holds each carry's final value
+                loop, index = held
+                j = index[f"{name}.l{depth}.{s}"]
+                self.finals[key] = self.b.emit(OpKind.ITEM, (loop,), (j,), "batch", out=out)
+            else:
+                finals = [
+                    self.b.emit(OpKind.ITEM, (scan,), (1, state), "batch", out=f"{run}:{s}")
+                    for scan, run in held[depth]
+                ]
+                self.finals[key] = self.merge(layer, finals, out=out)
+        return self.finals[key]
 
     def affine(self, x: str, W: str, bias: str, out: str = "") -> str:
         """x @ W.T + b."""
@@ -293,24 +352,49 @@ class _Lowering:
             return b.like(OpKind.MUL, (self.const(0.5), total), out=out)
         return total
 
-    def starts(self, name: str, layer: RecurrentLayer, like: str) -> list[str]:
-        """The initial states of every depth and direction: zeros, or the init source's
-        final h (maybe through a dense bridge)."""
-        n = len(self.analysis.cells[layer.cell].state)
-        if layer.init is None:
+    def starts(self, name: str, layer: RecurrentLayer, like: str) -> list[list[str]]:
+        """The initial states of each depth (every direction alike): zeros; or the init
+        source's final h (maybe through a dense bridge); or, with ``init.states``, depth
+        k's listed states from the source's depth k (each through a bridge of its own)."""
+        states = self.analysis.cells[layer.cell].state
+        zeros = ""
+        if layer.init is None or set(states) - set(layer.init.states or states):
             zeros = self.b.emit(OpKind.ZEROS, (like,), layer.hidden, "zeros", out=f"{name}:zeros")
-            return [zeros] * n
-        source = layer.init.from_
-        src = self.spec.layers.get(source)
-        if isinstance(src, RecurrentLayer):
-            cell = self.analysis.cells[src.cell]
-            value = self.finals[source, cell.state.index(cell.output)]
-        else:
-            value = self.value[source]
-        if layer.init.bridge == "dense":
-            pre = self.affine(value, f"{name}.bridge.W", f"{name}.bridge.b", out=f"{name}:h0_pre")
-            value = self.activation("tanh", pre, out=f"{name}:h0")
-        return [value] * n
+        if layer.init is None:
+            return [[zeros] * len(states)] * layer.depth
+        source, dense = layer.init.from_, layer.init.bridge == "dense"
+        if layer.init.states is None:
+            src = self.spec.layers.get(source)
+            if isinstance(src, RecurrentLayer):
+                cell = self.analysis.cells[src.cell]
+                value = self.final(source, src.depth - 1, cell.state.index(cell.output))
+            else:
+                value = self.value[source]
+            if dense:
+                value = self.bridge(name, value, *bridge_params(name), out=f"{name}:h0")
+            return [[value] * len(states)] * layer.depth
+        src = self.spec.layers[source]
+        assert isinstance(src, RecurrentLayer)
+        given = self.analysis.cells[src.cell].state
+        starts = []
+        for k in range(layer.depth):
+            row = []
+            for s in states:
+                if s not in layer.init.states:
+                    row.append(zeros)
+                    continue
+                value = self.final(source, k, given.index(s))
+                if dense:
+                    value = self.bridge(
+                        name, value, *bridge_params(name, k, s), f"{name}.l{k}:{s}0"
+                    )
+                row.append(value)
+            starts.append(row)
+        return starts
+
+    def bridge(self, name: str, value: str, W: str, bias: str, out: str) -> str:
+        """A dense bridge: tanh(W value + b)."""
+        return self.activation("tanh", self.affine(value, W, bias, out=f"{out}_pre"), out=out)
 
     def recurrent(self, name: str, layer: RecurrentLayer) -> None:
         b = self.b
@@ -323,18 +407,18 @@ class _Lowering:
         starts = self.starts(name, layer, mask)
         top = layer.depth - 1
         luong = layer.attention is not None
-        scans: list[str] = []
+        held: list[list[tuple[str, str]]] = []  # per depth: (scan, run) per direction
         for k in range(layer.depth):
             ys = []
-            scans = []
+            held.append([])
             for d in layer.directions:
                 run = f"{name}.{d}.l{k}"
                 scan = Scan(name, k, d, width if k == 0 else layer.output_width)
                 P = b.emit(OpKind.PACK, (), scan, "packed", out=f"{run}:P")
-                s = b.emit(OpKind.SCAN, (x, mask, P, *starts), scan, "tuple", out=f"{run}:scan")
+                s = b.emit(OpKind.SCAN, (x, mask, P, *starts[k]), scan, "tuple", out=f"{run}:scan")
                 ys.append(b.emit(OpKind.ITEM, (s,), (0,), "seq", out=run))
                 b.emit(OpKind.ITEM, (s,), (2,), "tape", out=f"{run}:tape")
-                scans.append(s)
+                held[k].append((s, run))
             merged = self.merge(layer, ys)
             if k > 0 and layer.residual:
                 merged = b.like(OpKind.ADD, (merged, x))
@@ -347,12 +431,9 @@ class _Lowering:
                 x = b.like(OpKind.MUL, (merged, drop), out=target)
             else:
                 x = b.named(merged, target)
-        for i, state in enumerate(cell.state):
-            finals = [
-                b.emit(OpKind.ITEM, (s,), (1, i), "batch", out=f"{name}.{d}.l{top}:{state}")
-                for s, d in zip(scans, layer.directions, strict=True)
-            ]
-            self.finals[name, i] = self.merge(layer, finals, out=f"{name}:final_{state}")
+        self.ends[name] = ("scans", held)
+        for i in range(len(cell.state)):
+            self.final(name, top, i)
         self.value[name] = self.luong(name, layer, x, name) if luong else x
 
     def keys(self, name: str, layer: RecurrentLayer) -> str:
@@ -365,14 +446,18 @@ class _Lowering:
             OpKind.LINEAR, (memory, self.param(f"{name}.attention.{key}")), out=f"{name}:keys"
         )
 
-    def attend(self, name: str, scores: str, memory: str, b: _Builder, rows: str) -> str:
-        """Softmax of scores over the memory's valid steps; the context it weighs."""
+    def attend(
+        self, name: str, scores: str, memory: str, b: _Builder, rows: str, weighs: dict[str, str]
+    ) -> str:
+        """Softmax of scores over the memory's valid steps (kept in ``weighs``); the
+        context it weighs."""
         valid = self.valid(memory)
         at = "@t" if rows == "b" else ""
         filled = b.emit(
             OpKind.FILL, (scores, valid), -1e30, b.kind(scores), out=f"{name}:scores_masked{at}"
         )
         weights = b.like(OpKind.SOFTMAX, (filled,), out=f"{name}:weights{at}")
+        weighs[name] = weights
         spec = f"{rows}s,sbm->{rows}m"
         return b.like(OpKind.EINSUM, (weights, self.value[memory]), spec, out=f"{name}:context{at}")
 
@@ -386,17 +471,24 @@ class _Lowering:
         return self.leaves[key]
 
     def luong(
-        self, name: str, layer: RecurrentLayer, h: str, out: str, b: _Builder | None = None
+        self,
+        name: str,
+        layer: RecurrentLayer,
+        h: str,
+        out: str,
+        b: _Builder | None = None,
+        weighs: dict[str, str] | None = None,
     ) -> str:
         """Luong attention on the new h: tanh(W_c [context, h] + b_c)."""
         assert layer.attention is not None
         b = b or self.b
+        weighs = self.weights if weighs is None else weighs
         memory = layer.attention.memory
         keys = self.keys_of[name] if b is not self.b else self.keys(name, layer)
         rows = "b" if b is not self.b else "tb"
         at = "@t" if rows == "b" else ""
         scores = b.like(OpKind.EINSUM, (h, keys), f"{rows}h,sbh->{rows}s", out=f"{name}:scores{at}")
-        context = self.attend(name, scores, memory, b, rows)
+        context = self.attend(name, scores, memory, b, rows, weighs)
         M = self.g.nodes[memory]["width"]
         cat = b.like(
             OpKind.CONCAT, (context, h), (M, layer.hidden), out=f"{name}:attentional_in{at}"
@@ -412,16 +504,11 @@ class _Lowering:
         out = self.spec.outputs[name]
         source = out.from_
         axis = self.g.nodes[source].get("axis")
-        if out.state is not None:
-            layer = self.spec.layers[source]
-            index = self.analysis.cells[layer.cell].state.index(out.state)  # type: ignore[union-attr]
-            value = self.finals[source, index]
-        elif axis is None:
-            value = self.value[source]
-        elif out.steps == "last":
-            value = b.emit(OpKind.LAST, (self.value[source],), axis, "batch", out=f"output:{name}")
-        else:
-            pair = (self.value[source], self.mask(axis))
+        steps = self.weights[source] if out.attention else self.read(source, out.select)
+        if out.select is not None or axis is None:
+            value = steps
+        else:  # (B, T, ...) with zeros past each example's length
+            pair = (steps, self.mask(axis))
             masked = b.like(OpKind.MUL, pair, ("output", source), out=f"{source}:masked")
             value = b.emit(OpKind.TRANSPOSE, (masked,), None, "seq", out=f"output:{name}")
         self.outputs[name] = b.emit(
@@ -459,16 +546,19 @@ class _Lowering:
                 stepped.member(name)
             source = fed.ids if fed.tokens else fed.source
             self.step = StepContract(s, stepped.loop(), source, fed.prediction, fed.tokens)
-        for j, name in enumerate(members):
-            self.value[name] = outer.emit(OpKind.ITEM, (s,), (j,), "seq", out=name)
-        outer.emit(OpKind.ITEM, (s,), (len(members) + len(loop.carries),), "tape", out=f"{s}:tape")
-        carried = [c.name for c in loop.carries]
+        for j, (write, _) in enumerate(loop.writes):
+            item = outer.emit(OpKind.ITEM, (s,), (j,), "seq", out=write)
+            if write in members:
+                self.value[write] = item
+            else:  # LAYER:weights
+                self.weights[write.split(":")[0]] = item
+        carried = {c.name: len(loop.writes) + i for i, c in enumerate(loop.carries)}
+        outer.emit(OpKind.ITEM, (s,), (len(carried) + len(loop.writes),), "tape", out=f"{s}:tape")
         for name, layer in ((n, self.spec.layers[n]) for n in setups):
+            self.ends[name] = ("loop", (s, carried))
             top = layer.depth - 1  # type: ignore[union-attr]
-            for i, state in enumerate(self.analysis.cells[layer.cell].state):  # type: ignore[union-attr]
-                j = len(members) + carried.index(f"{name}.l{top}.{state}")
-                item = outer.emit(OpKind.ITEM, (s,), (j,), "batch", out=f"{name}:final_{state}")
-                self.finals[name, i] = item
+            for i in range(len(self.analysis.cells[layer.cell].state)):  # type: ignore[union-attr]
+                self.final(name, top, i)
 
     def loop_setup(self, name: str, layer: RecurrentLayer) -> dict[str, Any]:
         """Before the loop: initial states, packed parameters, dropout masks, keys."""
@@ -476,6 +566,10 @@ class _Lowering:
         mask = self.mask(self.g.nodes[name]["axis"])
         width = sum(p.width for p in self.program.loop_pieces(name))
         setup: dict[str, Any] = {"starts": self.starts(name, layer, mask), "P": [], "drop": {}}
+        if layer.attention is not None and layer.attention.input_feeding:
+            setup["feeding"] = b.emit(
+                OpKind.ZEROS, (mask,), layer.hidden, "zeros", out=f"{name}:attentional_zeros"
+            )
         for k in range(layer.depth):
             scan = Scan(name, k, "fwd", width if k == 0 else layer.output_width)
             setup["P"].append(b.emit(OpKind.PACK, (), scan, "packed", out=f"{name}.fwd.l{k}:P"))
@@ -509,13 +603,21 @@ class _Body:
         self.carries: dict[str, Carry] = {}
         self.steps: dict[tuple[str, int], str] = {}  # (outer array, delay) -> its step
         self.values: dict[str, str] = {}  # member -> its value at t
+        self.weights: dict[str, str] = {}  # member -> its attention weights at t
         self.mask_t = self.at(lowering.mask(axis), 0, "mask")
 
     def loop(self) -> Loop:
         kinds = {**self.low.b.kinds, **self.b.kinds}
-        writes = tuple((n, self.values[n]) for n in self.members)
+        writes = [(n, self.values[n]) for n in self.members]
+        extents = {}
+        for name in self.members:  # attention weights an output asks for
+            if name in self.low.wanted_weights:
+                writes.append((f"{name}:weights", self.weights[name]))
+                layer = self.low.spec.layers[name]
+                extents[f"{name}:weights"] = self.low.value[layer.attention.memory]  # type: ignore[union-attr]
         carries = tuple(self.carries.values())
-        return Loop(self.axis, self.low.mask(self.axis), tuple(self.b.ops), kinds, carries, writes)
+        mask = self.low.mask(self.axis)
+        return Loop(self.axis, mask, tuple(self.b.ops), kinds, carries, tuple(writes), extents)
 
     def at(self, array: str, delay: int = 0, kind: str = "batch") -> str:
         """An outer (T, ...) array at step t - delay."""
@@ -563,10 +665,12 @@ class _Body:
             if piece.kind == "fed":
                 pieces.append(self.fed(name))
             elif piece.kind == "static":
-                pieces.append(self.low.value[piece.source])
+                pieces.append(self.low.read(piece.source, piece.select))
             elif piece.kind == "context":
                 assert context is not None
                 pieces.append(context)
+            elif piece.kind == "feeding":  # the attentional vector of step t - 1
+                pieces.append(self.carry(f"{name}:attentional", self.setups[name]["feeding"]))
             elif piece.source in self.members:
                 pieces.append(self.past(piece.source, piece.delay))
             else:
@@ -603,8 +707,9 @@ class _Body:
         assert layer.attention is not None
         low, b = self.low, self.b
         cell = low.analysis.cells[layer.cell]
-        start = self.setups[name]["starts"][cell.state.index(cell.output)]
-        query = self.carry(f"{name}.l{layer.depth - 1}.{cell.output}", start)
+        top = layer.depth - 1
+        start = self.setups[name]["starts"][top][cell.state.index(cell.output)]
+        query = self.carry(f"{name}.l{top}.{cell.output}", start)
         keys = low.keys_of[name]
         W_q = low.param(f"{name}.attention.W_q")
         v = low.param(f"{name}.attention.v", vector=True)
@@ -615,7 +720,7 @@ class _Body:
         pre = b.like(OpKind.ADD, (keys, spread), out=f"{name}:energy_pre@t")
         energy = b.like(OpKind.CALL, (pre,), "tanh", out=f"{name}:energy@t")
         scores = b.emit(OpKind.EINSUM, (energy, v), "sba,a->bs", "batch", out=f"{name}:scores@t")
-        return low.attend(name, scores, layer.attention.memory, b, "b")
+        return low.attend(name, scores, layer.attention.memory, b, "b", self.weights)
 
     def cell(self, name: str, layer: RecurrentLayer, x: str) -> str:
         """A recurrent member at step t: one generated cell step per depth."""
@@ -624,7 +729,7 @@ class _Body:
         y = x
         for k in range(layer.depth):
             prev = [
-                self.carry(f"{name}.l{k}.{s}", setup["starts"][i]) for i, s in enumerate(states)
+                self.carry(f"{name}.l{k}.{s}", setup["starts"][k][i]) for i, s in enumerate(states)
             ]
             args = (x, self.mask_t, setup["P"][k], *prev)
             step = b.emit(
@@ -642,7 +747,10 @@ class _Body:
                 y = b.like(OpKind.MUL, (y, self.at(setup["drop"][k + 1], 0, "mask")))
             x = y
         if layer.attention is not None and layer.attention.score != "additive":
-            y = self.low.luong(name, layer, y, "", b)
+            y = self.low.luong(name, layer, y, "", b, self.weights)
+        if "feeding" in setup:  # the attentional vector joins the next step's input
+            fed = f"{name}:attentional"
+            self.carries[fed] = Carry(fed, setup["feeding"], y)
         return y
 
 
@@ -811,14 +919,14 @@ def _record(r: _Reverse, op: Op, grad: str) -> None:
 REVERSE_ONLY = frozenset(
     {
         OpKind.COTANGENT, OpKind.SCATTER, OpKind.LINEAR_X, OpKind.LINEAR_W, OpKind.SUM_ROWS,
-        OpKind.ROWSUM, OpKind.SUM0, OpKind.UNSHIFT, OpKind.AT_LAST, OpKind.ZEROS_LIKE,
+        OpKind.ROWSUM, OpKind.UNSHIFT, OpKind.AT_LAST, OpKind.AT_MAX, OpKind.ZEROS_LIKE,
         OpKind.SCAN_BACK, OpKind.LOOP_BACK, OpKind.CELL_STEP_BACK,
     }
 )  # fmt: skip
 WITHOUT_GRADIENT = frozenset(
     {
         OpKind.IDS, OpKind.STEP_MASK, OpKind.VALID, OpKind.TRUTH, OpKind.ZEROS, OpKind.DROPMASK,
-        OpKind.PACK, OpKind.ARGMAX, OpKind.FIRST_OR, OpKind.FEED,
+        OpKind.PACK, OpKind.ARGMAX, OpKind.FIRST_OR, OpKind.FEED, OpKind.MEAN_WEIGHTS,
     }
 )  # fmt: skip
 
@@ -831,6 +939,10 @@ REVERSE_RULES.update(
         OpKind.SOFTMAX: _reverse_softmax,
         OpKind.LOG_SOFTMAX: _reverse_log_softmax,
         OpKind.BROADCAST_T: _pass(OpKind.SUM0),
+        OpKind.SUM0: _pass(OpKind.BROADCAST_T, lambda op: (op.args[0],)),
+        OpKind.MAX0: lambda r, op, grad: _give(
+            r, op.args[0], r.emit(OpKind.AT_MAX, (grad, op.args[0], op.out), None, "seq")
+        ),
         OpKind.SHIFT: _pass(OpKind.UNSHIFT),
         OpKind.EINSUM: _reverse_einsum,
         OpKind.FILL: lambda r, op, grad: r.add_term(

@@ -34,15 +34,17 @@ class Fed:
 class Piece:
     """One part of what a layer inside a step loop reads at step t, in feature order.
 
-    kind: ``fed`` (ground truth or own prediction), ``static`` (no time axis),
-    ``step`` (``source`` at t - ``delay``) or ``context`` (additive attention over
-    ``source``).
+    kind: ``fed`` (ground truth or own prediction), ``static`` (no time axis: ``source``
+    itself, or what ``select`` takes of it), ``step`` (``source`` at t - ``delay``),
+    ``context`` (additive attention over ``source``) or ``feeding`` (the attentional
+    vector of step t - 1, Luong's input feeding).
     """
 
     kind: str
     source: str
     width: int
     delay: int = 0
+    select: str | None = None  # static: a final state, last step or pool of source
 
 
 class Program:
@@ -77,7 +79,18 @@ class Program:
             u: min(first[n] for n in (loops[u[1]] if u[0] == "loop" else [u[1]]))
             for u in condensed.nodes
         }
-        ordered = nx.lexicographical_topological_sort(condensed, key=rank.__getitem__)
+        try:
+            ordered = list(nx.lexicographical_topological_sort(condensed, key=rank.__getitem__))
+        except nx.NetworkXUnfeasible:  # a final state read by what runs with its steps
+            cycle = [
+                u[1] if u[0] == "node" else "+".join(loops[u[1]])
+                for u, _ in nx.find_cycle(condensed)
+            ]
+            raise RnncError(
+                "these parts wait for each other: "
+                + " -> ".join([*cycle, cycle[0]])
+                + " (a final state, last step or pool is ready only after the whole sequence)"
+            ) from None
         return [tuple(loops[u[1]]) if u[0] == "loop" else u[1] for u in ordered]
 
     def check_supported(self) -> None:
@@ -98,7 +111,8 @@ class Program:
 
         Layers whose step t reads each other's earlier steps (feedback, a recurrent edge
         from what a layer feeds: a cycle through time) form one group; a layer with
-        additive attention (its query is its own previous state) is a group at least.
+        additive attention (its query is its own previous state) or input feeding (its
+        attentional vector joins its next input) is a group at least.
         Separate groups run one after the other, so one can start from another's
         final state.
         """
@@ -114,8 +128,12 @@ class Program:
             if len(component) > 1 or any(timed.has_edge(n, n) for n in component):
                 groups.append(set(component))
         for name, layer in self.spec.recurrent_layers().items():
-            additive = layer.attention is not None and layer.attention.score == "additive"
-            if additive and not any(name in group for group in groups):
+            attention = layer.attention
+            # The query is the previous state; or the attentional vector is fed back.
+            stepped = attention is not None and (
+                attention.score == "additive" or attention.input_feeding
+            )
+            if stepped and not any(name in group for group in groups):
                 groups.append({name})
         order = self.order()
         self._loops = sorted(
@@ -140,12 +158,13 @@ class Program:
         layer = self.spec.layers[name]
         fed = self.fed(name)
         pieces = []
-        for source, _ in input_edges(self.g, name):
+        for source, link in input_edges(self.g, name):
             data = self.g.nodes[source]
+            select = link.get("select")
             if fed is not None and source == fed.source:
                 pieces.append(Piece("fed", source, data["width"]))
-            elif data.get("axis") is None:
-                pieces.append(Piece("static", source, data["width"]))
+            elif data.get("axis") is None or select is not None:
+                pieces.append(Piece("static", source, data["width"], select=select))
             else:
                 pieces.append(Piece("step", source, data["width"]))
         if isinstance(layer, RecurrentLayer):
@@ -155,6 +174,8 @@ class Program:
             if layer.attention is not None and layer.attention.score == "additive":
                 memory = layer.attention.memory
                 pieces.append(Piece("context", memory, self.g.nodes[memory]["width"]))
+            if layer.attention is not None and layer.attention.input_feeding:
+                pieces.append(Piece("feeding", name, layer.hidden))
         return pieces
 
 

@@ -3,7 +3,8 @@
 Canonical names (a contract shared by every backend and weights file):
 
 - ``LAYER.DIRECTION.lK.PARAM`` for the cell of a recurrent layer at depth K
-  (``encoder.fwd.l0.W_i``); ``LAYER.bridge.W`` / ``.b`` for ``init: {bridge: dense}``;
+  (``encoder.fwd.l0.W_i``); ``LAYER.bridge.W`` / ``.b`` for ``init: {bridge: dense}``
+  (``LAYER.bridge.lK.W_h`` / ``.b_h`` per depth and state with ``init.states``);
   ``LAYER.attention.*`` for attention (additive: ``W_q``, ``W_k``, ``v``; general:
   ``W_a``; dot and general also ``W_c``, ``b_c`` for the attentional output).
 - ``LAYER.W`` and ``LAYER.b`` for a dense layer; ``NAME.embedding`` for a token input
@@ -20,7 +21,13 @@ import os
 from rnnc.errors import RnncError
 from rnnc.front.checks import Analysis, cell_input_width, final_state_width
 from rnnc.front.graph import input_edges
-from rnnc.front.spec import DenseLayer, EmbeddingLayer, RecurrentLayer, TokenInput
+from rnnc.front.spec import (
+    DenseLayer,
+    EmbeddingLayer,
+    RecurrentLayer,
+    TokenInput,
+    bridge_params,
+)
 
 Shapes = dict[str, tuple[int, ...]]
 
@@ -63,8 +70,12 @@ def layer_param_shapes(analysis: Analysis, name: str) -> Shapes:
     if layer.init is not None and layer.init.bridge == "dense":
         source_width, _ = final_state_width(g, layer.init.from_)
         assert source_width is not None
-        shapes[f"{name}.bridge.W"] = (H, source_width)
-        shapes[f"{name}.bridge.b"] = (H,)
+        states = layer.init.states
+        bridges = [bridge_params(name)] if states is None else [
+            bridge_params(name, k, s) for k in range(layer.depth) for s in states
+        ]  # fmt: skip
+        for W, b in bridges:
+            shapes[W], shapes[b] = (H, source_width), (H,)
     if layer.attention is not None:
         M = g.nodes[layer.attention.memory]["width"]
         prefix = f"{name}.attention"

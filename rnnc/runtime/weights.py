@@ -138,10 +138,11 @@ def init_params(spec: Spec | Analysis, seed: int = 0) -> Params:
 def _matrix_of(vector: str) -> str:
     """The matrix whose fan-in bounds a bias or vector parameter of the same owner."""
     prefix, last = vector.rsplit(".", 1)
-    return f"{prefix}.{_MATRIX_OF_VECTOR[last]}"
+    return f"{prefix}.{_MATRIX_OF_VECTOR.get(last) or 'W_' + last.removeprefix('b_')}"
 
 
-_MATRIX_OF_VECTOR = {"b": "W", "b_c": "W_c", "v": "W_k"}
+# b_c -> W_c (attention's output), b_h -> W_h (a bridge per state), and these:
+_MATRIX_OF_VECTOR = {"b": "W", "v": "W_k"}
 
 
 def check_params(

@@ -25,10 +25,14 @@ def output_shapes(
     for name, out in spec.outputs.items():
         node = g.nodes[output_node(name)]
         axis = node.get("axis")
-        if out.state is not None:
+        if out.attention is not None:  # over the steps of the memory
+            layer = spec.layers[out.from_]
+            memory = g.nodes[layer.attention.memory]["axis"]  # type: ignore[union-attr]
+            shapes[name] = (batch, steps[axis], steps[memory])
+        elif out.state is not None:
             width, _ = final_state_width(g, out.from_)
             shapes[name] = (batch, width or 0)
-        elif out.steps == "last" or axis is None:
+        elif out.select is not None or axis is None:
             shapes[name] = (batch, node["width"])
         else:
             shapes[name] = (batch, steps[axis], node["width"])
@@ -73,17 +77,7 @@ def summarize(analysis: Analysis, batch: int = 32, steps: Mapping[str, int] | in
             size = str(layer.hidden)
             if layer.output_width != layer.hidden:
                 size += f" (out {layer.output_width})"
-            extras = []
-            if layer.attention:
-                extras.append(f"{layer.attention.score} attention over {layer.attention.memory}")
-            if layer.init:
-                extras.append(
-                    f"starts from {layer.init.from_}"
-                    + (" through a dense bridge" if layer.init.bridge == "dense" else "")
-                )
-            if layer.feedback:
-                tf = 1.0 if layer.teacher_forcing is None else layer.teacher_forcing
-                extras.append(f"feeds back {layer.feedback} (teacher forcing {tf:g})")
+            extras = layer.links()
             if layer.residual:
                 extras.append("residual connections")
             if extras:
