@@ -170,7 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=_seed, default=0, help="parameters and data (0)")
     train.add_argument("--vocab", type=_positive, default=10, help="task symbols (10)")
     train.add_argument("--lengths", default="3-12", help="sequence lengths, MIN-MAX (3-12)")
-    train.add_argument("-o", "--output", help="save the weights (.safetensors or .npz)")
+    train.add_argument(
+        "-o",
+        "--output",
+        help="save the weights (.safetensors or .npz); with attention, also the alignment "
+        "heatmap of a held-out example beside them (w.safetensors -> w.alignment.png)",
+    )
     train.add_argument("--quiet", action="store_true", help="no progress, only the result")
     train.set_defaults(run=run_train)
 
@@ -402,7 +407,7 @@ def run_gradflow(args: argparse.Namespace) -> int:
 
 def run_train(args: argparse.Namespace) -> int:
     from rnnc.runtime.weights import save_weights
-    from rnnc.tools.train import TASKS, Task, train
+    from rnnc.tools.train import TASKS, Task, alignment_path, train, write_heatmap
 
     if args.task not in TASKS:
         raise UsageError(
@@ -459,6 +464,17 @@ def run_train(args: argparse.Namespace) -> int:
     if args.output:
         save_weights(args.output, result.params)
         print(f"wrote {args.output}", file=sys.stderr)
+    if result.alignment is None:
+        return EXIT_OK
+    if not args.output:
+        print(
+            "alignment heatmap not written: it goes beside the weights "
+            "(-o w.safetensors writes w.alignment.png)",
+            file=sys.stderr,
+        )
+        return EXIT_OK
+    about = f"{analysis.spec.name} on {args.task}"
+    print(write_heatmap(result.alignment, alignment_path(args.output), about), file=sys.stderr)
     return EXIT_OK
 
 

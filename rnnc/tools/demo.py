@@ -6,8 +6,9 @@ it on random inputs (train mode, and generate mode where a layer has feedback), 
 print the output shapes. Then a table with one row per spec; the verification table
 (both backends on the same parameters and inputs: float64, ragged lengths, a random
 teacher-forcing mask, every output and gradient compared); a short ``reverse``
-training run of the attention seq2seq with decoded examples; and the gradient-flow
-picture of ``bench/gradflow.yaml`` (``out/gradflow.png``).
+training run of the attention seq2seq with decoded examples and the alignment heatmap
+of a held-out example (``out/seq2seq_attention_reverse.alignment.png``); and the
+gradient-flow picture of ``bench/gradflow.yaml`` (``out/gradflow.png``).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from rnnc.runtime.weights import save_weights
 from rnnc.tools.drawing import VIEWS, encode, has_dot, render
 from rnnc.tools.gradflow import csv_text, describe, gradient_flow, plot_png
 from rnnc.tools.summary import summarize
-from rnnc.tools.train import Task, train
+from rnnc.tools.train import Task, alignment_path, train, write_heatmap
 from rnnc.tools.verify import random_inputs, verify
 
 
@@ -88,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def train_demo(specs: Path, out: Path) -> bool:
-    """A short run of the attention seq2seq on `reverse`, with a few decoded examples."""
+    """A short run of the attention seq2seq on `reverse`, with a few decoded examples,
+    the weights and the alignment heatmap beside them."""
     backend = "torch" if "torch" in usable_backends() else "numpy"
     analysis = analyze(load_spec(specs / "seq2seq_attention.yaml"))
     print(f"\ntraining seq2seq_attention on reverse (lengths 3-12, 10 symbols, {backend}) ...")
@@ -99,7 +101,12 @@ def train_demo(specs: Path, out: Path) -> bool:
     )
     for source, target, guess in result.examples:
         print(f"  {source} -> {guess}  (target {target}) {'ok' if guess == target else 'WRONG'}")
-    save_weights(out / "seq2seq_attention_reverse.safetensors", result.params)
+    weights = out / "seq2seq_attention_reverse.safetensors"
+    save_weights(weights, result.params)
+    if result.alignment is not None:
+        print(
+            write_heatmap(result.alignment, alignment_path(weights), "seq2seq_attention on reverse")
+        )
     return result.accuracy > 0.5
 
 

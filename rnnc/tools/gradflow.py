@@ -108,17 +108,7 @@ def csv_text(flows: Mapping[str, np.ndarray]) -> str:
 def plot_png(flows: Mapping[str, np.ndarray], title: str, cells: Mapping[str, str]) -> bytes:
     """The gradient norms against steps back from the loss, log scale, one line per
     layer (labelled with its cell and fitted decades per step)."""
-    _private_matplotlib_config()
-    try:
-        import matplotlib
-    except ImportError:  # pragma: no cover - depends on the environment
-        raise RnncError(
-            "the gradflow picture needs matplotlib: pip install 'rnnc[plot]' "
-            "(or write the numbers alone with -o FILE.csv)"
-        ) from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot("the gradflow picture", "or write the numbers alone with -o FILE.csv")
     figure, axes = plt.subplots(figsize=(7, 4.2), dpi=120)
     for name, norms in flows.items():
         back = np.arange(len(norms))[::-1]
@@ -132,7 +122,35 @@ def plot_png(flows: Mapping[str, np.ndarray], title: str, cells: Mapping[str, st
     axes.set_title(title)
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(fontsize=8)
-    figure.tight_layout()
+    return png_bytes(figure)
+
+
+def pyplot(picture: str, otherwise: str = "") -> Any:
+    """``matplotlib.pyplot`` drawing off screen (Agg), for ``picture``; an RnncError
+    saying how to install it (and ``otherwise``, what works without it) when it is
+    missing. matplotlib is the optional extra ``plot``."""
+    _private_matplotlib_config()
+    try:
+        import matplotlib
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise RnncError(
+            f"{picture} needs matplotlib: pip install 'rnnc[plot]'"
+            + (f" ({otherwise})" if otherwise else "")
+        ) from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def png_bytes(figure: Any) -> bytes:
+    """A figure from :func:`pyplot` as PNG bytes (without the matplotlib version in
+    its metadata, so the same picture gives the same bytes), laid out tight unless it
+    has a layout of its own; the figure is closed."""
+    import matplotlib.pyplot as plt
+
+    if figure.get_layout_engine() is None:
+        figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", metadata={"Software": None})
     plt.close(figure)

@@ -19,6 +19,11 @@ on both backends: each backend gives a loss's value and gradients through the
 CompiledModel's ``value_and_grad`` (the NumPy backend with its own generated BPTT, no
 torch involved; the PyTorch backend with autograd), and Adam updates the parameters.
 rnnc itself never imports torch.
+
+When the decoder attends, the trained model also decodes the longest held-out example
+with its attention weights as an output (:func:`held_out_alignment`; added to a copy of
+the spec when the spec has no such output), and :func:`plot_alignment` draws them as
+Bahdanau et al. (2015, Fig. 3) do.
 """
 
 from __future__ import annotations
@@ -27,17 +32,20 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from rnnc.errors import RnncError
-from rnnc.front.checks import Analysis
+from rnnc.front.checks import Analysis, analyze
 from rnnc.front.graph import output_node
-from rnnc.front.spec import TokenInput
+from rnnc.front.spec import Output, Spec, TokenInput
 from rnnc.ir.program import Program
 from rnnc.runtime.compiler import compile as compile_spec
+from rnnc.runtime.files import write_atomic
 from rnnc.runtime.weights import init_params
+from rnnc.tools.gradflow import png_bytes, pyplot
 
 PAD, BOS, EOS, FIRST = 0, 1, 2, 3
 SEQ2SEQ = ("copy", "reverse", "sort")
@@ -57,6 +65,7 @@ class Binding:
     output: str  # the output the loss is on
     kind: str  # "seq2seq" | "last" (one value per example) | "tag" (every step)
     tokens: bool  # the source is token ids (else real numbers of size 1)
+    decoder: str | None = None  # seq2seq: the recurrent layer that decodes
 
 
 @dataclass
@@ -169,7 +178,7 @@ def _bind(task: Task, analysis: Analysis) -> Binding | str:
             need = FIRST + task.vocab
             if target.vocab < need or spec.inputs[sources[0]].vocab < need:  # type: ignore[union-attr]
                 return f"its vocabularies hold fewer than the {need} tokens the task needs (3 special + {task.vocab})"
-            return Binding(task.name, sources[0], fed.ids, logits[0], "seq2seq", True)
+            return Binding(task.name, sources[0], fed.ids, logits[0], "seq2seq", True, name)
         return "it needs a token encoder input and a decoder whose token prediction is fed back"
     if any(layer.feedback is not None for layer in spec.recurrent_layers().values()):
         return "its decoder feeds back predictions; this task has no target sequence to decode"
@@ -182,7 +191,7 @@ def _bind(task: Task, analysis: Analysis) -> Binding | str:
     for name, out in outputs.items():
         axis = g.nodes[out.from_].get("axis")
         width = g.nodes[output_node(name)].get("width")
-        per_example = out.state is not None or out.steps == "last" or axis is None
+        per_example = out.select is not None or axis is None
         if task.name == "sum" and per_example and width == 1:
             return Binding(task.name, source, None, name, "last", tokens)
         if task.name == "parity" and per_example and width == 2 and (not tokens or inp.vocab >= 2):  # type: ignore[union-attr]
@@ -280,6 +289,7 @@ class Result:
     seconds: float
     losses: list[float]
     examples: list[tuple[list[int], list[int], list[int]]]  # (input, target, prediction)
+    alignment: Alignment | None = None  # when the decoder attends
 
 
 def train(
@@ -296,7 +306,8 @@ def train(
     report_every: int = 50,
 ) -> Result:
     """Train ``analysis``'s spec on ``task``; return the parameters and the held-out
-    accuracy (greedy, free-running decoding for seq2seq)."""
+    accuracy (greedy, free-running decoding for seq2seq), and when the decoder attends
+    the alignment of a held-out example."""
     binding = task.bind(analysis)
     model = compile_spec(analysis, backend=backend, dtype="float32")
     model.load_params(init_params(analysis, seed=seed))
@@ -317,7 +328,14 @@ def train(
             report(i, loss, accuracy)
     accuracy = evaluate(model, binding, held_out)
     seconds = time.perf_counter() - start
-    return Result(model.params(), accuracy, seconds, losses, examples(model, binding, held_out))
+    return Result(
+        model.params(),
+        accuracy,
+        seconds,
+        losses,
+        examples(model, binding, held_out),
+        held_out_alignment(analysis, binding, model, held_out, backend),
+    )
 
 
 def predict(model: Any, binding: Binding, batch: Batch) -> np.ndarray:
@@ -375,4 +393,116 @@ def _stepper(model: Any, binding: Binding, lr: float, clip: float) -> Callable[[
     return step
 
 
-__all__ = ["TASKS", "Adam", "Task", "train"]
+# --- the alignment (Bahdanau et al. 2015, Fig. 3) ---------------------------------------------
+
+
+@dataclass
+class Alignment:
+    """Where the decoder looked while it generated one example: ``weights[t, s]`` is
+    the attention weight of generated step t on source step s (each row sums to 1).
+    Tokens are ids, as the batches hold them; ``generated`` ends at its first EOS."""
+
+    source: list[int]
+    target: list[int]  # the right answer, then EOS
+    generated: list[int]
+    weights: np.ndarray  # (len(generated), len(source))
+
+
+def attention_output(spec: Spec, decoder: str) -> tuple[Spec, str]:
+    """A spec with an output of ``decoder``'s attention weights, and that output's name:
+    ``spec`` itself when it has one, else a copy with one added (``alignment``, or
+    ``alignment_2`` ... when taken). An output adds no parameters, so the copy loads
+    the weights trained on ``spec``."""
+    for name, out in spec.outputs.items():
+        if out.from_ == decoder and out.attention == "weights":
+            return spec, name
+    name, i = "alignment", 1
+    while name in spec.outputs:
+        i += 1
+        name = f"alignment_{i}"
+    weights = Output.model_validate({"from": decoder, "attention": "weights"})
+    return spec.model_copy(update={"outputs": {**spec.outputs, name: weights}}), name
+
+
+def held_out_alignment(
+    analysis: Analysis, binding: Binding, model: Any, batch: Batch, backend: str
+) -> Alignment | None:
+    """The alignment of the longest example in ``batch`` (the first of them), decoded
+    as evaluation decodes (greedy, free running from BOS) by ``model``'s parameters;
+    None unless the task decodes and its decoder attends."""
+    if binding.decoder is None:
+        return None
+    if getattr(analysis.spec.layers[binding.decoder], "attention", None) is None:
+        return None
+    spec, name = attention_output(analysis.spec, binding.decoder)
+    if spec is not analysis.spec:
+        params = model.params()
+        model = compile_spec(analyze(spec), backend=backend, dtype="float32")
+        model.load_params(params)
+    lengths = batch.lengths[binding.source]
+    b = int(np.argmax(lengths))
+    n = int(lengths[b])
+    outputs = model.run(
+        {k: v[b : b + 1] for k, v in batch.inputs.items()},
+        lengths={k: v[b : b + 1] for k, v in batch.lengths.items()},
+        mode="generate",
+        steps=n + 1,  # the reversed, copied or sorted symbols, then EOS
+    )
+    generated = outputs[binding.output][0].argmax(axis=-1).tolist()
+    end = generated.index(EOS) + 1 if EOS in generated else len(generated)
+    return Alignment(
+        batch.inputs[binding.source][b, :n].tolist(),
+        batch.targets[b, : n + 1].tolist(),
+        generated[:end],
+        np.asarray(outputs[name][0, :end, :n], dtype=np.float64),
+    )
+
+
+def symbol(token: int) -> str:
+    """A token as the task's symbols write it (``examples`` prints them so too)."""
+    return {PAD: "<pad>", BOS: "<s>", EOS: "</s>"}.get(token, str(token - FIRST))
+
+
+def plot_alignment(alignment: Alignment, about: str) -> bytes:
+    """The alignment as a PNG heatmap, drawn as Bahdanau et al. (2015, Fig. 3) draw
+    theirs: source tokens along the top, generated tokens down the left, black for
+    weight 0 and white for 1. A generated token that differs from the target is red
+    and names the target's (``7 ≠ 4``)."""
+    plt = pyplot("the alignment heatmap")
+    rows, cols = alignment.weights.shape
+    size = (max(4.0, 2.2 + 0.4 * cols), max(3.0, 1.8 + 0.4 * rows))  # room for the title
+    figure, axes = plt.subplots(figsize=size, dpi=120, layout="constrained")
+    image = axes.imshow(alignment.weights, cmap="gray", vmin=0.0, vmax=1.0)
+    axes.xaxis.tick_top()
+    axes.xaxis.set_label_position("top")
+    axes.set_xticks(range(cols), [symbol(t) for t in alignment.source])
+    pairs = list(zip(alignment.generated, alignment.target, strict=False))  # generated ends first
+    axes.set_yticks(
+        range(rows), [symbol(g) if g == w else f"{symbol(g)} ≠ {symbol(w)}" for g, w in pairs]
+    )
+    for label, (g, w) in zip(axes.get_yticklabels(), pairs, strict=True):
+        if g != w:
+            label.set_color("red")
+    axes.set_xlabel("source")
+    axes.set_ylabel("generated")
+    figure.colorbar(image, ax=axes, fraction=0.04, pad=0.03, label="attention weight")
+    figure.suptitle(f"{about}\na held-out example of length {cols}", fontsize=9)
+    return png_bytes(figure)
+
+
+def write_heatmap(alignment: Alignment, path: str | Path, about: str) -> str:
+    """Write the alignment's heatmap to ``path``; what to tell the user: where it is,
+    or why it is not there (matplotlib missing; training's other results stand)."""
+    try:
+        write_atomic(path, plot_alignment(alignment, about))
+    except RnncError as exc:
+        return f"alignment heatmap not written: {exc}"
+    return f"wrote {path} (the attention weights of a held-out example)"
+
+
+def alignment_path(weights: str | Path) -> Path:
+    """Where the heatmap goes beside saved weights: ``w.safetensors`` -> ``w.alignment.png``."""
+    return Path(weights).with_suffix(".alignment.png")
+
+
+__all__ = ["TASKS", "Adam", "Alignment", "Task", "plot_alignment", "train", "write_heatmap"]
