@@ -397,6 +397,11 @@ class NumpyModel(CompiledModelBase):
     def _outputs(self, inputs: Mapping[str, Any], options: RunOptions) -> dict[str, np.ndarray]:
         return self._run(inputs, options)[0]  # type: ignore[no-any-return]
 
+    def _contract_arguments(
+        self, inputs: dict[str, Any], lengths: dict[str, np.ndarray]
+    ) -> tuple[Any, Any, Any]:
+        return self._params, inputs, lengths
+
     def _value_and_grad(
         self, inputs: Mapping[str, Any], loss: Loss, options: RunOptions
     ) -> tuple[float, dict[str, np.ndarray]]:

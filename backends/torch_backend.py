@@ -682,6 +682,31 @@ class TorchModel(CompiledModelBase):
             for (name, p), grad in zip(wrt.items(), grads, strict=True)
         }
 
+    def _contract_arguments(
+        self, inputs: dict[str, Any], lengths: dict[str, np.ndarray]
+    ) -> tuple[Any, Any, Any]:
+        torch = self.torch
+        params = {self.module.canonical[k]: p.detach() for k, p in self.module.named_parameters()}
+        tensors = self._tensors(inputs, grad=False)
+        return (
+            params,
+            tensors,
+            {k: torch.as_tensor(v, device=self.device) for k, v in lengths.items()},
+        )
+
+    def _tensors(self, inputs: Mapping[str, Any], grad: bool) -> dict[str, Any]:
+        """Prepared inputs as tensors: token ids int64, reals in the model's dtype
+        (requiring grad when ``grad``)."""
+        torch = self.torch
+        tensors = {}
+        for name, value in inputs.items():
+            if isinstance(self.analysis.spec.inputs[name], TokenInput):
+                tensors[name] = torch.as_tensor(value, dtype=torch.int64, device=self.device)
+            else:
+                t = torch.as_tensor(np.asarray(value, dtype=self.dtype), device=self.device)
+                tensors[name] = t.requires_grad_(grad)
+        return tensors
+
     def _forward(
         self, inputs: Mapping[str, Any], options: RunOptions, grad: bool = False
     ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -689,13 +714,7 @@ class TorchModel(CompiledModelBase):
         ones requiring grad when ``grad``)."""
         torch = self.torch
         inputs_, lengths_, masks = options.prepare(self.analysis, inputs)
-        tensors = {}
-        for name, value in inputs_.items():
-            if isinstance(self.analysis.spec.inputs[name], TokenInput):
-                tensors[name] = torch.as_tensor(value, dtype=torch.int64, device=self.device)
-            else:
-                t = torch.as_tensor(np.asarray(value, dtype=self.dtype), device=self.device)
-                tensors[name] = t.requires_grad_(grad)
+        tensors = self._tensors(inputs_, grad)
         uniform = None
         if options.mode == "train" and options.dropout_seed is not None:
             rng = np.random.default_rng(options.dropout_seed)

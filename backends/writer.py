@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from rnnc.front.checks import Analysis
 from rnnc.ir.lower import Op, OpKind
-from rnnc.ir.network import Loop, Network, Scan, StepContract, live, needed
+from rnnc.ir.network import Loop, Network, Scan, StepContract, batch_axis, live, needed
 
 from .emit import RESERVED, CellFunctions, Dialect, Namespace, pack
 
@@ -267,9 +267,14 @@ class ModuleWriter:
         made = {op.out for op in init}
         env = [v for v in dict.fromkeys(reads) if v in made and v not in self.inline]
         members = [m for m, _ in body.writes]
-        step = {"input": contract.input, "prediction": contract.prediction}
-        step["tokens"] = contract.tokens  # type: ignore[assignment]
-        lines = [f"STEP = {step!r}  # what decoding strategies feed", "", ""]
+        by_out = {op.out: op for op in init}
+        step: dict[str, Any] = {"input": contract.input, "prediction": contract.prediction}
+        step["tokens"] = contract.tokens
+        # where each value the steps read keeps its examples (None: shared by all)
+        step["batch_axes"] = {v: batch_axis(by_out[v], self.net.kinds[v]) for v in env}
+        # the members whose earlier outputs a step reads (the others' need not be kept)
+        step["history"] = sorted({op.attr[0] for op in body.ops if op.kind == OpKind.PAST})
+        lines = [f"STEP = {step!r}  # what decoding strategies feed and reorder", "", ""]
         lines += [*self._init(contract, init, env), "", ""]
         lines += [*self._step(contract, env, members), "", ""]
         lines += self._finish(contract, finish, env, members)

@@ -33,17 +33,19 @@ def test_bench_rows_and_ratios(cli) -> None:
     numpy_rows = [r for r in rows if r.name == "numpy"]
     assert all(r.peak_mib is not None and r.peak_mib > 0 and r.ms > 0 for r in numpy_rows)
     table = format_rows(rows)
-    assert table.splitlines()[0].split() == [
-        "backend",
-        "task",
-        "ms",
-        "x",
-        "torch",
-        "GFLOP/s",
-        "peak",
-        "MiB",
-    ]
+    header = ["backend", "task", "ms", "ratio", "to", "GFLOP/s", "peak", "MiB"]
+    assert table.splitlines()[0].split() == header
+    assert "torch.nn.LSTM" in table.splitlines()[1]
     result = cli(
         "bench", ROOT / "bench" / "lstm_128.yaml", "--batch", "2", "--steps", "3", "--repeats", "1"
     )
     assert result.code == 0 and "torch.nn.LSTM" in result.out
+
+
+def test_bench_times_decoding_of_a_decoder() -> None:
+    rows = run_bench(analysis_of("specs/seq2seq_attention.yaml"), batch=2, steps=3, repeats=1)
+    for backend in {r.name for r in rows}:
+        mine = {r.task: r for r in rows if r.name == backend}
+        greedy, beam = mine["generate greedy"], mine["generate beam 5"]
+        assert beam.against == "greedy" and beam.ratio == beam.ms / greedy.ms
+    assert "generate beam 5" in format_rows(rows)

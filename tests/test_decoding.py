@@ -18,7 +18,7 @@ from tests.helpers import random_inputs
 
 GALLERY = Path(__file__).resolve().parents[1] / "specs"
 DECODERS = ["seq2seq", "seq2seq_attention", "seq2seq_luong", "image_captioning"]
-DECODERS += ["teacher_forcing_rnn"]
+DECODERS += ["teacher_forcing_rnn", "seq2seq_sutskever", "seq2seq_luong_feeding"]
 STEPS = 5
 
 

@@ -244,6 +244,7 @@ def test_json_schema_describes_every_key() -> None:
         "layers",
         "outputs",
         "cells",
+        "generation",
     }
     layer = schema["$defs"]["RecurrentLayer"]
     assert layer["additionalProperties"] is False

@@ -792,6 +792,59 @@ def check_axis_joins(spec: Spec, g: nx.MultiDiGraph, cells: Mapping[str, Cell]) 
         )
 
 
+def check_generation(spec: Spec, g: nx.MultiDiGraph, cells: Mapping[str, Cell]) -> Found:
+    """A ``generation`` block written in the spec fits its decoder: tokens of its
+    vocabulary, and a beam only for a decoder fed back tokens."""
+    if "generation" not in spec.model_fields_set:
+        return
+    at = ("generation",)
+    decoders = [(n, layer) for n, layer in spec.recurrent_layers().items() if layer.feedback]
+    if not decoders:
+        yield _error(
+            "'generation' sets how a decoder generates, but no layer has 'feedback'",
+            at,
+            at_key=True,
+        )
+        return
+    name, layer = decoders[0]
+    source, _ = fed_input(g, name, g.nodes.get(layer.feedback, {}).get("width"))
+    vocab = _ground_truth_width(g, source) if source is not None else None
+    tokens = source is not None and (
+        g.nodes[source]["kind"] == "embedding" or g.nodes[source].get("vocab") is not None
+    )
+    options = spec.generation
+    if not tokens:
+        if options.strategy != "greedy":
+            yield _error(
+                f"{name!r} is fed back vectors, not tokens: it decodes greedily only "
+                f"(found strategy: {options.strategy})",
+                (*at, "strategy"),
+                name,
+            )
+        return
+    for key in ("eos", "pad"):
+        value = getattr(options, key)
+        if vocab is not None and value >= vocab:
+            yield _error(
+                f"{key} {value} is not a token of {source!r} (its vocabulary: 0..{vocab - 1})",
+                (*at, key),
+                name,
+            )
+    for i, token in enumerate(options.suppress):
+        if vocab is not None and token >= vocab:
+            yield _error(
+                f"{token} is not a token of {source!r} (its vocabulary: 0..{vocab - 1})",
+                (*at, "suppress", i),
+                name,
+            )
+    if options.strategy == "beam" and options.n_best > options.beam:
+        yield _error(
+            f"n_best ({options.n_best}) must not exceed the beam ({options.beam})",
+            (*at, "n_best"),
+            name,
+        )
+
+
 CHECKS = (
     check_names,
     check_references,
@@ -806,4 +859,5 @@ CHECKS = (
     check_use,
     check_options,
     check_axis_joins,
+    check_generation,
 )

@@ -372,6 +372,36 @@ class CellSpec(_Model):
         return _unique(state)
 
 
+class GenerationOptions(_Model):
+    """Defaults for ``generate`` (docs/decoding.md); every one can be overridden per call."""
+
+    strategy: Literal["greedy", "beam", "sample"] = Field(
+        "greedy", description="greedy: the argmax; beam: beam search; sample: draws."
+    )
+    max_steps: int = Field(50, ge=1, le=100_000, description="Tokens at most, the eos counted.")
+    eos: int = Field(
+        2, ge=0, description="The end-of-sequence token: a hypothesis ends at its first."
+    )
+    pad: int = Field(0, ge=0, description="Fills each hypothesis' tokens after its end.")
+    beam: int = Field(5, ge=1, le=100_000, description="Live hypotheses per example.")
+    n_best: int = Field(1, ge=1, le=100_000, description="Hypotheses returned per example.")
+    length_penalty: float = Field(
+        0.0, ge=-10.0, le=10.0, allow_inf_nan=False,
+        description="Scores are log_probs / lengths ** length_penalty.",
+    )  # fmt: skip
+    temperature: float = Field(
+        1.0, ge=0.0, le=1e6, allow_inf_nan=False, description="Sampling: logits / temperature."
+    )
+    top_k: int = Field(0, ge=0, description="Sampling: only the k likeliest tokens (0: all).")
+    top_p: float = Field(
+        1.0, gt=0.0, le=1.0, allow_inf_nan=False,
+        description="Sampling: the likeliest tokens whose probabilities reach p (nucleus).",
+    )  # fmt: skip
+    suppress: Annotated[list[Annotated[int, Field(ge=0)]], Field(max_length=100_000)] = Field(
+        default_factory=list, description="Tokens never generated."
+    )
+
+
 class Spec(_Model):
     """A whole rnnc spec (version 1)."""
 
@@ -384,6 +414,10 @@ class Spec(_Model):
     layers: Annotated[dict[Identifier, LayerSpec], Field(min_length=1, max_length=256)]
     outputs: Annotated[dict[Identifier, Output], Field(min_length=1, max_length=256)]
     cells: Annotated[dict[Identifier, CellSpec], Field(max_length=64)] = Field(default_factory=dict)
+    generation: GenerationOptions = Field(
+        default_factory=lambda: GenerationOptions.model_validate({}),
+        description="Defaults for generate.",
+    )
 
     _source: SourceMap | None = PrivateAttr(default=None)
 

@@ -765,6 +765,19 @@ def needed(ops: tuple[Op, ...], wanted: list[str]) -> tuple[Op, ...]:
     return tuple(reversed(kept))
 
 
+def batch_axis(op: Op, kind: str) -> int | None:
+    """Where a value made outside a step loop keeps its examples (what a decoding
+    strategy reorders when it picks among hypotheses): time-major arrays (T, B, ...) on
+    axis 1, rows (B, ...) on axis 0; parameters, numbers and tuples nowhere."""
+    if kind in ("seq", "int_seq"):
+        return 1
+    if kind == "mask":
+        return 0 if op.kind == OpKind.VALID else 1  # VALID is (B, S); the others (T, B, ...)
+    if kind in ("batch", "int", "zeros"):
+        return 0
+    return None
+
+
 def live(ops: tuple[Op, ...]) -> tuple[Op, ...]:
     """The ops an output needs (and every dropout draw, whose order the random stream
     depends on): what a forward without a reverse runs."""

@@ -21,6 +21,8 @@ from rnnc.errors import RnncError
 from rnnc.front.checks import Analysis
 from rnnc.front.spec import TokenInput
 from rnnc.ir.program import time_axes
+from rnnc.runtime import decoding
+from rnnc.runtime.decoding import Generation
 from rnnc.version import __version__
 
 
@@ -257,6 +259,7 @@ class CompiledModelBase:
 
     analysis: Analysis
     source: str
+    namespace: dict[str, Any]
     _shapes: dict[str, tuple[int, ...]]
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -284,6 +287,51 @@ class CompiledModelBase:
         and the gradients of every parameter and real input, from one forward and one
         backward pass (what rnnc train uses)."""
         return self._value_and_grad(inputs, loss, RunOptions(**options))
+
+    def generate(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        lengths: Any = None,
+        *,
+        strategy: str | None = None,
+        beam: int | None = None,
+        n_best: int | None = None,
+        max_steps: int | None = None,
+        eos: int | None = None,
+        pad: int | None = None,
+        length_penalty: float | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        suppress: Any = None,
+        seed: int | None = None,
+    ) -> Generation:
+        """Decode: greedy, beam search or sampling from the decoder's step contract, each
+        option defaulting to the spec's ``generation`` block (docs/decoding.md). The
+        decoder's token input gives step 0 (<bos>): (B, 1) ids, or more steps of which
+        the first is read."""
+        overrides = {
+            "strategy": strategy, "beam": beam, "n_best": n_best, "max_steps": max_steps,
+            "eos": eos, "pad": pad, "length_penalty": length_penalty,
+            "temperature": temperature, "top_k": top_k, "top_p": top_p, "suppress": suppress,
+        }  # fmt: skip
+        opts = decoding.options(self.analysis.spec.generation, overrides)
+        if not time_axes(self.analysis)[1]:
+            raise RnncError(
+                "generate needs a layer with feedback (a decoder fed its own predictions)"
+            )
+        inputs_, lengths_, _ = prepare_inputs(
+            self.analysis, inputs, lengths, "generate", opts.max_steps, None, 0
+        )
+        batch = len(next(iter(lengths_.values())))
+        args = self._contract_arguments(inputs_, lengths_)
+        return decoding.generate(self.namespace, *args, batch, opts, seed)
+
+    def _contract_arguments(
+        self, inputs: dict[str, Any], lengths: dict[str, np.ndarray]
+    ) -> tuple[Any, Any, Any]:
+        """What the generated step contract takes: parameters, inputs, lengths."""
+        raise NotImplementedError  # pragma: no cover - every backend has its own
 
     def _outputs(self, inputs: Mapping[str, Any], options: RunOptions) -> dict[str, np.ndarray]:
         raise NotImplementedError  # pragma: no cover - every backend has its own

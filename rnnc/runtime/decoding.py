@@ -20,7 +20,13 @@ tensors in, the same out) and any backend that implements the contract.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
+
+from rnnc.errors import RnncError
+from rnnc.front.spec import GenerationOptions
 
 Module = Mapping[str, Any]  # a generated module's namespace
 
@@ -71,3 +77,362 @@ def greedy(
         return y_t[prediction].argmax(axis=-1) if tokens else y_t[prediction]
 
     return run_steps(module, params, inputs, lengths, steps, pick)
+
+
+# --- generation: stop at eos, beam search, sampling ------------------------------------
+
+
+@dataclass(frozen=True)
+class Generation:
+    """What ``generate`` returns, per example the ``n_best`` hypotheses best first:
+    ``tokens`` (B, N, T) ids, ``pad`` after each one's end; ``lengths`` (B, N) tokens
+    generated, the eos counted; ``log_probs`` (B, N) the sum of their log-probabilities;
+    ``scores`` (B, N) ``log_probs / lengths ** length_penalty``. A decoder fed back
+    vectors has no tokens: ``outputs`` holds its outputs (batch-first) instead."""
+
+    tokens: np.ndarray
+    lengths: np.ndarray
+    log_probs: np.ndarray
+    scores: np.ndarray
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def options(defaults: GenerationOptions, overrides: Mapping[str, Any]) -> GenerationOptions:
+    """The spec's ``generation`` block with a call's overrides (None: the default),
+    checked as the block is."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    unknown = sorted(set(given) - set(GenerationOptions.model_fields))
+    if unknown:
+        known = ", ".join(GenerationOptions.model_fields)
+        raise RnncError(f"generate takes no option {', '.join(unknown)}; it takes {known}")
+    plain = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in given.items()}
+    if isinstance(plain.get("suppress"), (tuple, np.ndarray)):
+        plain["suppress"] = [int(t) for t in plain["suppress"]]
+    try:
+        return GenerationOptions.model_validate({**defaults.model_dump(), **plain})
+    except ValueError as exc:  # pydantic's ValidationError
+        raise RnncError(f"generate: {_first_error(exc)}") from None
+
+
+def _first_error(exc: Any) -> str:
+    errors = exc.errors() if hasattr(exc, "errors") else []
+    if not errors:
+        return str(exc)
+    e = errors[0]
+    return f"{'.'.join(map(str, e['loc']))}: {e['msg']} (found {e.get('input')!r})"
+
+
+class _Host:
+    """Moves values between a generated module (NumPy arrays or torch tensors) and the
+    search, which runs in NumPy (float64)."""
+
+    def __init__(self, like: Any):
+        self.torch = type(like).__module__.startswith("torch")
+        self.like = like
+
+    def numpy(self, value: Any) -> np.ndarray:
+        if self.torch:
+            return value.detach().cpu().numpy()  # type: ignore[no-any-return]
+        return np.asarray(value)
+
+    def ids(self, ids: np.ndarray) -> Any:
+        if not self.torch:
+            return ids
+        import torch
+
+        return torch.as_tensor(ids, dtype=torch.int64, device=self.like.device)
+
+    def take(self, value: Any, index: np.ndarray, axis: int) -> Any:
+        if self.torch:
+            return value.index_select(axis, self.ids(index))
+        return np.take(value, index, axis=axis)
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))  # type: ignore[no-any-return]
+
+
+class _Decoder:
+    """A module's step contract driven row by row: each row of the batch one
+    hypothesis, rows reordered when the search picks among them."""
+
+    def __init__(self, module: Module, params: Any, inputs: Any, lengths: Any, rows: np.ndarray):
+        self.module, self.params = module, params
+        contract = module["STEP"]
+        self.prediction, self.tokens = contract["prediction"], contract["tokens"]
+        self.axes, self.history = contract["batch_axes"], set(contract["history"])
+        carry = module["init"](params, inputs, lengths)
+        self.host = _Host(carry["like"])
+        self.carry = self.reorder(carry, rows)
+        self.first = self.host.take(inputs[contract["input"]][:, 0], rows, 0)
+
+    def reorder(self, carry: dict[str, Any], rows: np.ndarray) -> dict[str, Any]:
+        """The carry with row i taken from row ``rows[i]`` (hypotheses copied or dropped)."""
+        take = self.host.take
+        env = {
+            k: v if self.axes.get(k) is None else take(v, rows, self.axes[k])
+            for k, v in carry["env"].items()
+        }
+        carries = {k: take(v, rows, 0) for k, v in carry["carries"].items()}
+        ys = {k: [take(y, rows, 0) for y in v] for k, v in carry["ys"].items()}
+        return {**carry, "env": env, "carries": carries, "ys": ys}
+
+    def step(self, fed: Any) -> np.ndarray:
+        """One step on every row; the log-probabilities of the next token (rows, V): the
+        log-softmax of the fed-back layer's output, in float64."""
+        self.carry, y_t = self.module["step"](self.params, self.carry, fed)
+        # a strategy never calls finish: keep only the outputs a step reads again
+        self.carry["ys"] = {k: v if k in self.history else [] for k, v in self.carry["ys"].items()}
+        self.y_t = y_t
+        return _log_softmax(self.host.numpy(y_t[self.prediction]).astype(np.float64))
+
+
+def generate(
+    module: Module,
+    params: Any,
+    inputs: Any,
+    lengths: Any,
+    batch: int,
+    opts: GenerationOptions,
+    seed: int | None = None,
+) -> Generation:
+    """Decode ``batch`` examples with ``opts`` (see Generation and docs/decoding.md).
+    ``inputs`` hold ``opts.max_steps`` steps of the decoder's inputs (as the module's
+    generate mode takes them) and ``lengths`` those steps in full."""
+    if "STEP" not in module:
+        raise RnncError("generate needs a layer with feedback (a decoder fed its own predictions)")
+    if not module["STEP"]["tokens"]:
+        if opts.strategy != "greedy" or opts.n_best != 1:
+            raise RnncError(
+                "this decoder is fed back vectors, not tokens: it decodes greedily only "
+                f"(found strategy: {opts.strategy}, n_best: {opts.n_best})"
+            )
+        return _vectors(module, params, inputs, lengths, batch, opts)
+    if opts.strategy == "beam":
+        if opts.n_best > opts.beam:
+            raise RnncError(
+                f"n_best ({opts.n_best}) must not exceed the beam ({opts.beam}): a beam keeps "
+                "that many hypotheses"
+            )
+        return _beam(module, params, inputs, lengths, batch, opts)
+    if opts.strategy == "sample":
+        return _sample(module, params, inputs, lengths, batch, opts, seed)
+    if opts.n_best != 1:
+        raise RnncError(f"greedy decoding gives one hypothesis (found n_best: {opts.n_best})")
+    return _greedy(module, params, inputs, lengths, batch, opts)
+
+
+def _suppressed(log_probs: np.ndarray, opts: GenerationOptions) -> np.ndarray:
+    """The log-probabilities with the suppressed tokens at -inf."""
+    if not opts.suppress:
+        return log_probs
+    allowed = log_probs.copy()
+    allowed[..., [t for t in opts.suppress if t < log_probs.shape[-1]]] = -np.inf
+    return allowed
+
+
+def _check_vocab(log_probs: np.ndarray, opts: GenerationOptions) -> None:
+    V = log_probs.shape[-1]
+    for name in ("eos", "pad"):
+        if getattr(opts, name) >= V:
+            raise RnncError(
+                f"{name} ({getattr(opts, name)}) is not a token of the {V}-token vocabulary"
+            )
+    if len(set(opts.suppress) & set(range(V))) == V:
+        raise RnncError("suppress holds every token of the vocabulary: nothing can be generated")
+
+
+def _finished(
+    tokens: np.ndarray, lengths: np.ndarray, log_probs: np.ndarray, opts: GenerationOptions
+) -> Generation:
+    """Hypotheses best first by score (ties: in the order found)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scores = np.where(
+            lengths > 0, log_probs / np.maximum(lengths, 1) ** opts.length_penalty, -np.inf
+        )
+    order = np.argsort(-scores, axis=1, kind="stable")
+    pick = lambda a: np.take_along_axis(a, order if a.ndim == 2 else order[..., None], axis=1)  # noqa: E731
+    return Generation(pick(tokens), pick(lengths), pick(log_probs), pick(scores))
+
+
+def _greedy(module, params, inputs, lengths, B, opts) -> Generation:  # type: ignore[no-untyped-def]
+    """The likeliest token at every step, until each example's eos or max_steps."""
+    decoder = _Decoder(module, params, inputs, lengths, np.arange(B))
+    choose = lambda log_probs: _suppressed(log_probs, opts).argmax(axis=-1)  # noqa: E731
+    tokens, length, total = _one_by_one(decoder, B, opts, choose)
+    return _finished(tokens[:, None], length[:, None], total[:, None], opts)
+
+
+def _sample(module, params, inputs, lengths, B, opts, seed) -> Generation:  # type: ignore[no-untyped-def]
+    """``n_best`` draws per example from the filtered distribution (temperature, top_k,
+    top_p, suppress): uniforms from NumPy's generator, the inverse of the cumulative
+    distribution, so every backend draws the same tokens."""
+    N = opts.n_best
+    decoder = _Decoder(module, params, inputs, lengths, np.repeat(np.arange(B), N))
+    rng = np.random.default_rng(seed)
+    # a uniform for every row at every step, so the stream never depends on which ended
+    choose = lambda log_probs: _draw(log_probs, rng.random(B * N), opts)  # noqa: E731
+    tokens, length, total = _one_by_one(decoder, B * N, opts, choose)
+    return _finished(tokens.reshape(B, N, -1), length.reshape(B, N), total.reshape(B, N), opts)
+
+
+def _one_by_one(
+    decoder: _Decoder, rows: int, opts: GenerationOptions, choose: Callable[[np.ndarray], Any]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One hypothesis per row, each step's token chosen from the log-probabilities,
+    until every row's eos or max_steps: the tokens (pad after each end), the number
+    generated, the sum of their log-probabilities."""
+    tokens = np.full((rows, opts.max_steps), opts.pad, dtype=np.int64)
+    length = np.zeros(rows, dtype=np.int64)
+    total = np.zeros(rows)
+    done = np.zeros(rows, dtype=bool)
+    fed = decoder.first
+    for t in range(opts.max_steps):
+        log_probs = decoder.step(fed)
+        if t == 0:
+            _check_vocab(log_probs, opts)
+        pick = choose(log_probs)
+        live = ~done
+        tokens[live, t] = pick[live]
+        total[live] += log_probs[live, pick[live]]
+        length[live] += 1
+        done |= pick == opts.eos
+        if done.all():
+            break
+        fed = decoder.host.ids(pick)
+    return tokens, length, total
+
+
+def _draw(log_probs: np.ndarray, uniform: np.ndarray, opts: GenerationOptions) -> np.ndarray:
+    """One token per row: the filtered distribution's inverse CDF at ``uniform``
+    (temperature 0: the argmax)."""
+    allowed = _suppressed(log_probs, opts)
+    if opts.temperature == 0:
+        return allowed.argmax(axis=-1)  # type: ignore[no-any-return]
+    scaled = allowed / opts.temperature
+    order = np.argsort(-scaled, axis=-1, kind="stable")  # likeliest first
+    ranked = np.take_along_axis(scaled, order, axis=-1)
+    probs = np.exp(ranked - ranked[:, :1])
+    probs /= probs.sum(axis=-1, keepdims=True)
+    keep = np.ones_like(probs, dtype=bool)
+    if opts.top_k > 0:
+        keep[:, opts.top_k :] = False
+    if opts.top_p < 1.0:  # the smallest prefix whose probability reaches top_p
+        before = np.cumsum(probs, axis=-1) - probs
+        keep &= before < opts.top_p
+    probs = np.where(keep, probs, 0.0)
+    cdf = np.cumsum(probs, axis=-1)
+    at = (uniform * cdf[:, -1])[:, None]
+    index = np.minimum((cdf <= at).sum(axis=-1), probs.shape[-1] - 1)
+    return np.take_along_axis(order, index[:, None], axis=-1)[:, 0]  # type: ignore[no-any-return]
+
+
+def _beam(module, params, inputs, lengths, B, opts) -> Generation:  # type: ignore[no-untyped-def]
+    """Beam search (see docs/decoding.md): ``beam`` live hypotheses per example, one
+    batch of B x beam rows; at each step the candidates (every live hypothesis and
+    token) are ranked by their sum of log-probabilities; those ending in eos among the
+    best ``beam`` finish, the best ``beam`` others stay live. An example is done when no
+    live hypothesis can beat its ``n_best``-th finished one, or at max_steps."""
+    K, N, T = opts.beam, opts.n_best, opts.max_steps
+    decoder = _Decoder(module, params, inputs, lengths, np.repeat(np.arange(B), K))
+    live = np.full((B, K), -np.inf)
+    live[:, 0] = 0.0  # one hypothesis to start from: the others are copies, not counted
+    history = np.zeros((B, K, 0), dtype=np.int64)
+    pool_tokens = np.full((B, N, T), opts.pad, dtype=np.int64)
+    pool_lengths = np.zeros((B, N), dtype=np.int64)
+    pool_sums = np.full((B, N), -np.inf)
+    pool_scores = np.full((B, N), -np.inf)
+    done = np.zeros(B, dtype=bool)
+    examples = np.arange(B)[:, None]
+    fed = decoder.first
+    for t in range(T):
+        log_probs = decoder.step(fed)
+        if t == 0:
+            _check_vocab(log_probs, opts)
+        V = log_probs.shape[-1]
+        candidates = (live[:, :, None] + _suppressed(log_probs, opts).reshape(B, K, V)).reshape(
+            B, -1
+        )
+        width = min(2 * K, K * V)  # at most K end in eos: K others are among the best 2K
+        best = np.argpartition(-candidates, width - 1, axis=1)[:, :width]
+        ranked = np.take_along_axis(candidates, best, axis=1)
+        order = np.argsort(-ranked, axis=1, kind="stable")
+        best, ranked = (
+            np.take_along_axis(best, order, axis=1),
+            np.take_along_axis(ranked, order, axis=1),
+        )
+        parent, token = best // V, best % V
+        valid = ranked > -np.inf
+        last = t == T - 1
+        ends = (
+            valid & (np.arange(width)[None, :] < K) & ((token == opts.eos) | last) & ~done[:, None]
+        )
+        # finished: into each example's pool of the n_best best
+        new_tokens = np.concatenate(
+            [np.take_along_axis(history, parent[..., None], axis=1), token[..., None]], axis=2
+        )
+        new_tokens = np.pad(new_tokens, ((0, 0), (0, 0), (0, T - t - 1)), constant_values=opts.pad)
+        scores = np.where(ends, ranked / (t + 1) ** opts.length_penalty, -np.inf)
+        all_scores = np.concatenate([pool_scores, scores], axis=1)
+        keep = np.argsort(-all_scores, axis=1, kind="stable")[:, :N]
+        pool_scores = np.take_along_axis(all_scores, keep, axis=1)
+        sums = np.concatenate([pool_sums, np.where(ends, ranked, -np.inf)], axis=1)
+        pool_sums = np.take_along_axis(sums, keep, axis=1)
+        both = np.concatenate([pool_tokens, new_tokens], axis=1)
+        pool_tokens = np.take_along_axis(both, keep[..., None], axis=1)
+        lengths_now = np.concatenate([pool_lengths, np.where(ends, t + 1, 0)], axis=1)
+        pool_lengths = np.take_along_axis(lengths_now, keep, axis=1)
+        if last:
+            break
+        # live: the best K candidates not ending in eos
+        going = valid & (token != opts.eos)
+        slot = np.cumsum(going, axis=1) - 1
+        chosen = going & (slot < K)
+        live = np.full((B, K), -np.inf)
+        parents = np.zeros((B, K), dtype=np.int64)
+        tokens = np.full((B, K), opts.pad, dtype=np.int64)
+        b, j = np.nonzero(chosen)
+        live[b, slot[b, j]] = ranked[b, j]
+        parents[b, slot[b, j]] = parent[b, j]
+        tokens[b, slot[b, j]] = token[b, j]
+        done |= _cannot_improve(live, pool_scores, t + 1, opts)
+        if done.all():
+            break
+        history = np.concatenate(
+            [np.take_along_axis(history, parents[..., None], axis=1), tokens[..., None]], axis=2
+        )
+        decoder.carry = decoder.reorder(decoder.carry, (examples * K + parents).reshape(-1))
+        fed = decoder.host.ids(tokens.reshape(-1))
+    return Generation(pool_tokens, pool_lengths, pool_sums, pool_scores)
+
+
+def _cannot_improve(
+    live: np.ndarray, pool: np.ndarray, length: int, opts: GenerationOptions
+) -> np.ndarray:
+    """Per example: no live hypothesis (now ``length`` tokens long) can end with a score
+    above the n_best-th finished one. A sum of log-probabilities only falls, so the
+    best a live sum s can reach is s / L ** length_penalty for some L in
+    (length, max_steps]: at one end of that range."""
+    longest, shortest = opts.max_steps, min(length + 1, opts.max_steps)
+    with np.errstate(invalid="ignore"):
+        bound = np.maximum(
+            live / longest**opts.length_penalty, live / shortest**opts.length_penalty
+        )
+    best = np.where(np.isnan(bound), -np.inf, bound).max(axis=1)
+    return (pool[:, -1] > -np.inf) & (best <= pool[:, -1]) | (best == -np.inf)
+
+
+def _vectors(module, params, inputs, lengths, B, opts) -> Generation:  # type: ignore[no-untyped-def]
+    """A decoder fed back vectors: its prediction fed to the next step, max_steps steps;
+    the outputs, no tokens."""
+    outputs = greedy(module, params, inputs, lengths, opts.max_steps)
+    host = _Host(next(iter(outputs.values())))
+    empty = np.zeros((B, 1), dtype=np.int64)
+    return Generation(
+        np.zeros((B, 1, 0), dtype=np.int64),
+        empty + opts.max_steps,
+        np.zeros((B, 1)),
+        np.zeros((B, 1)),
+        {k: host.numpy(v) for k, v in outputs.items()},
+    )

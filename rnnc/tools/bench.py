@@ -45,6 +45,7 @@ class Row:
     gflops: float
     peak_mib: float | None
     ratio: float | None = None
+    against: str = ""  # what the ratio is to: torch.nn's layer, or greedy decoding
 
 
 def flops(analysis: Analysis, batch: int, steps: int) -> float:
@@ -117,7 +118,8 @@ def run_bench(
             inputs[name] = rng.integers(0, inp.vocab, shape)
     forward_flops = flops(analysis, batch, steps)
     reference = torch_reference(analysis)
-    jobs = len(usable_backends()) * 2 + (2 if reference else 0)
+    decoder = any(layer.feedback for layer in analysis.spec.recurrent_layers().values())
+    jobs = len(usable_backends()) * (4 if decoder else 2) + (2 if reference else 0)
     done = [0]
 
     def progress() -> None:
@@ -141,22 +143,51 @@ def run_bench(
                 ms = _median_ms(function, repeats, progress)
                 peak = _peak_mib(function) if backend == "numpy" else None
                 rows.append(Row(backend, task, ms, factor * forward_flops / ms / 1e6, peak))
+            rows += _decoding_rows(model, backend, inputs, steps, repeats, progress, forward_flops)
         if reference is not None:
             rows += _torch_rows(reference, inputs, dtype, repeats, progress, forward_flops)
     if show_progress:
         sys.stderr.write("\r" + " " * 60 + "\r")
-    baseline = {r.task: r.ms for r in rows if r.name.startswith("torch.nn.")}
+    baseline = {r.task: r for r in rows if r.name.startswith("torch.nn.")}
+    return [_to_torch(r, baseline) for r in rows]
+
+
+def _to_torch(row: Row, baseline: dict[str, Row]) -> Row:
+    """A row with its ratio to PyTorch's layer on the same task (if it has none yet)."""
+    if row.ratio is not None or row.task not in baseline:
+        return row
+    torch = baseline[row.task]
+    return Row(row.name, row.task, row.ms, row.gflops, row.peak_mib, row.ms / torch.ms, torch.name)
+
+
+BEAM = 5
+
+
+def _decoding_rows(
+    model: Any,
+    backend: str,
+    inputs: dict[str, np.ndarray],
+    steps: int,
+    repeats: int,
+    progress: Callable[[], None],
+    forward_flops: float,
+) -> list[Row]:
+    """For a decoder fed back tokens: greedy decoding and beam search (beam 5) of
+    ``steps`` tokens, the eos suppressed so that every hypothesis runs them all; the
+    beam's time as a ratio to greedy's."""
+    contract = model.namespace.get("STEP")
+    if contract is None or not contract["tokens"]:
+        return []
+    options = {"max_steps": steps, "suppress": [model.analysis.spec.generation.eos]}
+    greedy = functools.partial(model.generate, inputs, strategy="greedy", **options)
+    beam = functools.partial(model.generate, inputs, strategy="beam", beam=BEAM, **options)
+    fast = _median_ms(greedy, repeats, progress)
+    slow = _median_ms(beam, repeats, progress)
     return [
-        Row(
-            r.name,
-            r.task,
-            r.ms,
-            r.gflops,
-            r.peak_mib,
-            r.ms / baseline[r.task] if r.task in baseline else None,
-        )
-        for r in rows
-    ]
+        Row(backend, "generate greedy", fast, forward_flops / fast / 1e6, None),
+        Row(backend, f"generate beam {BEAM}", slow, BEAM * forward_flops / slow / 1e6, None,
+            slow / fast, "greedy"),
+    ]  # fmt: skip
 
 
 def _torch_backend() -> Any:
@@ -217,7 +248,7 @@ def blas_description() -> str:
 
 
 def format_rows(rows: list[Row]) -> str:
-    table = [["backend", "task", "ms", "x torch", "GFLOP/s", "peak MiB"]]
+    table = [["backend", "task", "ms", "ratio", "to", "GFLOP/s", "peak MiB"]]
     for r in rows:
         table.append(
             [
@@ -225,6 +256,7 @@ def format_rows(rows: list[Row]) -> str:
                 r.task,
                 f"{r.ms:.1f}",
                 "-" if r.ratio is None else f"{r.ratio:.2f}",
+                r.against or "-",
                 f"{r.gflops:.1f}",
                 "-" if r.peak_mib is None else f"{r.peak_mib:.1f}",
             ]
@@ -232,7 +264,7 @@ def format_rows(rows: list[Row]) -> str:
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     return "\n".join(
         "  ".join(
-            cell.ljust(w) if i < 2 else cell.rjust(w)
+            cell.ljust(w) if i in (0, 1, 4) else cell.rjust(w)
             for i, (cell, w) in enumerate(zip(row, widths, strict=True))
         )
         for row in table
