@@ -346,3 +346,63 @@ def test_the_spec_block_gives_the_defaults_and_a_call_overrides_them() -> None:
     five = model.generate(inputs, lengths, strategy="beam", beam=5, max_steps=6)
     np.testing.assert_array_equal(beam.tokens, five.tokens)
     assert (beam.scores >= greedy.scores - 1e-12).all()
+
+
+# --- rnnc generate ------------------------------------------------------------------------
+
+
+def test_generate_command_decodes_what_train_scored(cli, tmp_path) -> None:
+    """After rnnc train -o w, rnnc generate --task decodes the same held-out examples
+    and reports the accuracy train reported."""
+    spec = ROOT / "specs" / "seq2seq_attention.yaml"
+    weights = tmp_path / "w.safetensors"
+    trained = cli("train", spec, "--task", "reverse", "--backend", "numpy", "--steps", "40",
+                  "--lengths", "2-4", "--vocab", "4", "--quiet", "-o", weights)  # fmt: skip
+    assert trained.code == 0, trained.err
+    reported = trained.out.split("held-out accuracy ")[1].split("%")[0]
+    decoded = cli("generate", spec, "--weights", weights, "--task", "reverse", "--lengths",
+                  "2-4", "--vocab", "4", "--strategy", "greedy")  # fmt: skip
+    assert decoded.code == 0, decoded.err
+    assert f"held-out accuracy {reported}%" in decoded.out
+    assert "example 0:" in decoded.out and "</s>" in decoded.out
+
+
+def test_generate_command_prints_each_hypothesis(cli, tmp_path) -> None:
+    spec = ROOT / "specs" / "seq2seq_attention.yaml"
+    model = rnnc.compile(rnnc.load_spec(spec), backend="numpy")
+    weights = tmp_path / "w.npz"
+    rnnc.save_weights(weights, rnnc.init_params(model.analysis, seed=1))
+    one = cli("generate", spec, "--weights", weights, "--input", "src=5 6 7", "--strategy",
+              "beam", "--n-best", "3", "--max-steps", "4")  # fmt: skip
+    assert one.code == 0, one.err
+    lines = one.out.splitlines()
+    assert lines[0] == "example 0:" and [line.split(".")[0].strip() for line in lines[1:]] == [
+        "1",
+        "2",
+        "3",
+    ]
+    examples = tmp_path / "in.jsonl"
+    examples.write_text('{"src": [5, 6, 7]}\n{"src": [8, 9]}\n')
+    many = cli("generate", spec, "--weights", weights, "--inputs", examples, "--max-steps", "4")
+    assert many.code == 0 and many.out.count("example ") == 2
+    # the first example alone and in the file decode alike (ragged lengths padded)
+    assert many.out.splitlines()[1] == cli("generate", spec, "--weights", weights, "--input",
+                                           "src=5 6 7", "--max-steps", "4").out.splitlines()[1]  # fmt: skip
+
+
+def test_generate_command_refuses_what_it_cannot_do(cli, tmp_path) -> None:
+    spec = ROOT / "specs" / "seq2seq_attention.yaml"
+    weights = tmp_path / "w.npz"
+    rnnc.save_weights(weights, {"out.W": np.zeros((40, 64))})  # names missing
+    bad = cli("generate", spec, "--weights", weights, "--input", "src=5 6 7")
+    assert bad.code == 1 and "rnnc:" in bad.err and "Traceback" not in bad.err
+    classifier = ROOT / "specs" / "sentiment_bigru.yaml"
+    none = cli("generate", classifier, "--weights", weights, "--input", "words=5 6")
+    assert none.code == 1 and "nothing to generate" in none.err
+    model = rnnc.compile(rnnc.load_spec(spec), backend="numpy")
+    rnnc.save_weights(weights, rnnc.init_params(model.analysis, seed=1))
+    wrong = cli("generate", spec, "--weights", weights, "--input", "nope=1 2")
+    assert wrong.code == 1 and "NAME one of src, tgt" in wrong.err
+    wide = cli("generate", spec, "--weights", weights, "--input", "src=5", "--strategy", "beam",
+               "--beam", "2", "--n-best", "3")  # fmt: skip
+    assert wide.code == 1 and "must not exceed the beam" in wide.err

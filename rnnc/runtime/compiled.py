@@ -238,6 +238,10 @@ class CompiledModel(Protocol):
         self, inputs: Mapping[str, np.ndarray], loss: Loss, **options: Unpack[RunKeywords]
     ) -> tuple[float, dict[str, np.ndarray]]: ...
 
+    def generate(
+        self, inputs: Mapping[str, np.ndarray], lengths: Any = None, **options: Any
+    ) -> Generation: ...
+
 
 @runtime_checkable
 class Backend(Protocol):

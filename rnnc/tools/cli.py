@@ -191,6 +191,30 @@ def build_parser() -> argparse.ArgumentParser:
     gradflow.add_argument("--seed", type=_seed, default=0, help="parameters and inputs (0)")
     gradflow.set_defaults(run=run_gradflow)
 
+    generate = sub.add_parser("generate", help="decode with trained weights: greedy, beam, sample")
+    generate.add_argument("spec", metavar="SPEC", help="a spec file (YAML) with a decoder")
+    generate.add_argument("--weights", required=True, help="trained weights (.safetensors or .npz)")
+    source = generate.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--input", action="append", metavar='NAME="3 5 7"', help="one example's input (repeat)"
+    )
+    source.add_argument("--inputs", metavar="FILE.jsonl", help="one example per line (JSON)")
+    source.add_argument("--task", help="the held-out examples of rnnc train --task TASK")
+    generate.add_argument("--vocab", type=_positive, default=10, help="--task: symbols (10)")
+    generate.add_argument("--lengths", default="3-12", help="--task: lengths, MIN-MAX (3-12)")
+    generate.add_argument("--bos", type=_seed, default=1, help="the decoder's first token (1)")
+    generate.add_argument("--backend", default="numpy", help="numpy (default) or torch")
+    generate.add_argument("--strategy", choices=("greedy", "beam", "sample"), default=None)
+    for flag, kind in (
+        ("--beam", _positive), ("--n-best", _positive), ("--max-steps", _positive),
+        ("--eos", _seed), ("--pad", _seed), ("--top-k", _seed),
+        ("--length-penalty", float), ("--temperature", float), ("--top-p", float),
+    ):  # fmt: skip
+        generate.add_argument(flag, type=kind, default=None, help="(the spec's generation block)")
+    generate.add_argument("--suppress", default=None, help="tokens never generated: 3,4")
+    generate.add_argument("--seed", type=_seed, default=0, help="sampling; --task: data (0)")
+    generate.set_defaults(run=run_generate)
+
     verify = sub.add_parser("verify", help="run every backend on the same inputs and compare")
     verify.add_argument("specs", nargs="+", metavar="SPEC", help="spec files (YAML)")
     verify.add_argument(
@@ -416,13 +440,7 @@ def run_train(args: argparse.Namespace) -> int:
     _installed(args.backend)
     if args.output:
         _output(args.output, [args.spec], (".safetensors", ".npz"))
-    try:
-        low, high = (int(n) for n in args.lengths.split("-"))
-        assert 1 <= low <= high
-    except (ValueError, AssertionError):
-        raise UsageError(
-            f"--lengths takes MIN-MAX with 1 <= MIN <= MAX, found {args.lengths!r}"
-        ) from None
+    low, high = _lengths(args.lengths)
     analysis = _checked(args.spec)
     task = Task(args.task, vocab=args.vocab, min_len=low, max_len=high)
     task.bind(analysis)  # a task that does not fit is refused before anything runs
@@ -476,6 +494,70 @@ def run_train(args: argparse.Namespace) -> int:
     about = f"{analysis.spec.name} on {args.task}"
     print(write_heatmap(result.alignment, alignment_path(args.output), about), file=sys.stderr)
     return EXIT_OK
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from rnnc.ir.program import time_axes
+    from rnnc.runtime.compiler import compile as compile_spec
+    from rnnc.runtime.weights import load_weights
+    from rnnc.tools import generate as g
+    from rnnc.tools.train import Task, symbol
+
+    _installed(args.backend)
+    analysis = _checked(args.spec)
+    model = compile_spec(analysis, backend=args.backend, dtype="float32")
+    fed = time_axes(analysis)[2]  # the input a decoder's predictions replace
+    if not fed:
+        raise RnncError(f"{analysis.spec.name} has no layer with feedback: nothing to generate")
+    model.load_params(load_weights(args.weights, expected=model.param_shapes()))
+    suppress = None
+    if args.suppress is not None:
+        try:
+            suppress = [int(t) for t in args.suppress.replace(",", " ").split()]
+        except ValueError:
+            raise UsageError(f"--suppress takes token ids: 3,4 (found {args.suppress!r})") from None
+    options = {
+        "strategy": args.strategy, "beam": args.beam, "n_best": args.n_best,
+        "max_steps": args.max_steps, "eos": args.eos, "pad": args.pad,
+        "length_penalty": args.length_penalty, "temperature": args.temperature,
+        "top_k": args.top_k, "top_p": args.top_p, "suppress": suppress, "seed": args.seed,
+    }  # fmt: skip
+    if args.task is not None:
+        low, high = _lengths(args.lengths)
+        task = Task(args.task, vocab=args.vocab, min_len=low, max_len=high)
+        binding = task.bind(analysis)
+        if binding.kind != "seq2seq":
+            raise RnncError(f"task {args.task!r} has no sequence to decode")
+        batch = g.held_out(task, binding, args.seed)
+        inputs, lengths = g.decode_inputs(batch, binding)
+        options["max_steps"] = options["max_steps"] or batch.targets.shape[1]
+        result = model.generate(inputs, lengths, **options)
+        lines = g.describe(result, symbol)
+        print("\n".join(lines[: 5 * (1 + result.tokens.shape[1])]))
+        print(
+            f"{analysis.spec.name} on {args.task}: held-out accuracy "
+            f"{g.task_accuracy(result, batch):.1%} ({len(batch.targets)} examples, "
+            f"{args.strategy or analysis.spec.generation.strategy})"
+        )
+        return EXIT_OK
+    if args.inputs is not None:
+        examples = g.read_examples(analysis, args.inputs)
+    else:
+        examples = [dict(g.parse_input(analysis, text) for text in args.input)]
+    inputs, lengths = g.batch_of(analysis, examples, fed[0], args.bos)
+    result = model.generate(inputs, lengths or None, **options)
+    print("\n".join(g.describe(result)))
+    return EXIT_OK
+
+
+def _lengths(text: str) -> tuple[int, int]:
+    """MIN-MAX sequence lengths of a task (a usage error if not)."""
+    try:
+        low, high = (int(n) for n in text.split("-"))
+        assert 1 <= low <= high
+    except (ValueError, AssertionError):
+        raise UsageError(f"--lengths takes MIN-MAX with 1 <= MIN <= MAX, found {text!r}") from None
+    return low, high
 
 
 def _backend_names(text: str | None) -> list[str]:

@@ -20,16 +20,18 @@ from pathlib import Path
 import numpy as np
 
 from rnnc.errors import RnncError
-from rnnc.front.checks import analyze
+from rnnc.front.checks import Analysis, analyze
 from rnnc.front.parse import load_spec
 from rnnc.runtime.compiler import compile as compile_spec
 from rnnc.runtime.files import write_atomic
 from rnnc.runtime.registry import usable_backends
 from rnnc.runtime.weights import save_weights
 from rnnc.tools.drawing import VIEWS, encode, has_dot, render
+from rnnc.tools.generate import decode_inputs, held_out, task_accuracy
+from rnnc.tools.generate import describe as hypotheses
 from rnnc.tools.gradflow import csv_text, describe, gradient_flow, plot_png
 from rnnc.tools.summary import summarize
-from rnnc.tools.train import Task, alignment_path, train, write_heatmap
+from rnnc.tools.train import Task, alignment_path, symbol, train, write_heatmap
 from rnnc.tools.verify import random_inputs, verify
 
 
@@ -107,7 +109,29 @@ def train_demo(specs: Path, out: Path) -> bool:
         print(
             write_heatmap(result.alignment, alignment_path(weights), "seq2seq_attention on reverse")
         )
+    beam_demo(analysis, result.params, backend)
     return result.accuracy > 0.5
+
+
+def beam_demo(analysis: Analysis, params: dict[str, np.ndarray], backend: str) -> None:
+    """The trained model decoding the held-out examples with beam 5, 3 hypotheses each
+    (rnnc generate SPEC --weights W --task reverse --strategy beam)."""
+    task = Task("reverse")
+    binding = task.bind(analysis)
+    model = compile_spec(analysis, backend=backend, dtype="float32")
+    model.load_params(params)
+    batch = held_out(task, binding, seed=0)
+    inputs, lengths = decode_inputs(batch, binding)
+    start = time.perf_counter()
+    found = model.generate(
+        inputs, lengths, strategy="beam", beam=5, n_best=3, max_steps=batch.targets.shape[1]
+    )
+    seconds = time.perf_counter() - start
+    print(
+        f"beam search (beam 5, 3 best): held-out exact match {task_accuracy(found, batch):.1%} "
+        f"in {seconds:.1f} s (rnnc generate ... --strategy beam; docs/decoding.md)"
+    )
+    print("\n".join(hypotheses(found, symbol)[:8]))
 
 
 def flow_demo(spec: Path, out: Path) -> None:
