@@ -277,6 +277,25 @@ TORCH_EXPRESSIONS: dict[OpKind, Expression] = {
 }
 
 
+# The torch module's generate: rnnc's strategies over the module's step contract.
+GENERATE_METHOD = '''
+
+    def generate(self, inputs, lengths=None, **options):
+        """Decode (rnnc's docs/decoding.md): greedy, beam search or sampling over this
+        module's step contract, each option (strategy, beam, n_best, max_steps, eos, pad,
+        length_penalty, temperature, top_k, top_p, suppress, seed) defaulting to
+        GENERATION. Tensors in, a Generation of tensors out; needs rnnc installed."""
+        from rnnc.runtime import decoding
+
+        seed = options.pop("seed", None)
+        opts = decoding.options(decoding.GenerationOptions.model_validate(GENERATION), options)
+        params, inputs, by_axis, _ = self.prepare(inputs, lengths, "generate", None, opts.max_steps)
+        batch = len(next(iter(by_axis.values())))
+        with torch.no_grad():
+            found = decoding.generate(globals(), params, inputs, by_axis, batch, opts, seed)
+        return decoding.as_tensors(found, self.rnnc_like.device)'''
+
+
 class _TorchWriter(ModuleWriter):
     """Writes the generated module's ``run``, the forward pass, from the network's ops:
     torch's autograd differentiates it; a scan is a fused kernel (built-in cells) or
@@ -437,6 +456,12 @@ class _TorchWriter(ModuleWriter):
         shapes = {name: shape for name, (shape, _) in rules.items()}
         inits = {name: rule for name, (_, rule) in rules.items()}
         layers = self.layer_descriptions(shapes)
+        generate = GENERATE_METHOD if self.net.step is not None else ""
+        decoding = (
+            f"GENERATION = {self.spec.generation.model_dump()!r}  # generate's defaults\n"
+            if generate
+            else ""
+        )
         return f'''PARAM_SHAPES = {shapes!r}
 INIT = {inits!r}  # (kind, value): N(0, 1), U(-value, value) or a constant
 INPUTS = {input_rules(self.analysis)!r}  # what forward checks (token vocab or vector size)
@@ -444,7 +469,7 @@ LAYERS = {layers!r}  # what print(model) says of each
 SEQUENCES = {tuple(axes)!r}  # sequence inputs that start a time axis
 FEEDBACK = {fed_axes!r}  # time axis -> teacher-forcing probability
 TRUTHS = {tuple(truths)!r}  # inputs whose later steps feedback replaces
-
+{decoding}
 
 class Model(torch.nn.Module):
     """{self.spec.name}: parameters under rnnc's canonical names; see forward."""
@@ -489,9 +514,20 @@ class Model(torch.nn.Module):
         [0, 1) tensor for dropout masks (default torch.rand while training, none in
         eval mode); when given, it is used in either mode.
         """
-        params = {{self.canonical[key]: p for key, p in self.named_parameters()}}
+        params, inputs, by_axis, tf_masks = self.prepare(inputs, lengths, mode, tf_mask, steps)
         like = self.rnnc_like
-        device = like.device
+        if mode != "train":
+            uniform = None
+        elif uniform is None and self.training:
+            uniform = lambda shape: torch.rand(shape, dtype=like.dtype, device=like.device)  # noqa: E731
+        return run(params, inputs, by_axis, tf_masks, uniform, like)
+
+    def prepare(self, inputs, lengths, mode, tf_mask, steps):
+        """What run takes: the parameters by canonical name, the inputs checked (and for
+        mode="generate" the fed inputs padded to `steps`), lengths and teacher-forcing
+        masks by time axis (see forward)."""
+        params = {{self.canonical[key]: p for key, p in self.named_parameters()}}
+        device = self.rnnc_like.device
         inputs = checked_inputs(INPUTS, inputs, device)
         if mode not in ("train", "generate"):
             raise ValueError(f"mode must be 'train' or 'generate', found {{mode!r}}")
@@ -525,11 +561,7 @@ class Model(torch.nn.Module):
             else:
                 mask = torch.rand((batch, total), device=device) < p
             tf_masks[axis] = mask
-        if mode != "train":
-            uniform = None
-        elif uniform is None and self.training:
-            uniform = lambda shape: torch.rand(shape, dtype=like.dtype, device=device)  # noqa: E731
-        return run(params, inputs, by_axis, tf_masks, uniform, like)'''
+        return params, inputs, by_axis, tf_masks{generate}'''
 
     def layer_descriptions(self, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, str]:
         """What print(model) says of each embedded input and each layer: its kind and

@@ -406,3 +406,19 @@ def test_generate_command_refuses_what_it_cannot_do(cli, tmp_path) -> None:
     wide = cli("generate", spec, "--weights", weights, "--input", "src=5", "--strategy", "beam",
                "--beam", "2", "--n-best", "3")  # fmt: skip
     assert wide.code == 1 and "must not exceed the beam" in wide.err
+
+
+def test_the_torch_module_generates_tensors_as_the_model_does() -> None:
+    torch = pytest.importorskip("torch")
+    model = model_of("seq2seq_attention", "torch", seed=19)
+    inputs, lengths = encoder_inputs(model, 3, np.random.default_rng(20))
+    expected = model.generate(inputs, lengths, strategy="beam", beam=3, n_best=2, max_steps=6)
+    tensors = {k: torch.as_tensor(v) for k, v in inputs.items()}
+    found = model.module.generate(
+        tensors, {k: torch.as_tensor(v) for k, v in lengths.items()},
+        strategy="beam", beam=3, n_best=2, max_steps=6,
+    )  # fmt: skip
+    assert torch.is_tensor(found.tokens) and found.tokens.dtype == torch.int64
+    np.testing.assert_array_equal(found.tokens.numpy(), expected.tokens)
+    np.testing.assert_allclose(found.scores.numpy(), expected.scores, rtol=1e-12)
+    assert not hasattr(model_of(TINY.replace("feedback: out", ""), "torch").module, "generate")

@@ -97,6 +97,20 @@ class Generation:
     outputs: dict[str, np.ndarray] = field(default_factory=dict)
 
 
+def as_tensors(found: Generation, device: Any) -> Generation:
+    """A Generation of torch tensors (the torch module's generate)."""
+    import torch
+
+    def tensor(array: np.ndarray) -> Any:
+        return torch.as_tensor(array, device=device)
+
+    outputs = {k: tensor(v) for k, v in found.outputs.items()}
+    return Generation(
+        tensor(found.tokens), tensor(found.lengths), tensor(found.log_probs),
+        tensor(found.scores), outputs,
+    )  # fmt: skip
+
+
 def options(defaults: GenerationOptions, overrides: Mapping[str, Any]) -> GenerationOptions:
     """The spec's ``generation`` block with a call's overrides (None: the default),
     checked as the block is."""
@@ -167,16 +181,20 @@ class _Decoder:
         self.carry = self.reorder(carry, rows)
         self.first = self.host.take(inputs[contract["input"]][:, 0], rows, 0)
 
-    def reorder(self, carry: dict[str, Any], rows: np.ndarray) -> dict[str, Any]:
-        """The carry with row i taken from row ``rows[i]`` (hypotheses copied or dropped)."""
+    def reorder(self, carry: dict[str, Any], rows: np.ndarray, env: bool = True) -> dict[str, Any]:
+        """The carry with row i taken from row ``rows[i]`` (hypotheses copied or dropped).
+        ``env=False`` leaves what was made before the loop as it is: right when every
+        row moves within its example, whose rows all hold the same copy of it."""
         take = self.host.take
-        env = {
-            k: v if self.axes.get(k) is None else take(v, rows, self.axes[k])
-            for k, v in carry["env"].items()
-        }
+        made = carry["env"]
+        if env:
+            made = {
+                k: v if self.axes.get(k) is None else take(v, rows, self.axes[k])
+                for k, v in made.items()
+            }
         carries = {k: take(v, rows, 0) for k, v in carry["carries"].items()}
         ys = {k: [take(y, rows, 0) for y in v] for k, v in carry["ys"].items()}
-        return {**carry, "env": env, "carries": carries, "ys": ys}
+        return {**carry, "env": made, "carries": carries, "ys": ys}
 
     def step(self, fed: Any) -> np.ndarray:
         """One step on every row; the log-probabilities of the next token (rows, V): the
@@ -339,10 +357,7 @@ def _beam(module, params, inputs, lengths, B, opts) -> Generation:  # type: igno
     live = np.full((B, K), -np.inf)
     live[:, 0] = 0.0  # one hypothesis to start from: the others are copies, not counted
     history = np.zeros((B, K, 0), dtype=np.int64)
-    pool_tokens = np.full((B, N, T), opts.pad, dtype=np.int64)
-    pool_lengths = np.zeros((B, N), dtype=np.int64)
-    pool_sums = np.full((B, N), -np.inf)
-    pool_scores = np.full((B, N), -np.inf)
+    pool = _Pool(B, N, T, opts.pad)
     done = np.zeros(B, dtype=bool)
     examples = np.arange(B)[:, None]
     fed = decoder.first
@@ -368,21 +383,8 @@ def _beam(module, params, inputs, lengths, B, opts) -> Generation:  # type: igno
         ends = (
             valid & (np.arange(width)[None, :] < K) & ((token == opts.eos) | last) & ~done[:, None]
         )
-        # finished: into each example's pool of the n_best best
-        new_tokens = np.concatenate(
-            [np.take_along_axis(history, parent[..., None], axis=1), token[..., None]], axis=2
-        )
-        new_tokens = np.pad(new_tokens, ((0, 0), (0, 0), (0, T - t - 1)), constant_values=opts.pad)
-        scores = np.where(ends, ranked / (t + 1) ** opts.length_penalty, -np.inf)
-        all_scores = np.concatenate([pool_scores, scores], axis=1)
-        keep = np.argsort(-all_scores, axis=1, kind="stable")[:, :N]
-        pool_scores = np.take_along_axis(all_scores, keep, axis=1)
-        sums = np.concatenate([pool_sums, np.where(ends, ranked, -np.inf)], axis=1)
-        pool_sums = np.take_along_axis(sums, keep, axis=1)
-        both = np.concatenate([pool_tokens, new_tokens], axis=1)
-        pool_tokens = np.take_along_axis(both, keep[..., None], axis=1)
-        lengths_now = np.concatenate([pool_lengths, np.where(ends, t + 1, 0)], axis=1)
-        pool_lengths = np.take_along_axis(lengths_now, keep, axis=1)
+        if ends.any():  # into each example's pool of the n_best best finished
+            pool.add(ends, ranked, history, parent, token, t, opts)
         if last:
             break
         # live: the best K candidates not ending in eos
@@ -396,15 +398,55 @@ def _beam(module, params, inputs, lengths, B, opts) -> Generation:  # type: igno
         live[b, slot[b, j]] = ranked[b, j]
         parents[b, slot[b, j]] = parent[b, j]
         tokens[b, slot[b, j]] = token[b, j]
-        done |= _cannot_improve(live, pool_scores, t + 1, opts)
+        done |= _cannot_improve(live, pool.scores, t + 1, opts)
         if done.all():
             break
         history = np.concatenate(
             [np.take_along_axis(history, parents[..., None], axis=1), tokens[..., None]], axis=2
         )
-        decoder.carry = decoder.reorder(decoder.carry, (examples * K + parents).reshape(-1))
+        rows = (examples * K + parents).reshape(-1)  # within each example: env stays
+        decoder.carry = decoder.reorder(decoder.carry, rows, env=False)
         fed = decoder.host.ids(tokens.reshape(-1))
-    return Generation(pool_tokens, pool_lengths, pool_sums, pool_scores)
+    return Generation(pool.tokens, pool.lengths, pool.sums, pool.scores)
+
+
+class _Pool:
+    """Each example's ``n_best`` best finished hypotheses, best first."""
+
+    def __init__(self, B: int, N: int, T: int, pad: int):
+        self.tokens = np.full((B, N, T), pad, dtype=np.int64)
+        self.lengths = np.zeros((B, N), dtype=np.int64)
+        self.sums = np.full((B, N), -np.inf)
+        self.scores = np.full((B, N), -np.inf)
+        self.pad = pad
+
+    def add(
+        self,
+        ends: np.ndarray,
+        sums: np.ndarray,
+        history: np.ndarray,
+        parent: np.ndarray,
+        token: np.ndarray,
+        t: int,
+        opts: GenerationOptions,
+    ) -> None:
+        """The candidates where ``ends`` (B, C): sums, their parents' tokens then their
+        own, finished at step t."""
+        _, N, T = self.tokens.shape
+        tokens = np.concatenate(
+            [np.take_along_axis(history, parent[..., None], axis=1), token[..., None]], axis=2
+        )
+        tokens = np.pad(tokens, ((0, 0), (0, 0), (0, T - t - 1)), constant_values=self.pad)
+        scores = np.where(ends, sums / (t + 1) ** opts.length_penalty, -np.inf)
+        every = np.concatenate([self.scores, scores], axis=1)
+        keep = np.argsort(-every, axis=1, kind="stable")[:, :N]  # the pool first on ties
+        pick = lambda old, new: np.take_along_axis(  # noqa: E731
+            np.concatenate([old, new], axis=1), keep if old.ndim == 2 else keep[..., None], axis=1
+        )
+        self.scores = np.take_along_axis(every, keep, axis=1)
+        self.sums = pick(self.sums, np.where(ends, sums, -np.inf))
+        self.tokens = pick(self.tokens, tokens)
+        self.lengths = pick(self.lengths, np.where(ends, t + 1, 0))
 
 
 def _cannot_improve(

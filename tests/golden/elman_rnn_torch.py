@@ -233,9 +233,20 @@ class Model(torch.nn.Module):
         [0, 1) tensor for dropout masks (default torch.rand while training, none in
         eval mode); when given, it is used in either mode.
         """
-        params = {self.canonical[key]: p for key, p in self.named_parameters()}
+        params, inputs, by_axis, tf_masks = self.prepare(inputs, lengths, mode, tf_mask, steps)
         like = self.rnnc_like
-        device = like.device
+        if mode != "train":
+            uniform = None
+        elif uniform is None and self.training:
+            uniform = lambda shape: torch.rand(shape, dtype=like.dtype, device=like.device)  # noqa: E731
+        return run(params, inputs, by_axis, tf_masks, uniform, like)
+
+    def prepare(self, inputs, lengths, mode, tf_mask, steps):
+        """What run takes: the parameters by canonical name, the inputs checked (and for
+        mode="generate" the fed inputs padded to `steps`), lengths and teacher-forcing
+        masks by time axis (see forward)."""
+        params = {self.canonical[key]: p for key, p in self.named_parameters()}
+        device = self.rnnc_like.device
         inputs = checked_inputs(INPUTS, inputs, device)
         if mode not in ("train", "generate"):
             raise ValueError(f"mode must be 'train' or 'generate', found {mode!r}")
@@ -269,8 +280,4 @@ class Model(torch.nn.Module):
             else:
                 mask = torch.rand((batch, total), device=device) < p
             tf_masks[axis] = mask
-        if mode != "train":
-            uniform = None
-        elif uniform is None and self.training:
-            uniform = lambda shape: torch.rand(shape, dtype=like.dtype, device=device)  # noqa: E731
-        return run(params, inputs, by_axis, tf_masks, uniform, like)
+        return params, inputs, by_axis, tf_masks

@@ -378,6 +378,7 @@ LAYERS = {'y_prev': 'embedding(12, 12)', 'h': 'output_recurrent(20, 32, forward,
 SEQUENCES = ('x',)  # sequence inputs that start a time axis
 FEEDBACK = {'x': 1.0}  # time axis -> teacher-forcing probability
 TRUTHS = ('y_prev',)  # inputs whose later steps feedback replaces
+GENERATION = {'strategy': 'greedy', 'max_steps': 50, 'eos': 2, 'pad': 0, 'beam': 5, 'n_best': 1, 'length_penalty': 0.0, 'temperature': 1.0, 'top_k': 0, 'top_p': 1.0, 'suppress': []}  # generate's defaults
 
 
 class Model(torch.nn.Module):
@@ -423,9 +424,20 @@ class Model(torch.nn.Module):
         [0, 1) tensor for dropout masks (default torch.rand while training, none in
         eval mode); when given, it is used in either mode.
         """
-        params = {self.canonical[key]: p for key, p in self.named_parameters()}
+        params, inputs, by_axis, tf_masks = self.prepare(inputs, lengths, mode, tf_mask, steps)
         like = self.rnnc_like
-        device = like.device
+        if mode != "train":
+            uniform = None
+        elif uniform is None and self.training:
+            uniform = lambda shape: torch.rand(shape, dtype=like.dtype, device=like.device)  # noqa: E731
+        return run(params, inputs, by_axis, tf_masks, uniform, like)
+
+    def prepare(self, inputs, lengths, mode, tf_mask, steps):
+        """What run takes: the parameters by canonical name, the inputs checked (and for
+        mode="generate" the fed inputs padded to `steps`), lengths and teacher-forcing
+        masks by time axis (see forward)."""
+        params = {self.canonical[key]: p for key, p in self.named_parameters()}
+        device = self.rnnc_like.device
         inputs = checked_inputs(INPUTS, inputs, device)
         if mode not in ("train", "generate"):
             raise ValueError(f"mode must be 'train' or 'generate', found {mode!r}")
@@ -459,8 +471,19 @@ class Model(torch.nn.Module):
             else:
                 mask = torch.rand((batch, total), device=device) < p
             tf_masks[axis] = mask
-        if mode != "train":
-            uniform = None
-        elif uniform is None and self.training:
-            uniform = lambda shape: torch.rand(shape, dtype=like.dtype, device=device)  # noqa: E731
-        return run(params, inputs, by_axis, tf_masks, uniform, like)
+        return params, inputs, by_axis, tf_masks
+
+    def generate(self, inputs, lengths=None, **options):
+        """Decode (rnnc's docs/decoding.md): greedy, beam search or sampling over this
+        module's step contract, each option (strategy, beam, n_best, max_steps, eos, pad,
+        length_penalty, temperature, top_k, top_p, suppress, seed) defaulting to
+        GENERATION. Tensors in, a Generation of tensors out; needs rnnc installed."""
+        from rnnc.runtime import decoding
+
+        seed = options.pop("seed", None)
+        opts = decoding.options(decoding.GenerationOptions.model_validate(GENERATION), options)
+        params, inputs, by_axis, _ = self.prepare(inputs, lengths, "generate", None, opts.max_steps)
+        batch = len(next(iter(by_axis.values())))
+        with torch.no_grad():
+            found = decoding.generate(globals(), params, inputs, by_axis, batch, opts, seed)
+        return decoding.as_tensors(found, self.rnnc_like.device)
