@@ -325,7 +325,9 @@ def with_alignment(name: str) -> rnnc.Spec:
     """A gallery decoder with its attention weights as an output too."""
     text = (ROOT / "specs" / f"{name}.yaml").read_text()
     if "attention: weights" not in text:
-        text += "  alignment: {from: decoder, attention: weights}\n"
+        text = text.replace(
+            "outputs:\n", "outputs:\n  alignment: {from: decoder, attention: weights}\n"
+        )
     return rnnc.parse_spec(text)
 
 
@@ -353,9 +355,10 @@ def test_alignment_rows_weigh_the_valid_source_steps(backend: str, name: str, mo
 
 
 def test_alignment_of_a_decoder_without_attention_is_refused() -> None:
-    text = (
-        ROOT / "specs" / "seq2seq.yaml"
-    ).read_text() + "  alignment: {from: decoder, attention: weights}\n"
+    text = (ROOT / "specs" / "seq2seq.yaml").read_text()
+    text = text.replace(
+        "outputs:\n", "outputs:\n  alignment: {from: decoder, attention: weights}\n"
+    )
     errors = [d for d in rnnc.check(rnnc.parse_spec(text)) if d.severity == "error"]
     assert [d.dotted_path for d in errors] == ["outputs.alignment.attention"]
     assert "needs a layer with attention" in errors[0].message
