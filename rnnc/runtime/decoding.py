@@ -156,9 +156,10 @@ class _Host:
 
         return torch.as_tensor(ids, dtype=torch.int64, device=self.like.device)
 
-    def take(self, value: Any, index: np.ndarray, axis: int) -> Any:
+    def take(self, value: Any, index: Any, axis: int) -> Any:
+        """Rows ``index`` (from ``ids``) of ``value`` along ``axis``."""
         if self.torch:
-            return value.index_select(axis, self.ids(index))
+            return value.index_select(axis, index)
         return np.take(value, index, axis=axis)
 
 
@@ -179,13 +180,13 @@ class _Decoder:
         carry = module["init"](params, inputs, lengths)
         self.host = _Host(carry["like"])
         self.carry = self.reorder(carry, rows)
-        self.first = self.host.take(inputs[contract["input"]][:, 0], rows, 0)
+        self.first = self.host.take(inputs[contract["input"]][:, 0], self.host.ids(rows), 0)
 
     def reorder(self, carry: dict[str, Any], rows: np.ndarray, env: bool = True) -> dict[str, Any]:
         """The carry with row i taken from row ``rows[i]`` (hypotheses copied or dropped).
         ``env=False`` leaves what was made before the loop as it is: right when every
         row moves within its example, whose rows all hold the same copy of it."""
-        take = self.host.take
+        take, rows = self.host.take, self.host.ids(rows)
         made = carry["env"]
         if env:
             made = {
@@ -356,10 +357,10 @@ def _beam(module, params, inputs, lengths, B, opts) -> Generation:  # type: igno
     decoder = _Decoder(module, params, inputs, lengths, np.repeat(np.arange(B), K))
     live = np.full((B, K), -np.inf)
     live[:, 0] = 0.0  # one hypothesis to start from: the others are copies, not counted
-    history = np.zeros((B, K, 0), dtype=np.int64)
+    history = np.full((B, K, T), opts.pad, dtype=np.int64)  # each live hypothesis' tokens
     pool = _Pool(B, N, T, opts.pad)
     done = np.zeros(B, dtype=bool)
-    examples = np.arange(B)[:, None]
+    example = np.arange(B)[:, None]
     fed = decoder.first
     for t in range(T):
         log_probs = decoder.step(fed)
@@ -371,40 +372,38 @@ def _beam(module, params, inputs, lengths, B, opts) -> Generation:  # type: igno
         )
         width = min(2 * K, K * V)  # at most K end in eos: K others are among the best 2K
         best = np.argpartition(-candidates, width - 1, axis=1)[:, :width]
-        ranked = np.take_along_axis(candidates, best, axis=1)
-        order = np.argsort(-ranked, axis=1, kind="stable")
-        best, ranked = (
-            np.take_along_axis(best, order, axis=1),
-            np.take_along_axis(ranked, order, axis=1),
-        )
+        order = np.argsort(-candidates[example, best], axis=1, kind="stable")
+        best = best[example, order]
+        ranked = candidates[example, best]
         parent, token = best // V, best % V
         valid = ranked > -np.inf
         last = t == T - 1
-        ends = (
-            valid & (np.arange(width)[None, :] < K) & ((token == opts.eos) | last) & ~done[:, None]
-        )
+        ends = valid & ((token == opts.eos) | last) & ~done[:, None]
+        ends[:, K:] = False  # only among the best K
         if ends.any():  # into each example's pool of the n_best best finished
-            pool.add(ends, ranked, history, parent, token, t, opts)
+            finished = history[example, parent]
+            finished[:, :, t] = token
+            pool.add(ends, ranked, finished, t, opts)
         if last:
             break
         # live: the best K candidates not ending in eos
         going = valid & (token != opts.eos)
         slot = np.cumsum(going, axis=1) - 1
-        chosen = going & (slot < K)
+        b, j = np.nonzero(going & (slot < K))
         live = np.full((B, K), -np.inf)
         parents = np.zeros((B, K), dtype=np.int64)
         tokens = np.full((B, K), opts.pad, dtype=np.int64)
-        b, j = np.nonzero(chosen)
         live[b, slot[b, j]] = ranked[b, j]
         parents[b, slot[b, j]] = parent[b, j]
         tokens[b, slot[b, j]] = token[b, j]
-        done |= _cannot_improve(live, pool.scores, t + 1, opts)
-        if done.all():
-            break
-        history = np.concatenate(
-            [np.take_along_axis(history, parents[..., None], axis=1), tokens[..., None]], axis=2
-        )
-        rows = (examples * K + parents).reshape(-1)  # within each example: env stays
+        # the stopping rule can hold only for an example with n_best finished or none live
+        if (pool.scores[:, -1] > -np.inf).any() or (live == -np.inf).all(axis=1).any():
+            done |= _cannot_improve(live, pool.scores, t + 1, opts)
+            if done.all():
+                break
+        history = history[example, parents]
+        history[:, :, t] = tokens
+        rows = (example * K + parents).reshape(-1)  # within each example: env stays
         decoder.carry = decoder.reorder(decoder.carry, rows, env=False)
         fed = decoder.host.ids(tokens.reshape(-1))
     return Generation(pool.tokens, pool.lengths, pool.sums, pool.scores)
@@ -424,19 +423,14 @@ class _Pool:
         self,
         ends: np.ndarray,
         sums: np.ndarray,
-        history: np.ndarray,
-        parent: np.ndarray,
-        token: np.ndarray,
+        tokens: np.ndarray,
         t: int,
         opts: GenerationOptions,
     ) -> None:
-        """The candidates where ``ends`` (B, C): sums, their parents' tokens then their
-        own, finished at step t."""
-        _, N, T = self.tokens.shape
-        tokens = np.concatenate(
-            [np.take_along_axis(history, parent[..., None], axis=1), token[..., None]], axis=2
-        )
-        tokens = np.pad(tokens, ((0, 0), (0, 0), (0, T - t - 1)), constant_values=self.pad)
+        """The candidates where ``ends`` (B, C): their sums and their tokens (B, C, T,
+        a copy this may change), finished at step t."""
+        N = self.tokens.shape[1]
+        tokens[:, :, t + 1 :] = self.pad
         scores = np.where(ends, sums / (t + 1) ** opts.length_penalty, -np.inf)
         every = np.concatenate([self.scores, scores], axis=1)
         keep = np.argsort(-every, axis=1, kind="stable")[:, :N]  # the pool first on ties
