@@ -77,14 +77,24 @@ def torch_reference(analysis: Analysis) -> tuple[str, RecurrentLayer, int] | Non
 
 
 def _median_ms(function: Callable[[], Any], repeats: int, progress: Callable[[], None]) -> float:
-    function()  # warm up
-    times = []
+    return _medians_ms([function], repeats, progress)[0]
+
+
+def _medians_ms(
+    functions: list[Callable[[], Any]], repeats: int, progress: Callable[[], None]
+) -> list[float]:
+    """Each function's median time, the functions called in turns (so a slow spell of
+    the machine falls on all of them alike)."""
+    for function in functions:
+        function()  # warm up
+    times: list[list[float]] = [[] for _ in functions]
     for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append((time.perf_counter() - start) * 1000)
-        progress()
-    return statistics.median(times)
+        for function, mine in zip(functions, times, strict=True):
+            start = time.perf_counter()
+            function()
+            mine.append((time.perf_counter() - start) * 1000)
+            progress()
+    return [statistics.median(mine) for mine in times]
 
 
 def _peak_mib(function: Callable[[], Any]) -> float:
@@ -174,15 +184,14 @@ def _decoding_rows(
 ) -> list[Row]:
     """For a decoder fed back tokens: greedy decoding and beam search (beam 5) of
     ``steps`` tokens, the eos suppressed so that every hypothesis runs them all; the
-    beam's time as a ratio to greedy's."""
+    beam's time as a ratio to greedy's, the two timed in turns."""
     contract = model.namespace.get("STEP")
     if contract is None or not contract["tokens"]:
         return []
     options = {"max_steps": steps, "suppress": [model.analysis.spec.generation.eos]}
     greedy = functools.partial(model.generate, inputs, strategy="greedy", **options)
     beam = functools.partial(model.generate, inputs, strategy="beam", beam=BEAM, **options)
-    fast = _median_ms(greedy, repeats, progress)
-    slow = _median_ms(beam, repeats, progress)
+    fast, slow = _medians_ms([greedy, beam], repeats, progress)  # in turns
     return [
         Row(backend, "generate greedy", fast, forward_flops / fast / 1e6, None),
         Row(backend, f"generate beam {BEAM}", slow, BEAM * forward_flops / slow / 1e6, None,
