@@ -422,3 +422,15 @@ def test_the_torch_module_generates_tensors_as_the_model_does() -> None:
     np.testing.assert_array_equal(found.tokens.numpy(), expected.tokens)
     np.testing.assert_allclose(found.scores.numpy(), expected.scores, rtol=1e-12)
     assert not hasattr(model_of(TINY.replace("feedback: out", ""), "torch").module, "generate")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_dot_attention_decoder_decodes_too(backend: str) -> None:
+    text = (
+        (ROOT / "specs" / "seq2seq_luong.yaml").read_text().replace("score: general", "score: dot")
+    )
+    model = model_of(text, backend, seed=21)
+    inputs, lengths = encoder_inputs(model, 3, np.random.default_rng(22))
+    got = model.generate(inputs, lengths, strategy="beam", beam=3, n_best=2, max_steps=6)
+    expected = teacher_forced(model, inputs, lengths, got.tokens, got.lengths)
+    np.testing.assert_allclose(got.log_probs, expected, rtol=1e-9, atol=1e-12)
