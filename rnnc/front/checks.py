@@ -282,9 +282,10 @@ def _check_handoff(
     at = ("layers", name, "init")
     src = g.nodes[source].get("spec")
     if not isinstance(src, RecurrentLayer):
+        what = _kind_words(g.nodes[source]["kind"])
         yield _error(
             f"'states' hands a recurrent layer's final states over depth by depth, but {source!r} "
-            "is an input; remove 'states' to start every state from it",
+            f"is {what}; remove 'states' to start every state from it",
             (*at, "states"),
             source,
             name,
