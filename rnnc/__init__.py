@@ -18,6 +18,7 @@ from rnnc.front.graph import build_graph, unroll
 from rnnc.front.parse import load_spec, parse_spec
 from rnnc.front.spec import Spec
 from rnnc.runtime.compiler import compile
+from rnnc.runtime.decoding import Generation
 from rnnc.runtime.weights import WeightsError, check_params, init_params, load_weights, save_weights
 from rnnc.version import __version__
 
@@ -41,6 +42,7 @@ __all__ = [
     "Analysis",
     "Cell",
     "Diagnostic",
+    "Generation",
     "RnncError",
     "Spec",
     "SpecError",
