@@ -575,7 +575,8 @@ class Model(torch.nn.Module):
         for name, layer in self.spec.layers.items():
             s = "s" if len(layer.inputs) > 1 else ""
             parts = [self.layer_kind(name, layer, shapes), f"input{s} {', '.join(layer.inputs)}"]
-            said[name] = ", ".join(parts + self.connections(layer))
+            links = layer.links() if isinstance(layer, RecurrentLayer) else []
+            said[name] = ", ".join(parts + links)
         first = dict.fromkeys(name.split(".")[0] for name in shapes)
         order = [name for name in first if name in said] + [n for n in said if n not in first]
         return {name: said[name] for name in order}
@@ -597,11 +598,6 @@ class Model(torch.nn.Module):
             options.append(f"dropout={layer.dropout:g}")
         width = cell_input_width(self.analysis.graph, name)
         return f"{layer.cell}({width}, {layer.hidden}, {', '.join(options)})"
-
-    @staticmethod
-    def connections(layer: Any) -> list[str]:
-        """Where a recurrent layer starts from, what it attends to and feeds back."""
-        return layer.links() if isinstance(layer, RecurrentLayer) else []
 
     def module(self, header: str) -> str:
         run = self.run_function()

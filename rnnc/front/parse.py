@@ -178,6 +178,12 @@ _BOUNDS = {
 }
 
 
+def schema_diagnostics(exc: ValidationError) -> list[Diagnostic]:
+    """Pydantic's errors as rnnc words them (for models validated outside a spec, such as
+    generate's options)."""
+    return [_diagnostic(error) for error in exc.errors()]
+
+
 def _diagnostic(error: Any) -> Diagnostic:
     kind = error["type"]
     loc = tuple(error["loc"])

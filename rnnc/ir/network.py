@@ -286,7 +286,10 @@ class _Lowering:
             if select == "last":
                 value = b.emit(OpKind.LAST, (steps,), axis, "batch", out=out)
             elif select == "mean":
-                weights = b.emit(OpKind.MEAN_WEIGHTS, (mask,), None, "mask", out=f"mean:{axis}")
+                weights = self.leaves.get(("mean", axis))
+                if weights is None:  # one per time axis, whatever is pooled over it
+                    weights = b.emit(OpKind.MEAN_WEIGHTS, (mask,), None, "mask", out=f"mean:{axis}")
+                    self.leaves["mean", axis] = weights
                 weighted = b.like(OpKind.MUL, (steps, weights), out=f"{source}:weighted")
                 value = b.emit(OpKind.SUM0, (weighted,), None, "batch", out=out)
             else:

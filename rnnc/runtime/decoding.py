@@ -24,8 +24,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from rnnc.errors import RnncError
+from rnnc.front.parse import schema_diagnostics
 from rnnc.front.spec import GenerationOptions
 
 Module = Mapping[str, Any]  # a generated module's namespace
@@ -124,16 +126,9 @@ def options(defaults: GenerationOptions, overrides: Mapping[str, Any]) -> Genera
         plain["suppress"] = [int(t) for t in plain["suppress"]]
     try:
         return GenerationOptions.model_validate({**defaults.model_dump(), **plain})
-    except ValueError as exc:  # pydantic's ValidationError
-        raise RnncError(f"generate: {_first_error(exc)}") from None
-
-
-def _first_error(exc: Any) -> str:
-    errors = exc.errors() if hasattr(exc, "errors") else []
-    if not errors:
-        return str(exc)
-    e = errors[0]
-    return f"{'.'.join(map(str, e['loc']))}: {e['msg']} (found {e.get('input')!r})"
+    except ValidationError as exc:
+        said = "; ".join(f"{d.dotted_path}: {d.message}" for d in schema_diagnostics(exc))
+        raise RnncError(f"generate: {said}") from None
 
 
 class _Host:
@@ -141,29 +136,32 @@ class _Host:
     search, which runs in NumPy (float64)."""
 
     def __init__(self, like: Any):
-        self.torch = type(like).__module__.startswith("torch")
+        self.torch = None
+        if type(like).__module__.startswith("torch"):
+            import torch
+
+            self.torch = torch
         self.like = like
 
     def numpy(self, value: Any) -> np.ndarray:
-        if self.torch:
+        if self.torch is not None:
             return value.detach().cpu().numpy()  # type: ignore[no-any-return]
         return np.asarray(value)
 
     def ids(self, ids: np.ndarray) -> Any:
-        if not self.torch:
+        if self.torch is None:
             return ids
-        import torch
-
-        return torch.as_tensor(ids, dtype=torch.int64, device=self.like.device)
+        return self.torch.as_tensor(ids, dtype=self.torch.int64, device=self.like.device)
 
     def take(self, value: Any, index: Any, axis: int) -> Any:
         """Rows ``index`` (from ``ids``) of ``value`` along ``axis``."""
-        if self.torch:
+        if self.torch is not None:
             return value.index_select(axis, index)
         return np.take(value, index, axis=axis)
 
 
-def _log_softmax(logits: np.ndarray) -> np.ndarray:
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Over the last axis, from the largest entry (no overflow)."""
     shifted = logits - logits.max(axis=-1, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))  # type: ignore[no-any-return]
 
@@ -175,7 +173,7 @@ class _Decoder:
     def __init__(self, module: Module, params: Any, inputs: Any, lengths: Any, rows: np.ndarray):
         self.module, self.params = module, params
         contract = module["STEP"]
-        self.prediction, self.tokens = contract["prediction"], contract["tokens"]
+        self.prediction = contract["prediction"]
         self.axes, self.history = contract["batch_axes"], set(contract["history"])
         carry = module["init"](params, inputs, lengths)
         self.host = _Host(carry["like"])
@@ -203,8 +201,7 @@ class _Decoder:
         self.carry, y_t = self.module["step"](self.params, self.carry, fed)
         # a strategy never calls finish: keep only the outputs a step reads again
         self.carry["ys"] = {k: v if k in self.history else [] for k, v in self.carry["ys"].items()}
-        self.y_t = y_t
-        return _log_softmax(self.host.numpy(y_t[self.prediction]).astype(np.float64))
+        return log_softmax(self.host.numpy(y_t[self.prediction]).astype(np.float64))
 
 
 def generate(
@@ -271,8 +268,13 @@ def _finished(
             lengths > 0, log_probs / np.maximum(lengths, 1) ** opts.length_penalty, -np.inf
         )
     order = np.argsort(-scores, axis=1, kind="stable")
-    pick = lambda a: np.take_along_axis(a, order if a.ndim == 2 else order[..., None], axis=1)  # noqa: E731
+    pick = lambda a: _rows(a, order)  # noqa: E731
     return Generation(pick(tokens), pick(lengths), pick(log_probs), pick(scores))
+
+
+def _rows(array: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """``array`` (B, C, ...) with each example's entries in ``order`` (B, C')."""
+    return np.take_along_axis(array, order.reshape(order.shape + (1,) * (array.ndim - 2)), axis=1)
 
 
 def _greedy(module, params, inputs, lengths, B, opts) -> Generation:  # type: ignore[no-untyped-def]
@@ -434,13 +436,11 @@ class _Pool:
         scores = np.where(ends, sums / (t + 1) ** opts.length_penalty, -np.inf)
         every = np.concatenate([self.scores, scores], axis=1)
         keep = np.argsort(-every, axis=1, kind="stable")[:, :N]  # the pool first on ties
-        pick = lambda old, new: np.take_along_axis(  # noqa: E731
-            np.concatenate([old, new], axis=1), keep if old.ndim == 2 else keep[..., None], axis=1
-        )
-        self.scores = np.take_along_axis(every, keep, axis=1)
-        self.sums = pick(self.sums, np.where(ends, sums, -np.inf))
-        self.tokens = pick(self.tokens, tokens)
-        self.lengths = pick(self.lengths, np.where(ends, t + 1, 0))
+        both = lambda old, new: _rows(np.concatenate([old, new], axis=1), keep)  # noqa: E731
+        self.scores = _rows(every, keep)
+        self.sums = both(self.sums, np.where(ends, sums, -np.inf))
+        self.tokens = both(self.tokens, tokens)
+        self.lengths = both(self.lengths, np.where(ends, t + 1, 0))
 
 
 def _cannot_improve(

@@ -43,6 +43,7 @@ from rnnc.front.graph import output_node
 from rnnc.front.spec import Output, Spec, TokenInput
 from rnnc.ir.program import Program
 from rnnc.runtime.compiler import compile as compile_spec
+from rnnc.runtime.decoding import log_softmax
 from rnnc.runtime.files import write_atomic
 from rnnc.runtime.weights import init_params
 from rnnc.tools.gradflow import png_bytes, pyplot
@@ -209,11 +210,6 @@ def _bind(task: Task, analysis: Analysis) -> Binding | str:
 
 
 # --- losses and scores -------------------------------------------------------------------------
-
-
-def log_softmax(z: np.ndarray) -> np.ndarray:
-    shifted = z - z.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
 def loss_and_cotangent(binding: Binding, batch: Batch, out: np.ndarray) -> tuple[float, np.ndarray]:
