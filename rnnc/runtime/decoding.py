@@ -201,7 +201,8 @@ class _Decoder:
         self.carry, y_t = self.module["step"](self.params, self.carry, fed)
         # a strategy never calls finish: keep only the outputs a step reads again
         self.carry["ys"] = {k: v if k in self.history else [] for k, v in self.carry["ys"].items()}
-        return log_softmax(self.host.numpy(y_t[self.prediction]).astype(np.float64))
+        # in the module's own precision (float32's exp is the cheaper), summed in float64
+        return log_softmax(self.host.numpy(y_t[self.prediction])).astype(np.float64)
 
 
 def generate(
@@ -239,13 +240,11 @@ def generate(
     return _greedy(module, params, inputs, lengths, batch, opts)
 
 
-def _suppressed(log_probs: np.ndarray, opts: GenerationOptions) -> np.ndarray:
-    """The log-probabilities with the suppressed tokens at -inf."""
-    if not opts.suppress:
-        return log_probs
-    allowed = log_probs.copy()
-    allowed[..., [t for t in opts.suppress if t < log_probs.shape[-1]]] = -np.inf
-    return allowed
+def _suppress(log_probs: np.ndarray, opts: GenerationOptions) -> np.ndarray:
+    """The log-probabilities (rows, V) with the suppressed tokens at -inf, in place."""
+    if opts.suppress:
+        log_probs[:, [t for t in opts.suppress if t < log_probs.shape[-1]]] = -np.inf
+    return log_probs
 
 
 def _check_vocab(log_probs: np.ndarray, opts: GenerationOptions) -> None:
@@ -280,7 +279,7 @@ def _rows(array: np.ndarray, order: np.ndarray) -> np.ndarray:
 def _greedy(module, params, inputs, lengths, B, opts) -> Generation:  # type: ignore[no-untyped-def]
     """The likeliest token at every step, until each example's eos or max_steps."""
     decoder = _Decoder(module, params, inputs, lengths, np.arange(B))
-    choose = lambda log_probs: _suppressed(log_probs, opts).argmax(axis=-1)  # noqa: E731
+    choose = lambda log_probs: log_probs.argmax(axis=-1)  # noqa: E731
     tokens, length, total = _one_by_one(decoder, B, opts, choose)
     return _finished(tokens[:, None], length[:, None], total[:, None], opts)
 
@@ -301,8 +300,8 @@ def _sample(module, params, inputs, lengths, B, opts, seed) -> Generation:  # ty
 def _one_by_one(
     decoder: _Decoder, rows: int, opts: GenerationOptions, choose: Callable[[np.ndarray], Any]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One hypothesis per row, each step's token chosen from the log-probabilities,
-    until every row's eos or max_steps: the tokens (pad after each end), the number
+    """One hypothesis per row, each step's token chosen from the log-probabilities (the
+    suppressed tokens at -inf), until every row's eos or max_steps: the tokens (pad after each end), the number
     generated, the sum of their log-probabilities."""
     tokens = np.full((rows, opts.max_steps), opts.pad, dtype=np.int64)
     length = np.zeros(rows, dtype=np.int64)
@@ -310,7 +309,7 @@ def _one_by_one(
     done = np.zeros(rows, dtype=bool)
     fed = decoder.first
     for t in range(opts.max_steps):
-        log_probs = decoder.step(fed)
+        log_probs = _suppress(decoder.step(fed), opts)
         if t == 0:
             _check_vocab(log_probs, opts)
         pick = choose(log_probs)
@@ -327,11 +326,10 @@ def _one_by_one(
 
 def _draw(log_probs: np.ndarray, uniform: np.ndarray, opts: GenerationOptions) -> np.ndarray:
     """One token per row: the filtered distribution's inverse CDF at ``uniform``
-    (temperature 0: the argmax)."""
-    allowed = _suppressed(log_probs, opts)
+    (temperature 0: the argmax). The suppressed tokens are at -inf already."""
     if opts.temperature == 0:
-        return allowed.argmax(axis=-1)  # type: ignore[no-any-return]
-    scaled = allowed / opts.temperature
+        return log_probs.argmax(axis=-1)  # type: ignore[no-any-return]
+    scaled = log_probs / opts.temperature
     order = np.argsort(-scaled, axis=-1, kind="stable")  # likeliest first
     ranked = np.take_along_axis(scaled, order, axis=-1)
     probs = np.exp(ranked - ranked[:, :1])
@@ -356,27 +354,22 @@ def _beam(module, params, inputs, lengths, B, opts) -> Generation:  # type: igno
     best ``beam`` finish, the best ``beam`` others stay live. An example is done when no
     live hypothesis can beat its ``n_best``-th finished one, or at max_steps."""
     K, N, T = opts.beam, opts.n_best, opts.max_steps
-    decoder = _Decoder(module, params, inputs, lengths, np.repeat(np.arange(B), K))
-    live = np.full((B, K), -np.inf)
-    live[:, 0] = 0.0  # one hypothesis to start from: the others are copies, not counted
-    history = np.full((B, K, T), opts.pad, dtype=np.int64)  # each live hypothesis' tokens
+    # step 0 has one hypothesis per example: one row each, branching into K after it
+    decoder = _Decoder(module, params, inputs, lengths, np.arange(B))
+    live = np.zeros((B, 1))  # the sums of each example's live hypotheses (-inf: none)
+    history = np.full((B, 1, T), opts.pad, dtype=np.int64)  # their tokens
     pool = _Pool(B, N, T, opts.pad)
     done = np.zeros(B, dtype=bool)
     example = np.arange(B)[:, None]
     fed = decoder.first
     for t in range(T):
-        log_probs = decoder.step(fed)
+        log_probs = _suppress(decoder.step(fed), opts)
         if t == 0:
             _check_vocab(log_probs, opts)
-        V = log_probs.shape[-1]
-        candidates = (live[:, :, None] + _suppressed(log_probs, opts).reshape(B, K, V)).reshape(
-            B, -1
-        )
-        width = min(2 * K, K * V)  # at most K end in eos: K others are among the best 2K
-        best = np.argpartition(-candidates, width - 1, axis=1)[:, :width]
-        order = np.argsort(-candidates[example, best], axis=1, kind="stable")
-        best = best[example, order]
-        ranked = candidates[example, best]
+        rows, V = live.shape[1], log_probs.shape[-1]
+        candidates = (live[:, :, None] + log_probs.reshape(B, rows, V)).reshape(B, -1)
+        # at most one eos per live hypothesis: K others are among the best 2K
+        ranked, best = _largest(candidates, 2 * K)
         parent, token = best // V, best % V
         valid = ranked > -np.inf
         last = t == T - 1
@@ -388,27 +381,50 @@ def _beam(module, params, inputs, lengths, B, opts) -> Generation:  # type: igno
             pool.add(ends, ranked, finished, t, opts)
         if last:
             break
-        # live: the best K candidates not ending in eos
+        # live: the best K candidates not ending in eos, in rank order
         going = valid & (token != opts.eos)
-        slot = np.cumsum(going, axis=1) - 1
-        b, j = np.nonzero(going & (slot < K))
-        live = np.full((B, K), -np.inf)
-        parents = np.zeros((B, K), dtype=np.int64)
-        tokens = np.full((B, K), opts.pad, dtype=np.int64)
-        live[b, slot[b, j]] = ranked[b, j]
-        parents[b, slot[b, j]] = parent[b, j]
-        tokens[b, slot[b, j]] = token[b, j]
+        if going[:, :K].all():  # the common case: the best K go on
+            live, parents, tokens = ranked[:, :K], parent[:, :K], token[:, :K]
+        else:
+            first = np.argsort(~going, axis=1, kind="stable")[:, :K]
+            kept = going[example, first]
+            live = np.where(kept, ranked[example, first], -np.inf)
+            parents = np.where(kept, parent[example, first], 0)
+            tokens = np.where(kept, token[example, first], opts.pad)
         # the stopping rule can hold only for an example with n_best finished or none live
-        if (pool.scores[:, -1] > -np.inf).any() or (live == -np.inf).all(axis=1).any():
+        if (pool.scores[:, -1] > -np.inf).any() or (live[:, 0] == -np.inf).any():
             done |= _cannot_improve(live, pool.scores, t + 1, opts)
             if done.all():
                 break
         history = history[example, parents]
         history[:, :, t] = tokens
-        rows = (example * K + parents).reshape(-1)  # within each example: env stays
-        decoder.carry = decoder.reorder(decoder.carry, rows, env=False)
+        # rows move within their example, whose rows share what was made before the loop;
+        # after step 0 that is copied K times
+        decoder.carry = decoder.reorder(
+            decoder.carry, (example * rows + parents).reshape(-1), env=rows != K
+        )
         fed = decoder.host.ids(tokens.reshape(-1))
     return Generation(pool.tokens, pool.lengths, pool.sums, pool.scores)
+
+
+def _largest(values: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's ``n`` largest entries, largest first (ties: the lower index first), and
+    their indices; past a row's width, -inf at index 0. A partition finds the n-th
+    largest value, a sort orders the few entries at or above it."""
+    B, C = values.shape
+    if n < C:
+        nth = np.partition(values, C - n, axis=1)[:, C - n]
+        row, col = np.nonzero(values >= nth[:, None])  # row by row, at least n each
+    else:
+        row, col = np.divmod(np.arange(B * C), C)
+    found = values[row, col]
+    order = np.lexsort((col, -found, row))  # row, then value, largest first, then index
+    start = np.searchsorted(row, np.arange(B))
+    at = np.minimum(start[:, None] + np.arange(n), len(row) - 1)
+    keep = np.arange(n) < np.minimum(n, C)
+    ranked = np.where(keep, found[order[at]], -np.inf)
+    index = np.where(keep, col[order[at]], 0)
+    return ranked, index
 
 
 class _Pool:
