@@ -302,6 +302,7 @@ class _TorchWriter(ModuleWriter):
     an autograd Function whose backward is the generated reverse scan."""
 
     expressions = TORCH_EXPRESSIONS
+    products = ("sbx,x->bs", "bs,sbx->bx")  # its batched product of a transposed view is slow
 
     def __init__(self, analysis: Analysis):
         super().__init__(analysis, lower_network(analysis), TORCH, grads=False)

@@ -34,6 +34,15 @@ def _at(array: str, delay: int, lib: str) -> str:
 
 Expression = Callable[["ModuleWriter", Op, list[str]], str]
 
+# Attention's products (s: a memory's steps, b: the batch) spelled as matrix products,
+# which BLAS does (einsum does them in a loop of its own): by the einsum's form, with x
+# the letter of the width. A target lists those it is faster with (ModuleWriter.products).
+PRODUCTS = {
+    "sbx,x->bs": "({0} @ {1}).T",  # scores: energies (S, B, A) by v (A,)
+    "bs,sbx->bx": "({0}[:, None, :] @ {1}.swapaxes(0, 1))[:, 0]",  # context: weights by memory
+    "bx,sbx->bs": "({1}.swapaxes(0, 1) @ {0}[:, :, None])[:, :, 0]",  # dot scores
+}
+
 # How NumPy spells every op of the network as an expression of its arguments' names
 # (a target's writer overrides the entries its library spells differently).
 EXPRESSIONS: dict[OpKind, Expression] = {
@@ -70,7 +79,7 @@ EXPRESSIONS: dict[OpKind, Expression] = {
     OpKind.MEAN_WEIGHTS: lambda w, op, a: f"{a[0]} / {a[0]}.sum(axis=0, dtype=dtype)",
     OpKind.SHIFT: lambda w, op, a: f"shift({a[0]}, {op.attr})",
     OpKind.UNSHIFT: lambda w, op, a: f"unshift({a[0]}, {op.attr})",
-    OpKind.EINSUM: lambda w, op, a: f"{w.xp.lib}.einsum({op.attr!r}, {a[0]}, {a[1]})",
+    OpKind.EINSUM: lambda w, op, a: w.contract(op.attr, a[0], a[1]),
     OpKind.FILL: lambda w, op, a: f"{w.xp.lib}.where({a[1]}, {a[0]}, {op.attr!r})",
     OpKind.SELECT: lambda w, op, a: (
         f"{w.xp.lib}.where({a[0]}{'[:, None]' if op.attr else ''}, {a[1]}, {a[2]})"
@@ -112,6 +121,7 @@ class ModuleWriter:
     docstring); a target subclasses it with its tables."""
 
     expressions: ClassVar[dict[OpKind, Expression]] = EXPRESSIONS
+    products: ClassVar[tuple[str, ...]] = tuple(PRODUCTS)  # those faster than the einsum
     xp: Dialect
     statements: ClassVar[dict[OpKind, Statement]] = {}
 
@@ -179,6 +189,14 @@ class ModuleWriter:
         bias = f" + {P}['b_x']" if any(step.x_bias) else ""
         xp = f"{x} @ {P}['W_x'].T{bias}" if step.x_blocks else "None"
         return [f"{self.name(op.out)} = {fn}_step({xp}, {x}, {mask_t}, {pack(states)}, {P})"]
+
+    def contract(self, spec: str, a: str, b: str) -> str:
+        """An einsum of two arrays: a matrix product where the target has a faster one."""
+        widths = set(spec) - set("sb,->")
+        form = spec.replace(widths.pop(), "x") if len(widths) == 1 else spec
+        if form in self.products:
+            return PRODUCTS[form].format(a, b)
+        return f"{self.xp.lib}.einsum({spec!r}, {a}, {b})"
 
     def output(self, op: Op, a: list[str]) -> list[str]:
         self.inline[op.out] = a[0]

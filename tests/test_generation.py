@@ -275,6 +275,24 @@ def test_any_beam_width_works(beam: int) -> None:
         assert (got.scores >= narrow.scores - 1e-12).all()
 
 
+def test_the_best_candidates_are_ranked_as_a_full_sort_ranks_them() -> None:
+    """The beam's selection (a partition, then a sort of what is at or above the n-th)
+    against Python's sort of every row by (value descending, index): ties, -inf and
+    rows narrower than n included."""
+    from rnnc.runtime.decoding import _largest
+
+    rng = np.random.default_rng(17)
+    for _ in range(500):
+        B, C, n = (int(k) for k in rng.integers(1, [5, 12, 15]))
+        values = rng.integers(-3, 3, (B, C)).astype(float)  # many ties
+        values[rng.random((B, C)) < 0.2] = -np.inf
+        ranked, index = _largest(values, n)
+        for row, got, at in zip(values, ranked, index, strict=True):
+            order = sorted(range(C), key=lambda j: (-row[j], j))[:n]
+            expected = [row[j] for j in order] + [-np.inf] * (n - len(order))
+            assert got.tolist() == expected and at.tolist() == order + [0] * (n - len(order))
+
+
 VECTORS = """
 rnnc: 1
 name: vectors

@@ -410,21 +410,23 @@ def _beam(module, params, inputs, lengths, B, opts) -> Generation:  # type: igno
 def _largest(values: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Each row's ``n`` largest entries, largest first (ties: the lower index first), and
     their indices; past a row's width, -inf at index 0. A partition finds the n-th
-    largest value, a sort orders the few entries at or above it."""
+    largest value; the entries at or above it are sorted."""
     B, C = values.shape
-    if n < C:
-        nth = np.partition(values, C - n, axis=1)[:, C - n]
-        row, col = np.nonzero(values >= nth[:, None])  # row by row, at least n each
-    else:
-        row, col = np.divmod(np.arange(B * C), C)
-    found = values[row, col]
-    order = np.lexsort((col, -found, row))  # row, then value, largest first, then index
-    start = np.searchsorted(row, np.arange(B))
-    at = np.minimum(start[:, None] + np.arange(n), len(row) - 1)
-    keep = np.arange(n) < np.minimum(n, C)
-    ranked = np.where(keep, found[order[at]], -np.inf)
-    index = np.where(keep, col[order[at]], 0)
-    return ranked, index
+    if n > C:
+        pad = np.full((B, n - C), -np.inf)
+        ranked, index = _largest(np.concatenate([values, pad], axis=1), n)
+        return ranked, np.where(index < C, index, 0)
+    nth = np.partition(values, C - n, axis=1)[:, C - n, None]
+    at = np.flatnonzero(values >= nth)  # row by row, in order: at least n per row
+    if len(at) != B * n:  # ties with the n-th: those before it in the row go first
+        above, tied = values > nth, values == nth
+        room = n - above.sum(axis=1, keepdims=True)
+        at = np.flatnonzero(above | tied & (np.cumsum(tied, axis=1) <= room))
+    chosen = at.reshape(B, n)  # flat indices, increasing along each row
+    found = values.ravel()[chosen]
+    order = np.argsort(-found, axis=1, kind="stable")
+    rows = np.arange(B)[:, None]
+    return found[rows, order], chosen[rows, order] - rows * C
 
 
 class _Pool:
