@@ -207,6 +207,33 @@ def test_each_example_of_a_ragged_batch_decodes_as_alone(backend: str, strategy:
         np.testing.assert_allclose(alone.scores[0], together.scores[b], rtol=1e-12)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_what_has_ended_leaves_the_batch(backend: str) -> None:
+    """Greedy runs step t on the examples that have not ended before it; beam search
+    on one row per example at step 0, then on beam rows per example not done."""
+    model = model_of("seq2seq_luong", backend, seed=6)
+    inputs, _ = encoder_inputs(model, 6, np.random.default_rng(7))
+    lengths = {"src": np.array([5, 1, 3, 4, 2, 5])}
+    rows: list[int] = []
+    step = model.namespace["step"]
+    model.namespace["step"] = lambda p, c, x: rows.append(len(x)) or step(p, c, x)
+    found = model.generate(inputs, lengths, strategy="greedy", max_steps=9)
+    ended = found.lengths[:, 0]
+    assert len(set(ended.tolist())) > 1  # the examples end at different steps
+    assert rows == [int((ended > t).sum()) for t in range(ended.max())]
+    rows.clear()
+    found = model.generate(inputs, lengths, strategy="beam", beam=3, n_best=2, max_steps=30)
+    assert rows[0] == 6 and all(r % 3 == 0 for r in rows[1:])
+    assert rows[1:] == sorted(rows[1:], reverse=True) and rows[-1] < rows[1]
+    for b in range(6):  # what stays in the batch decodes as it would alone
+        alone = model.generate(
+            {k: v[b : b + 1] for k, v in inputs.items()}, {"src": lengths["src"][b : b + 1]},
+            strategy="beam", beam=3, n_best=2, max_steps=30,
+        )  # fmt: skip
+        assert alone.tokens[0].tolist() == found.tokens[b].tolist()
+        np.testing.assert_allclose(alone.scores[0], found.scores[b], rtol=1e-12)
+
+
 @pytest.mark.parametrize("strategy", ["greedy", "beam", "sample"])
 def test_numpy_and_torch_decode_alike(strategy: str) -> None:
     pytest.importorskip("torch")

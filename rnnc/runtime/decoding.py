@@ -170,15 +170,20 @@ class _Decoder:
     """A module's step contract driven row by row: each row of the batch one
     hypothesis, rows reordered when the search picks among them."""
 
-    def __init__(self, module: Module, params: Any, inputs: Any, lengths: Any, rows: np.ndarray):
+    def __init__(
+        self, module: Module, params: Any, inputs: Any, lengths: Any, rows: np.ndarray | None
+    ):
+        """``rows``: the example each row decodes (None: one row per example, in order)."""
         self.module, self.params = module, params
         contract = module["STEP"]
         self.prediction = contract["prediction"]
         self.axes, self.history = contract["batch_axes"], set(contract["history"])
         carry = module["init"](params, inputs, lengths)
         self.host = _Host(carry["like"])
-        self.carry = self.reorder(carry, rows)
-        self.first = self.host.take(inputs[contract["input"]][:, 0], self.host.ids(rows), 0)
+        self.carry, self.first = carry, inputs[contract["input"]][:, 0]
+        if rows is not None:
+            self.carry = self.reorder(carry, rows)
+            self.first = self.host.take(self.first, self.host.ids(rows), 0)
 
     def reorder(self, carry: dict[str, Any], rows: np.ndarray, env: bool = True) -> dict[str, Any]:
         """The carry with row i taken from row ``rows[i]`` (hypotheses copied or dropped).
@@ -278,8 +283,8 @@ def _rows(array: np.ndarray, order: np.ndarray) -> np.ndarray:
 
 def _greedy(module, params, inputs, lengths, B, opts) -> Generation:  # type: ignore[no-untyped-def]
     """The likeliest token at every step, until each example's eos or max_steps."""
-    decoder = _Decoder(module, params, inputs, lengths, np.arange(B))
-    choose = lambda log_probs: log_probs.argmax(axis=-1)  # noqa: E731
+    decoder = _Decoder(module, params, inputs, lengths, None)
+    choose = lambda log_probs, rows: log_probs.argmax(axis=-1)  # noqa: E731
     tokens, length, total = _one_by_one(decoder, B, opts, choose)
     return _finished(tokens[:, None], length[:, None], total[:, None], opts)
 
@@ -292,34 +297,40 @@ def _sample(module, params, inputs, lengths, B, opts, seed) -> Generation:  # ty
     decoder = _Decoder(module, params, inputs, lengths, np.repeat(np.arange(B), N))
     rng = np.random.default_rng(seed)
     # a uniform for every row at every step, so the stream never depends on which ended
-    choose = lambda log_probs: _draw(log_probs, rng.random(B * N), opts)  # noqa: E731
+    choose = lambda log_probs, rows: _draw(log_probs, rng.random(B * N)[rows], opts)  # noqa: E731
     tokens, length, total = _one_by_one(decoder, B * N, opts, choose)
     return _finished(tokens.reshape(B, N, -1), length.reshape(B, N), total.reshape(B, N), opts)
 
 
 def _one_by_one(
-    decoder: _Decoder, rows: int, opts: GenerationOptions, choose: Callable[[np.ndarray], Any]
+    decoder: _Decoder,
+    rows: int,
+    opts: GenerationOptions,
+    choose: Callable[[np.ndarray, np.ndarray], np.ndarray],
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One hypothesis per row, each step's token chosen from the log-probabilities (the
-    suppressed tokens at -inf), until every row's eos or max_steps: the tokens (pad after each end), the number
-    generated, the sum of their log-probabilities."""
+    suppressed tokens at -inf; ``choose`` is also told which rows are still decoding),
+    until every row's eos or max_steps: the tokens (pad after each end), the number
+    generated, the sum of their log-probabilities. A row that ends leaves the batch."""
     tokens = np.full((rows, opts.max_steps), opts.pad, dtype=np.int64)
     length = np.zeros(rows, dtype=np.int64)
     total = np.zeros(rows)
-    done = np.zeros(rows, dtype=bool)
+    going = np.arange(rows)  # the rows still decoding, in the decoder's order
     fed = decoder.first
     for t in range(opts.max_steps):
         log_probs = _suppress(decoder.step(fed), opts)
         if t == 0:
             _check_vocab(log_probs, opts)
-        pick = choose(log_probs)
-        live = ~done
-        tokens[live, t] = pick[live]
-        total[live] += log_probs[live, pick[live]]
-        length[live] += 1
-        done |= pick == opts.eos
-        if done.all():
-            break
+        pick = choose(log_probs, going)
+        tokens[going, t] = pick
+        total[going] += log_probs[np.arange(len(going)), pick]
+        length[going] += 1
+        on = pick != opts.eos
+        if not on.all():
+            if not on.any():
+                break
+            going, pick = going[on], pick[on]
+            decoder.carry = decoder.reorder(decoder.carry, np.flatnonzero(on))
         fed = decoder.host.ids(pick)
     return tokens, length, total
 
@@ -352,33 +363,34 @@ def _beam(module, params, inputs, lengths, B, opts) -> Generation:  # type: igno
     batch of B x beam rows; at each step the candidates (every live hypothesis and
     token) are ranked by their sum of log-probabilities; those ending in eos among the
     best ``beam`` finish, the best ``beam`` others stay live. An example is done when no
-    live hypothesis can beat its ``n_best``-th finished one, or at max_steps."""
+    live hypothesis can beat its ``n_best``-th finished one, or at max_steps; its rows
+    then leave the batch."""
     K, N, T = opts.beam, opts.n_best, opts.max_steps
     # step 0 has one hypothesis per example: one row each, branching into K after it
-    decoder = _Decoder(module, params, inputs, lengths, np.arange(B))
-    live = np.zeros((B, 1))  # the sums of each example's live hypotheses (-inf: none)
-    history = np.full((B, 1, T), opts.pad, dtype=np.int64)  # their tokens
+    decoder = _Decoder(module, params, inputs, lengths, None)
+    searching = np.arange(B)  # the examples not done, in the decoder's order
+    live = np.zeros((B, 1))  # the sums of their live hypotheses (-inf: none)
+    history = np.full((B, 1, T), opts.pad, dtype=np.int64)  # the hypotheses' tokens
     pool = _Pool(B, N, T, opts.pad)
-    done = np.zeros(B, dtype=bool)
-    example = np.arange(B)[:, None]
     fed = decoder.first
     for t in range(T):
         log_probs = _suppress(decoder.step(fed), opts)
         if t == 0:
             _check_vocab(log_probs, opts)
-        rows, V = live.shape[1], log_probs.shape[-1]
-        candidates = (live[:, :, None] + log_probs.reshape(B, rows, V)).reshape(B, -1)
+        (b, rows), V = live.shape, log_probs.shape[-1]
+        example = np.arange(b)[:, None]
+        candidates = (live[:, :, None] + log_probs.reshape(b, rows, V)).reshape(b, -1)
         # at most one eos per live hypothesis: K others are among the best 2K
         ranked, best = _largest(candidates, 2 * K)
         parent, token = best // V, best % V
         valid = ranked > -np.inf
         last = t == T - 1
-        ends = valid & ((token == opts.eos) | last) & ~done[:, None]
+        ends = valid & ((token == opts.eos) | last)
         ends[:, K:] = False  # only among the best K
         if ends.any():  # into each example's pool of the n_best best finished
             finished = history[example, parent]
             finished[:, :, t] = token
-            pool.add(ends, ranked, finished, t, opts)
+            pool.add(searching, ends, ranked, finished, t, opts)
         if last:
             break
         # live: the best K candidates not ending in eos, in rank order
@@ -391,18 +403,22 @@ def _beam(module, params, inputs, lengths, B, opts) -> Generation:  # type: igno
             live = np.where(kept, ranked[example, first], -np.inf)
             parents = np.where(kept, parent[example, first], 0)
             tokens = np.where(kept, token[example, first], opts.pad)
-        # the stopping rule can hold only for an example with n_best finished or none live
-        if (pool.scores[:, -1] > -np.inf).any() or (live[:, 0] == -np.inf).any():
-            done |= _cannot_improve(live, pool.scores, t + 1, opts)
-            if done.all():
-                break
         history = history[example, parents]
         history[:, :, t] = tokens
-        # rows move within their example, whose rows share what was made before the loop;
-        # after step 0 that is copied K times
-        decoder.carry = decoder.reorder(
-            decoder.carry, (example * rows + parents).reshape(-1), env=rows != K
-        )
+        rows_next = example * rows + parents
+        # rows move within their example, whose rows share what was made before the
+        # loop; that is copied when step 0 branches, and follows when examples leave
+        env = rows != K
+        # the stopping rule can hold only for an example with n_best finished or none live
+        scores = pool.scores[searching]
+        if (scores[:, -1] > -np.inf).any() or (live[:, 0] == -np.inf).any():
+            on = ~_cannot_improve(live, scores, t + 1, opts)
+            if not on.any():
+                break
+            if not on.all():  # the done examples leave the batch
+                searching, live, history = searching[on], live[on], history[on]
+                rows_next, tokens, env = rows_next[on], tokens[on], True
+        decoder.carry = decoder.reorder(decoder.carry, rows_next.reshape(-1), env)
         fed = decoder.host.ids(tokens.reshape(-1))
     return Generation(pool.tokens, pool.lengths, pool.sums, pool.scores)
 
@@ -441,24 +457,25 @@ class _Pool:
 
     def add(
         self,
+        examples: np.ndarray,
         ends: np.ndarray,
         sums: np.ndarray,
         tokens: np.ndarray,
         t: int,
         opts: GenerationOptions,
     ) -> None:
-        """The candidates where ``ends`` (B, C): their sums and their tokens (B, C, T,
-        a copy this may change), finished at step t."""
+        """For ``examples`` (b,): the candidates where ``ends`` (b, C), their sums and
+        their tokens (b, C, T, a copy this may change), finished at step t."""
         N = self.tokens.shape[1]
         tokens[:, :, t + 1 :] = self.pad
         scores = np.where(ends, sums / (t + 1) ** opts.length_penalty, -np.inf)
-        every = np.concatenate([self.scores, scores], axis=1)
+        every = np.concatenate([self.scores[examples], scores], axis=1)
         keep = np.argsort(-every, axis=1, kind="stable")[:, :N]  # the pool first on ties
-        both = lambda old, new: _rows(np.concatenate([old, new], axis=1), keep)  # noqa: E731
-        self.scores = _rows(every, keep)
-        self.sums = both(self.sums, np.where(ends, sums, -np.inf))
-        self.tokens = both(self.tokens, tokens)
-        self.lengths = both(self.lengths, np.where(ends, t + 1, 0))
+        both = lambda old, new: _rows(np.concatenate([old[examples], new], axis=1), keep)  # noqa: E731
+        self.scores[examples] = _rows(every, keep)
+        self.sums[examples] = both(self.sums, np.where(ends, sums, -np.inf))
+        self.tokens[examples] = both(self.tokens, tokens)
+        self.lengths[examples] = both(self.lengths, np.where(ends, t + 1, 0))
 
 
 def _cannot_improve(
