@@ -162,8 +162,9 @@ class _Host:
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     """Over the last axis, from the largest entry (no overflow)."""
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))  # type: ignore[no-any-return]
+    top = logits.max(axis=-1, keepdims=True)
+    total = np.exp(logits - top).sum(axis=-1, keepdims=True)
+    return logits - (top + np.log(total))  # type: ignore[no-any-return]
 
 
 class _Decoder:
@@ -439,10 +440,9 @@ def _largest(values: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         room = n - above.sum(axis=1, keepdims=True)
         at = np.flatnonzero(above | tied & (np.cumsum(tied, axis=1) <= room))
     chosen = at.reshape(B, n)  # flat indices, increasing along each row
-    found = values.ravel()[chosen]
-    order = np.argsort(-found, axis=1, kind="stable")
-    rows = np.arange(B)[:, None]
-    return found[rows, order], chosen[rows, order] - rows * C
+    found = values.take(chosen)
+    order = np.argsort(-found, axis=1, kind="stable") + np.arange(0, B * n, n)[:, None]
+    return found.take(order), chosen.take(order) % C
 
 
 class _Pool:
