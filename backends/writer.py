@@ -16,7 +16,17 @@ from typing import Any, ClassVar
 
 from rnnc.front.checks import Analysis
 from rnnc.ir.lower import Op, OpKind
-from rnnc.ir.network import Loop, Network, Scan, StepContract, batch_axis, live, needed
+from rnnc.ir.network import (
+    Loop,
+    Network,
+    Scan,
+    StepContract,
+    batch_axis,
+    before_feed,
+    einsum_form,
+    live,
+    needed,
+)
 
 from .emit import RESERVED, CellFunctions, Dialect, Namespace, pack
 
@@ -192,8 +202,7 @@ class ModuleWriter:
 
     def contract(self, spec: str, a: str, b: str) -> str:
         """An einsum of two arrays: a matrix product where the target has a faster one."""
-        widths = set(spec) - set("sb,->")
-        form = spec.replace(widths.pop(), "x") if len(widths) == 1 else spec
+        form = einsum_form(spec)
         if form in self.products:
             return PRODUCTS[form].format(a, b)
         return f"{self.xp.lib}.einsum({spec!r}, {a}, {b})"
@@ -292,6 +301,10 @@ class ModuleWriter:
         step["batch_axes"] = {v: batch_axis(by_out[v], self.net.kinds[v]) for v in env}
         # the members whose earlier outputs a step reads (the others' need not be kept)
         step["history"] = sorted({op.attr[0] for op in body.ops if op.kind == OpKind.PAST})
+        # what prepare gives step (rows-first), and what it reads of what init made
+        early, ready = before_feed(needed(body.ops, _wanted(body)))
+        step["ready"] = list(ready)
+        step["prepare_reads"] = [v for v in env if any(v in op.args for op in early)]
         lines = [f"STEP = {step!r}  # what decoding strategies feed and reorder", "", ""]
         lines += [*self._init(contract, init, env), "", ""]
         lines += [*self._step(contract, env, members), "", ""]
@@ -318,28 +331,35 @@ class ModuleWriter:
 
     def _step(self, contract: StepContract, env: list[str], members: list[str]) -> list[str]:
         body = contract.body
-        used = {a for op in body.ops for a in op.args} | {c.init for c in body.carries}
-        read = {op.attr[0] for op in body.ops if op.kind == OpKind.PAST}
+        ops = needed(body.ops, _wanted(body))
+        early, ready = before_feed(ops)
         fed = "token ids (B,)" if contract.tokens else "vectors (B, width)"
-        lines = [
+        lines = []
+        if early:
+            lines += [
+                "def prepare(params, carry):",
+                '    """What step t does before it reads x_t, from the carry alone: the same for\n'
+                "    every row with the same carry, so a strategy may do it once for rows that\n"
+                '    share one (step does it when the carry has none)."""',
+                *self._step_reads(contract, env, early),
+                *self.lines(early, "    "),
+                "    ready = {" + ", ".join(f"{v!r}: {self.name(v)}" for v in ready) + "}",
+                "    return {**carry, 'ready': ready}",
+                "",
+                "",
+            ]
+        rest = tuple(op for op in ops if op not in early)
+        lines += [
             "def step(params, carry, x_t):",
             f'    """One step of {", ".join(members)}: x_t, the {fed} fed at this step\n'
             f"    (the ground truth, or what a strategy picked from {contract.prediction!r} at\n"
             '    t - 1). Returns the new carry and each member\'s output at t."""',
-            *(f"    {line}" for line in self.carry_setup),
-            "    t, env = carry['t'], carry['env']",
-            "    B = x_t.shape[0]",
-            *self._unpack(env, used),
         ]
-        for c in body.carries:
-            lines.append(f"    {self.carry(c.name)} = carry['carries'][{c.name!r}]")
-        for member in members:
-            if member in read:
-                width = self.analysis.graph.nodes[member]["width"]
-                lines.append(f"    {self.buffer(member)} = carry['ys'][{member!r}]")
-                lines.append(f"    {self.local(f'zeros_{member}')} = {self.zeros(width)}")
-        wanted = [v for _, v in body.writes] + [c.next for c in body.carries]
-        lines += self.lines(needed(body.ops, wanted), "    ")
+        if early:
+            lines += ["    if 'ready' not in carry:", "        carry = prepare(params, carry)"]
+        lines += [*self._step_reads(contract, env, rest), "    B = x_t.shape[0]"]
+        lines += [f"    {self.name(v)} = carry['ready'][{v!r}]" for v in ready]
+        lines += self.lines(rest, "    ")
         outs = ", ".join(f"{m!r}: {self.name(v)}" for m, v in body.writes)
         carries = ", ".join(f"{c.name!r}: {self.name(c.next)}" for c in body.carries)
         history = ", ".join(f"{m!r}: carry['ys'][{m!r}] + [{self.name(v)}]" for m, v in body.writes)
@@ -349,6 +369,26 @@ class ModuleWriter:
             f"'ys': {{{history}}}}}",
             "    return carry, y_t",
         ]
+        return lines
+
+    def _step_reads(self, contract: StepContract, env: list[str], ops: tuple[Op, ...]) -> list[str]:
+        """The start of a function of one step: what ``ops`` read from the carry."""
+        body = contract.body
+        used = {a for op in ops for a in op.args}
+        read = {op.attr[0] for op in ops if op.kind == OpKind.PAST}
+        lines = [
+            *(f"    {line}" for line in self.carry_setup),
+            "    t, env = carry['t'], carry['env']",
+            *self._unpack(env, used),
+        ]
+        for c in body.carries:
+            if f"carry:{c.name}" in used:
+                lines.append(f"    {self.carry(c.name)} = carry['carries'][{c.name!r}]")
+        for member, _ in body.writes:
+            if member in read:
+                width = self.analysis.graph.nodes[member]["width"]
+                lines.append(f"    {self.buffer(member)} = carry['ys'][{member!r}]")
+                lines.append(f"    {self.local(f'zeros_{member}')} = {self.zeros(width)}")
         return lines
 
     def _finish(
@@ -368,6 +408,11 @@ class ModuleWriter:
             *self.lines(finish, "    "),
             "    return outputs",
         ]
+
+
+def _wanted(body: Loop) -> list[str]:
+    """What one step must make: each member's output and each carry's next value."""
+    return [v for _, v in body.writes] + [c.next for c in body.carries]
 
 
 Statement = Callable[[ModuleWriter, Op, list[str]], list[str]]

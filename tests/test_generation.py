@@ -234,6 +234,29 @@ def test_what_has_ended_leaves_the_batch(backend: str) -> None:
         np.testing.assert_allclose(alone.scores[0], found.scores[b], rtol=1e-12)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_hypotheses_of_one_parent_share_the_attention_weights(backend: str) -> None:
+    """Bahdanau's weights read only the state before the step: beam search computes
+    them once per distinct parent (the module's prepare) and decodes exactly as when
+    every row computes its own."""
+    model = model_of("seq2seq_attention", backend, seed=11)
+    inputs, lengths = encoder_inputs(model, 4, np.random.default_rng(12))
+    ns = model.namespace
+    assert ns["STEP"]["ready"] == ["decoder:weights@t"]
+    prepared: list[int] = []
+    stepped: list[int] = []
+    prepare, step = ns["prepare"], ns["step"]
+    ns["prepare"] = lambda p, c: prepared.append(len(c["carries"]["decoder.l0.h"])) or prepare(p, c)
+    ns["step"] = lambda p, c, x: stepped.append(len(x)) or step(p, c, x)
+    options = {"strategy": "beam", "beam": 4, "n_best": 2, "max_steps": 8}
+    shared = model.generate(inputs, lengths, **options)
+    assert len(prepared) == len(stepped) and sum(prepared) < sum(stepped)
+    ns["STEP"] = {**ns["STEP"], "ready": []}  # every row its own
+    alone = model.generate(inputs, lengths, **options)
+    np.testing.assert_array_equal(shared.tokens, alone.tokens)
+    np.testing.assert_allclose(shared.scores, alone.scores, rtol=1e-12)
+
+
 @pytest.mark.parametrize("strategy", ["greedy", "beam", "sample"])
 def test_numpy_and_torch_decode_alike(strategy: str) -> None:
     pytest.importorskip("torch")

@@ -768,6 +768,57 @@ def needed(ops: tuple[Op, ...], wanted: list[str]) -> tuple[Op, ...]:
     return tuple(reversed(kept))
 
 
+def before_feed(ops: tuple[Op, ...]) -> tuple[tuple[Op, ...], tuple[str, ...]]:
+    """The part of one step (``ops``, in order) that reads the carries but neither the
+    value fed at t (FEED) nor a memory gathered by weights (a context): Bahdanau's
+    attention weights, which read only the state before the step. It is the same for
+    every hypothesis with the same carry, so a beam search does it once per parent
+    rather than once per child. Returns those ops and the values the rest of the step
+    reads from them (each rows-first: (B, ...)); nothing when there is no such part."""
+    after: set[str] = set()  # what reads the fed value, or a memory through weights
+    carried: set[str] = set()
+    for op in ops:
+        gathers = op.kind == OpKind.EINSUM and einsum_form(op.attr) == "bs,sbx->bx"
+        if op.kind == OpKind.FEED or gathers or after.intersection(op.args):
+            after.add(op.out)
+        elif op.kind in (OpKind.CARRY, OpKind.PAST) or carried.intersection(op.args):
+            carried.add(op.out)
+    leaves = (OpKind.CARRY, OpKind.PAST)
+    early = needed(
+        tuple(op for op in ops if op.out not in after),
+        [op.out for op in ops if op.out in carried and op.kind not in leaves],
+    )
+    early = tuple(op for op in early if op.kind not in leaves)
+    made = {op.out for op in early}
+    ready = tuple(
+        dict.fromkeys(a for op in ops if op.out not in made for a in op.args if a in made)
+    )
+    given = {op.out for op in ops if op.kind in leaves}
+    if not early or not ready or not set(ready) <= _rows_first(early, given):
+        return (), ()
+    return early, ready
+
+
+def einsum_form(spec: str) -> str:
+    """An einsum's spec with its one width letter (not s, b) written x."""
+    widths = set(spec) - set("sb,->")
+    return spec.replace(widths.pop(), "x") if len(widths) == 1 else spec
+
+
+def _rows_first(ops: tuple[Op, ...], rows: set[str]) -> set[str]:
+    """``rows`` (values known to be rows-first: (B, ...)) and those of ``ops`` (a
+    step's) that are too: a step of a time-major array, an einsum whose result starts
+    with the batch, and what a row-wise op makes of a rows-first value."""
+    rows = set(rows)
+    row_wise = (OpKind.LINEAR, OpKind.SOFTMAX, OpKind.FILL, OpKind.CALL)
+    for op in ops:
+        step_of = op.kind == OpKind.AT  # (T, B, ...)[t]
+        batch_first = op.kind == OpKind.EINSUM and op.attr.split("->")[1].startswith("b")
+        if step_of or batch_first or (op.kind in row_wise and op.args[0] in rows):
+            rows.add(op.out)
+    return rows
+
+
 def batch_axis(op: Op, kind: str) -> int | None:
     """Where a value made outside a step loop keeps its examples (what a decoding
     strategy reorders when it picks among hypotheses): time-major arrays (T, B, ...) on

@@ -201,6 +201,25 @@ class _Decoder:
         ys = {k: [take(y, rows, 0) for y in v] for k, v in carry["ys"].items()}
         return {**carry, "env": made, "carries": carries, "ys": ys}
 
+    def follow(self, rows: np.ndarray, env: bool) -> None:
+        """The next step's row i continues row ``rows[i]`` (see reorder). What the step
+        does before it reads the fed token (the module's ``prepare``: Bahdanau's
+        attention weights) is done once per distinct row: a beam's hypotheses that
+        branch from one parent share it."""
+        carry = self.reorder(self.carry, rows, env)
+        distinct, inverse = np.unique(rows, return_inverse=True)
+        if self.module["STEP"]["ready"] and len(distinct) < len(rows):
+            reads = self.module["STEP"]["prepare_reads"]
+            given = self.carry
+            if len(distinct) < len(next(iter(given["carries"].values()))):
+                given = self.reorder(
+                    {**given, "env": {k: given["env"][k] for k in reads}}, distinct
+                )
+            once = self.module["prepare"](self.params, given)["ready"]
+            at = self.host.ids(inverse)
+            carry["ready"] = {k: self.host.take(v, at, 0) for k, v in once.items()}
+        self.carry = carry
+
     def step(self, fed: Any) -> np.ndarray:
         """One step on every row; the log-probabilities of the next token (rows, V): the
         log-softmax of the fed-back layer's output, in float64."""
@@ -419,7 +438,7 @@ def _beam(module, params, inputs, lengths, B, opts) -> Generation:  # type: igno
             if not on.all():  # the done examples leave the batch
                 searching, live, history = searching[on], live[on], history[on]
                 rows_next, tokens, env = rows_next[on], tokens[on], True
-        decoder.carry = decoder.reorder(decoder.carry, rows_next.reshape(-1), env)
+        decoder.follow(rows_next.reshape(-1), env)
         fed = decoder.host.ids(tokens.reshape(-1))
     return Generation(pool.tokens, pool.lengths, pool.sums, pool.scores)
 

@@ -309,7 +309,7 @@ def run(params, inputs, lengths, tf_masks, uniform, like):
     return outputs
 
 
-STEP = {'input': 'y_prev', 'prediction': 'o', 'tokens': True, 'batch_axes': {'mask:x': 1, 'x': 1, 'h.fwd.l0:P': None, 'h:zeros': 0}, 'history': []}  # what decoding strategies feed and reorder
+STEP = {'input': 'y_prev', 'prediction': 'o', 'tokens': True, 'batch_axes': {'mask:x': 1, 'x': 1, 'h.fwd.l0:P': None, 'h:zeros': 0}, 'history': [], 'ready': [], 'prepare_reads': []}  # what decoding strategies feed and reorder
 
 
 def init(params, inputs, lengths):
@@ -336,12 +336,11 @@ def step(params, carry, x_t):
     like = carry['like']
     dtype, device = like.dtype, like.device
     t, env = carry['t'], carry['env']
-    B = x_t.shape[0]
     mask_x = env['mask:x']
     x = env['x']
     h_fwd_l0_P = env['h.fwd.l0:P']
-    h_zeros = env['h:zeros']
     carry_h_l0_h = carry['carries']['h.l0.h']
+    B = x_t.shape[0]
     mask_x_t = mask_x[t]
     x_t_ = x[t]
     h_fed_t = params['y_prev.embedding'][x_t]
