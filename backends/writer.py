@@ -302,12 +302,13 @@ class ModuleWriter:
         # the members whose earlier outputs a step reads (the others' need not be kept)
         step["history"] = sorted({op.attr[0] for op in body.ops if op.kind == OpKind.PAST})
         # what prepare gives step (rows-first), and what it reads of what init made
-        early, ready = before_feed(needed(body.ops, _wanted(body)))
+        ops = needed(body.ops, _wanted(body))
+        early, ready = before_feed(ops)
         step["ready"] = list(ready)
         step["prepare_reads"] = [v for v in env if any(v in op.args for op in early)]
         lines = [f"STEP = {step!r}  # what decoding strategies feed and reorder", "", ""]
         lines += [*self._init(contract, init, env), "", ""]
-        lines += [*self._step(contract, env, members), "", ""]
+        lines += [*self._step(contract, env, members, ops), "", ""]
         lines += self._finish(contract, finish, env, members)
         return "\n".join(lines)
 
@@ -329,9 +330,11 @@ class ModuleWriter:
             f"    return {{'t': 0, 'like': like, 'env': env, 'carries': {{{carries}}}, 'ys': {{{members}}}}}",
         ]
 
-    def _step(self, contract: StepContract, env: list[str], members: list[str]) -> list[str]:
+    def _step(
+        self, contract: StepContract, env: list[str], members: list[str], ops: tuple[Op, ...]
+    ) -> list[str]:
+        """``prepare`` (if part of the step reads no fed value) and ``step``: ``ops``."""
         body = contract.body
-        ops = needed(body.ops, _wanted(body))
         early, ready = before_feed(ops)
         fed = "token ids (B,)" if contract.tokens else "vectors (B, width)"
         lines = []
@@ -381,8 +384,9 @@ class ModuleWriter:
             "    t, env = carry['t'], carry['env']",
             *self._unpack(env, used),
         ]
+        carried = {op.attr for op in body.ops if op.kind == OpKind.CARRY and op.out in used}
         for c in body.carries:
-            if f"carry:{c.name}" in used:
+            if c.name in carried:
                 lines.append(f"    {self.carry(c.name)} = carry['carries'][{c.name!r}]")
         for member, _ in body.writes:
             if member in read:
