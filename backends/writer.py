@@ -308,7 +308,7 @@ class ModuleWriter:
         step["prepare_reads"] = [v for v in env if any(v in op.args for op in early)]
         lines = [f"STEP = {step!r}  # what decoding strategies feed and reorder", "", ""]
         lines += [*self._init(contract, init, env), "", ""]
-        lines += [*self._step(contract, env, members, ops), "", ""]
+        lines += [*self._step(contract, env, members, ops, early, ready), "", ""]
         lines += self._finish(contract, finish, env, members)
         return "\n".join(lines)
 
@@ -331,11 +331,17 @@ class ModuleWriter:
         ]
 
     def _step(
-        self, contract: StepContract, env: list[str], members: list[str], ops: tuple[Op, ...]
+        self,
+        contract: StepContract,
+        env: list[str],
+        members: list[str],
+        ops: tuple[Op, ...],
+        early: tuple[Op, ...],
+        ready: tuple[str, ...],
     ) -> list[str]:
-        """``prepare`` (if part of the step reads no fed value) and ``step``: ``ops``."""
+        """``step``, the step's ``ops``; first ``prepare`` if some of them (``early``,
+        making ``ready``: rnnc.ir.network.before_feed) read no fed value."""
         body = contract.body
-        early, ready = before_feed(ops)
         fed = "token ids (B,)" if contract.tokens else "vectors (B, width)"
         lines = []
         if early:

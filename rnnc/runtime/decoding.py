@@ -207,17 +207,15 @@ class _Decoder:
         attention weights) is done once per distinct row: a beam's hypotheses that
         branch from one parent share it."""
         carry = self.reorder(self.carry, rows, env)
-        distinct, inverse = np.unique(rows, return_inverse=True)
-        if self.module["STEP"]["ready"] and len(distinct) < len(rows):
-            reads = self.module["STEP"]["prepare_reads"]
-            given = self.carry
-            if len(distinct) < len(next(iter(given["carries"].values()))):
-                given = self.reorder(
-                    {**given, "env": {k: given["env"][k] for k in reads}}, distinct
-                )
-            once = self.module["prepare"](self.params, given)["ready"]
-            at = self.host.ids(inverse)
-            carry["ready"] = {k: self.host.take(v, at, 0) for k, v in once.items()}
+        contract = self.module["STEP"]
+        if contract["ready"]:
+            distinct, inverse = np.unique(rows, return_inverse=True)
+            if len(distinct) < len(rows):
+                reads = {k: self.carry["env"][k] for k in contract["prepare_reads"]}
+                parents = self.reorder({**self.carry, "env": reads}, distinct)
+                once = self.module["prepare"](self.params, parents)["ready"]
+                at = self.host.ids(inverse)
+                carry["ready"] = {k: self.host.take(v, at, 0) for k, v in once.items()}
         self.carry = carry
 
     def step(self, fed: Any) -> np.ndarray:
